@@ -1,0 +1,199 @@
+"""Training of the MNIST classifiers: the guide of the auxiliary loss, and the judge.
+
+- The guide (`config.classifier.architecture`, the seed's CNN) steers the generator through the
+  auxiliary classifier loss and the classifier-feature content loss.
+- The judge (a LeNet, another seed and data order) only measures how recognisable SR digits
+  are; it is never used in any loss, so a generator cannot game it.
+Both are trained on the training split minus a held-out validation set (which picks the best
+epoch) and report accuracy on the test split. Each is cached in its own workdir.
+"""
+
+import copy
+import functools
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from srgan_jax import checkpoints
+from srgan_jax import input_pipeline
+from srgan_jax import losses
+from srgan_jax import models
+from srgan_jax import validation
+from srgan_jax import writers
+from srgan_jax.train import TrainState
+
+AXIS = 'batch'
+JUDGE_SEED_OFFSET = 1000
+
+
+def role_config(config, role: str):
+  """The classifier config for `role` ('guide' or 'judge') derived from an SRGAN config."""
+  c = copy.deepcopy(config)
+  c.task = 'classifier'
+  if role == 'judge':
+    c.classifier.architecture = 'lenet'
+    c.seed = config.seed + JUDGE_SEED_OFFSET
+  return c
+
+
+def _train_step(state, batch, rng, *, axis_name=AXIS):
+  rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  images = input_pipeline.to_model_range(batch['hr'])
+
+  def loss_fn(params):
+    variables = {'params': params}
+    if state.batch_stats:
+      variables['batch_stats'] = state.batch_stats
+    (logits, _), updates = state.apply_fn(variables, images, train=True,
+                                          mutable=['batch_stats'], rngs={'dropout': rng})
+    loss = losses.classification_loss(logits, batch['label'])
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, (updates.get('batch_stats', state.batch_stats), {'loss': loss, 'accuracy': acc})
+
+  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, jax.lax.pmean(metrics, axis_name)
+
+
+def _predict(variables, batch, *, model):
+  logits, _ = model.apply(variables, input_pipeline.to_model_range(batch['hr']), train=False)
+  return jnp.argmax(logits, -1) == batch['label']
+
+
+def accuracy(model, variables, split, batch_size, devices) -> float:
+  """Top-1 accuracy of a classifier on a split."""
+  predict = jax.pmap(functools.partial(_predict, model=model), in_axes=(None, 0),
+                     devices=devices)
+  correct = total = 0
+  for batch in input_pipeline.eval_batches(split, batch_size):
+    mask = batch.pop('mask')
+    out = np.asarray(predict(variables, input_pipeline.shard(batch, len(devices))))
+    correct += int(out.reshape(-1)[mask].sum())
+    total += int(mask.sum())
+  return correct / total
+
+
+def _variables(state):
+  v = {'params': state.params}
+  if state.batch_stats:
+    v['batch_stats'] = state.batch_stats
+  return v
+
+
+def create_state(config, rng, steps):
+  model = models.create_classifier(config.classifier.architecture,
+                                   config.classifier.dropout_rate, AXIS)
+  shape = (1, 28, 28, config.data.channels)
+  init_model = models.create_classifier(config.classifier.architecture)
+  variables = jax.jit(lambda r: init_model.init(r, jnp.zeros(shape), train=False))(rng)
+  tx = optax.adam(optax.cosine_decay_schedule(config.classifier.learning_rate, max(steps, 1)))
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains a classifier; saves the best-on-validation variables and the test accuracy."""
+  devices = jax.local_devices()
+  validation.validate_config(config, jax.device_count())
+  input_pipeline.validate_data_config(config.data)
+  checkpoints.ensure_writable(workdir)
+  models.create_classifier(config.classifier.architecture)  # Fails early on a bad name.
+  full = input_pipeline.load_split(config, 'train')
+  test = input_pipeline.load_split(config, 'test')
+  if full.labels is None:
+    raise validation.ConfigError(f'Dataset {config.data.name!r} has no labels to train a '
+                                 f'classifier on.')
+  n_val = config.classifier.validation_examples
+  if not 0 < n_val < full.num_examples:
+    raise validation.ConfigError(
+        f'config.classifier.validation_examples = {n_val} must be between 1 and the number of '
+        f'training examples - 1 ({full.num_examples - 1}).')
+  train = input_pipeline.Split(full.hr[:-n_val], full.lr[:-n_val], full.labels[:-n_val])
+  val = input_pipeline.Split(full.hr[-n_val:], full.lr[-n_val:], full.labels[-n_val:])
+
+  bs = config.classifier.batch_size
+  per_epoch = input_pipeline.steps_per_epoch(train.num_examples, bs)
+  total = per_epoch * config.classifier.num_epochs
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_state(config, rng, total)
+  model = models.create_classifier(config.classifier.architecture)
+  step_fn = jax.pmap(_train_step, axis_name=AXIS, in_axes=(None, 0, None),
+                     out_axes=(None, None), devices=devices)
+  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  progress = writers.Progress(total)
+  logging.info('Training the %s classifier (%d parameters) for %d epochs in %s.',
+               config.classifier.architecture, models.count_params(state.params),
+               config.classifier.num_epochs, workdir)
+  best_acc, best_vars, best_epoch = -1.0, None, 0
+  t0 = time.time()
+  step = 0
+  for epoch in range(1, config.classifier.num_epochs + 1):
+    for _ in range(per_epoch):
+      idx = input_pipeline.batch_indices(config.seed, step, bs, train.num_examples,
+                                         jax.process_index(), jax.process_count())
+      batch = input_pipeline.shard(input_pipeline.get_batch(train, idx), len(devices))
+      state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+      step += 1
+      if step % 100 == 0:
+        metrics = jax.device_get(metrics)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
+        logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
+    val_acc = accuracy(model, _variables(state), val, 1000 // len(devices) * len(devices),
+                       devices)
+    writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
+    logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)
+    if val_acc > best_acc:
+      best_acc, best_vars, best_epoch = val_acc, jax.device_get(_variables(state)), epoch
+  test_acc = accuracy(model, best_vars, test, 1000 // len(devices) * len(devices), devices)
+  results = {'test_accuracy': test_acc, 'validation_accuracy': best_acc,
+             'best_epoch': best_epoch, 'train_seconds': time.time() - t0}
+  writer.write_scalars(step, {f'final/{k}': v for k, v in results.items()})
+  writer.close()
+  mngr = checkpoints.manager(workdir, keep=1)
+  checkpoints.save(mngr, step, jax.device_get(state), best_vars, config, extra=results)
+  logging.info('Classifier %s: test accuracy %.4f (best epoch %d, %.0f s).',
+               config.classifier.architecture, test_acc, best_epoch, results['train_seconds'])
+  return results
+
+
+def load(workdir: str, expected_config=None):
+  """(model, variables, extra) of the classifier saved in `workdir`.
+
+  With `expected_config`, a checkpoint made for another architecture or channel count is an
+  error that names the path and what to do.
+  """
+  _, saved, extra = checkpoints.read_config(workdir)
+  saved_cfg = checkpoints.dict_to_config(saved)
+  if expected_config is not None:
+    diffs = [d for d in checkpoints.architecture_mismatches(
+        saved, checkpoints.config_to_dict(expected_config))
+             if d.split(':')[0] in ('task', 'data.channels', 'classifier.architecture')]
+    if diffs:
+      raise checkpoints.CheckpointError(
+          f'The classifier checkpoint in {checkpoints.checkpoint_dir(workdir)!r} does not fit '
+          f'this run:\n  ' + '\n  '.join(diffs) + f'\nDelete {workdir!r} to retrain it (it is '
+          f'trained automatically when missing), or point the config at another directory.')
+  model = models.create_classifier(saved_cfg.classifier.architecture)
+  shape = (1, 28, 28, saved_cfg.data.channels)
+  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+  _, restored = checkpoints.restore(workdir, {'model': template})
+  return model, restored['model'], restored['extra']
+
+
+def load_or_train(config, workdir: str, role: str):
+  """The classifier for `role` from `workdir`, trained there first when it is missing."""
+  cfg = role_config(config, role)
+  if not checkpoints.has_checkpoint(workdir):
+    logging.info('No %s classifier in %s: training it first (%s, seed %d).', role, workdir,
+                 cfg.classifier.architecture, cfg.seed)
+    train_and_evaluate(cfg, workdir)
+  model, variables, extra = load(workdir, cfg)
+  logging.info('Loaded the %s classifier from %s (test accuracy %s).', role, workdir,
+               extra.get('test_accuracy'))
+  return model, variables

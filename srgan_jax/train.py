@@ -1,0 +1,434 @@
+"""SRGAN training: pure, pmapped generator and discriminator steps and the loop around them.
+
+Order, as in flax examples/imagenet: create models -> train steps -> train state ->
+train_and_evaluate. The steps are pure functions of (states, batch, frozen networks); the data
+at step k is a pure function of (seed, k); so a run resumed from a checkpoint repeats exactly
+what an uninterrupted run would have done.
+"""
+
+import functools
+import os
+import signal
+import time
+from typing import Any, Optional
+
+from absl import logging
+from flax import struct
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from srgan_jax import checkpoints
+from srgan_jax import evaluate as evaluate_lib
+from srgan_jax import images as images_lib
+from srgan_jax import input_pipeline
+from srgan_jax import losses
+from srgan_jax import models
+from srgan_jax import validation
+from srgan_jax import writers
+
+AXIS = 'batch'
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+class GeneratorState(TrainState):
+  """The generator's state, with the EMA of its parameters (the ones evaluated and saved)."""
+  ema_params: Any = None
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN or inf; the state of that step is never saved."""
+
+
+@struct.dataclass
+class Frozen:
+  """Pretrained networks that steer the generator but are never trained.
+
+  Their variables are arguments of the steps (not constants baked into the compiled code), and
+  the modules are static.
+  """
+  classifier_vars: Any = None
+  vgg_params: Any = None
+  classifier: Any = struct.field(pytree_node=False, default=None)
+  vgg_fn: Any = struct.field(pytree_node=False, default=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+
+
+def _pmean(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _content_feature_fn(config, frozen: Frozen):
+  if config.loss.content == 'classifier':
+    return lambda x: frozen.classifier.apply(frozen.classifier_vars, x, train=False)[1]
+  if config.loss.content == 'vgg':
+    return lambda x: frozen.vgg_fn(frozen.vgg_params, x)
+  return None
+
+
+def _content_layer_weights(config):
+  if config.loss.content == 'classifier':
+    return dict(config.loss.classifier_layers)
+  if config.loss.content == 'vgg':
+    return dict(config.loss.vgg.layers)
+  return None
+
+
+def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
+  """l^SR = content + adversarial_weight * l_Gen + auxiliary_weight * l_aux (+ metrics)."""
+  hr = input_pipeline.to_model_range(batch['hr'])
+  lr = input_pipeline.to_model_range(batch['lr'])
+  sr, g_updates = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
+                                   train=True, mutable=['batch_stats'])
+  criterion = config.loss.vgg.criterion if config.loss.content == 'vgg' else 'mse'
+  content = losses.content_loss(config.loss.content, sr, hr, _content_feature_fn(config, frozen),
+                                _content_layer_weights(config), criterion)
+  if config.loss.content == 'vgg':
+    content = content * config.loss.vgg.scale
+  total = config.loss.content_weight * content
+  metrics = {'content': content}
+  if adversarial:
+    d_vars = {'params': d_state.params, 'batch_stats': d_state.batch_stats}
+    (fake_logits, fake_class), _ = d_state.apply_fn(d_vars, sr, train=True,
+                                                     mutable=['batch_stats'])
+    real_logits = None
+    if config.loss.adversarial == 'relativistic':
+      (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
+    adv = losses.generator_adversarial_loss(config.loss.adversarial, real_logits, fake_logits)
+    total = total + config.loss.adversarial_weight * adv
+    metrics['adversarial'] = adv
+    if config.loss.auxiliary == 'discriminator_head':
+      aux = losses.classification_loss(fake_class, batch['label'])
+      total = total + config.loss.auxiliary_weight * aux
+      metrics['auxiliary'] = aux
+  if config.loss.auxiliary == 'classifier':
+    sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
+    if config.loss.auxiliary_labels == 'true':
+      labels = batch['label']
+    else:
+      hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr, train=False)
+      labels = losses.pseudo_labels(hr_logits)
+    aux = losses.auxiliary_classifier_loss(sr_logits, labels)
+    total = total + config.loss.auxiliary_weight * aux
+    metrics['auxiliary'] = aux
+  metrics['generator'] = total
+  return total, (sr, g_updates['batch_stats'], metrics)
+
+
+def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool,
+                   axis_name: Optional[str] = AXIS):
+  """One Adam step of the generator; returns (g_state, SR (no gradient), metrics).
+
+  With `adversarial=False` this is an SRResNet (content-loss only) step, used to pretrain.
+  Gradients, BN statistics and metrics are averaged over `axis_name` when it is given.
+  """
+  grad_fn = jax.grad(generator_loss, has_aux=True)
+  grads, (sr, batch_stats, metrics) = grad_fn(g_state.params, g_state, d_state, batch, frozen,
+                                              config=config, adversarial=adversarial)
+  grads = _pmean(grads, axis_name)
+  new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  decay = config.ema_decay
+  ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
+                               new_state.params)
+  new_state = new_state.replace(ema_params=ema)
+  return new_state, jax.lax.stop_gradient(sr), _pmean(metrics, axis_name)
+
+
+def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] = AXIS):
+  """One Adam step of the discriminator on HR (real) and the generator's SR (fake).
+
+  As in the seed, SR comes from the generator step just taken (pre-update generator), so SR is
+  computed once per iteration.
+  """
+  hr = input_pipeline.to_model_range(batch['hr'])
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': d_state.batch_stats}
+    (real_logits, real_class), upd = d_state.apply_fn(variables, hr, train=True,
+                                                      mutable=['batch_stats'])
+    variables = {'params': params, 'batch_stats': upd['batch_stats']}
+    (fake_logits, _), upd = d_state.apply_fn(variables, sr, train=True, mutable=['batch_stats'])
+    loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
+    metrics = {'discriminator_adversarial': loss}
+    if config.loss.auxiliary == 'discriminator_head':
+      aux = losses.classification_loss(real_class, batch['label'])
+      metrics['discriminator_auxiliary'] = aux
+      loss = loss + aux
+    prob = config.loss.adversarial in ('vanilla', 'relativistic')
+    out = jax.nn.sigmoid if prob else (lambda x: x)
+    metrics.update(discriminator=loss, d_real=jnp.mean(out(real_logits)),
+                   d_fake=jnp.mean(out(fake_logits)))
+    return loss, (upd['batch_stats'], metrics)
+
+  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(d_state.params)
+  grads = _pmean(grads, axis_name)
+  new_state = d_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return new_state, _pmean(metrics, axis_name)
+
+
+def make_pmapped_steps(config, devices):
+  """The pretrain, generator and discriminator steps, pmapped over `devices`.
+
+  States and frozen networks are broadcast (in_axes None) and come back as one copy
+  (out_axes None): gradients and BN statistics are averaged over the devices, so every device
+  holds the same values. Only the batch (and SR, which follows it) is split over devices.
+  """
+  pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
+  pretrain = pmap(functools.partial(generator_step, config=config, adversarial=False),
+                  in_axes=(None, None, 0, None), out_axes=(None, 0, None))
+  gen = pmap(functools.partial(generator_step, config=config, adversarial=True),
+             in_axes=(None, None, 0, None), out_axes=(None, 0, None))
+  disc = pmap(functools.partial(discriminator_step, config=config),
+              in_axes=(None, 0, 0), out_axes=(None, None))
+  return pretrain, gen, disc
+
+
+# ---------------------------------------------------------------------------------------------
+# State.
+
+
+def create_train_states(config, rng, axis_name: Optional[str] = AXIS):
+  """Initial generator and discriminator TrainStates (Adam, paper/seed hyper-parameters)."""
+  g_model = models.create_generator(config, axis_name)
+  d_model = models.create_discriminator(config, axis_name)
+  hr_size = 28
+  lr_size = hr_size // config.data.scale
+  g_rng, d_rng = jax.random.split(rng)
+  lr = jnp.zeros((1, lr_size, lr_size, config.data.channels))
+  hr = jnp.zeros((1, hr_size, hr_size, config.data.channels))
+  # Initialise without an axis name (no pmap here); the structure is the same.
+  g_vars = jax.jit(lambda r: models.create_generator(config).init(r, lr, train=False))(g_rng)
+  d_vars = jax.jit(lambda r: models.create_discriminator(config).init(r, hr, train=False))(d_rng)
+  tx = lambda: optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1,
+                          b2=config.optimizer.b2)
+  g_state = GeneratorState.create(apply_fn=g_model.apply, params=g_vars['params'], tx=tx(),
+                                  batch_stats=g_vars['batch_stats'],
+                                  ema_params=g_vars['params'])
+  d_state = TrainState.create(apply_fn=d_model.apply, params=d_vars['params'], tx=tx(),
+                              batch_stats=d_vars['batch_stats'])
+  return g_state, d_state
+
+
+def inference_variables(g_state) -> dict:
+  """The generator variables used for evaluation and saved for inference (EMA when on)."""
+  return {'params': g_state.ema_params, 'batch_stats': g_state.batch_stats}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _StopRequest:
+  """Turns SIGTERM / Ctrl-C into a flag the loop checks after each step (then saves, exits)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _mean_metrics(pending):
+  """Fetches per-step metrics, checks them, and averages them (step, name) -> float."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    for name, value in metrics.items():
+      if not np.isfinite(value):
+        raise NonFiniteError(
+            f'Training diverged: loss term {name!r} is {float(value)} at step {step}. That state '
+            f'was not saved; the latest checkpoint is from before it. Lower '
+            f'config.optimizer.learning_rate or the loss weights and run the same command again.')
+  out = {}
+  for metrics in fetched:
+    for name, value in metrics.items():
+      out[name] = out.get(name, 0.0) + float(value) / len(fetched)
+  return out
+
+
+def _truncate_metrics_after(workdir, step):
+  """Drops metrics.jsonl lines logged after `step`, which a resumed run will log again."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return
+  kept = [r for r in writers.read_metrics(workdir) if r.get('step', 0) <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    for record in kept:
+      f.write(writers.json_line(record))
+  os.replace(tmp, path)
+
+
+def prepare_frozen(config, workdir) -> Frozen:
+  """Loads (training first when missing) the networks the losses need."""
+  from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
+  frozen = Frozen()
+  needs_classifier = (config.loss.auxiliary == 'classifier' or config.loss.content == 'classifier')
+  if needs_classifier:
+    model, variables = classifier_train.load_or_train(
+        config, resolve_path(workdir, config.loss.classifier_workdir), role='guide')
+    frozen = frozen.replace(classifier=model, classifier_vars=variables)
+  if config.loss.content == 'vgg':
+    from srgan_jax import vgg  # pylint: disable=g-import-not-at-top
+    params, fn = vgg.load_for_config(config.loss.vgg)
+    frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
+  return frozen
+
+
+def resolve_path(workdir: str, path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains an SRGAN (pretraining the generator first), evaluates and checkpoints it.
+
+  Re-running on the same workdir resumes from the latest usable checkpoint. Returns the final
+  evaluation summary (PSNR, SSIM, judge accuracy, digit-FID of HR, bicubic and SR).
+  """
+  if config.task == 'classifier':
+    from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
+    return classifier_train.train_and_evaluate(config, workdir)
+
+  devices = jax.local_devices()
+  n_local = len(devices)
+  validation.validate_config(config, jax.device_count())
+  input_pipeline.validate_data_config(config.data)
+  primary = jax.process_index() == 0
+  checkpoints.ensure_writable(workdir)
+  resuming = checkpoints.has_checkpoint(workdir)
+  if resuming:
+    _, saved_config, _ = checkpoints.read_config(workdir)
+    checkpoints.check_compatible(saved_config, config, workdir)
+  if config.loss.auxiliary == 'discriminator_head' or config.loss.auxiliary_labels == 'true':
+    needs_labels = config.loss.auxiliary != 'none'
+  else:
+    needs_labels = False
+
+  frozen = prepare_frozen(config, workdir)
+  judge = judge_vars = None
+  if config.eval.judge_workdir:
+    from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
+    judge, judge_vars = classifier_train.load_or_train(
+        config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
+
+  train_split = input_pipeline.load_split(config, 'train')
+  test_split = input_pipeline.load_split(config, 'test')
+  if needs_labels and train_split.labels is None:
+    raise validation.ConfigError(
+        f'config.loss.auxiliary = {config.loss.auxiliary!r} with true labels needs a labelled '
+        f'dataset, and {config.data.name!r} has none; use loss.auxiliary_labels="pseudo" or '
+        f'loss.auxiliary="none".')
+
+  g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed))
+  logging.info('Devices: %s', devices)
+  logging.info('Parameters: generator %d, discriminator %d',
+               models.count_params(g_state.params), models.count_params(d_state.params))
+
+  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  start_step = 0
+  if resuming:
+    start_step, restored = checkpoints.restore(
+        workdir, {'state': {'generator': g_state, 'discriminator': d_state}})
+    g_state, d_state = restored['state']['generator'], restored['state']['discriminator']
+    logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
+                 checkpoints.checkpoint_dir(workdir))
+    _truncate_metrics_after(workdir, start_step) if primary else None
+
+  pretrain_step, gen_step, disc_step = make_pmapped_steps(config, devices)
+  eval_fn = evaluate_lib.make_eval_fn(models.create_generator(config), judge, config.data.scale,
+                                      config.eval.crop_border, devices)
+  writer = writers.MetricWriter(workdir, enabled=primary)
+  total_steps = config.pretrain_steps + config.num_train_steps
+  progress = writers.Progress(total_steps, start_step)
+
+  def save(step):
+    if not checkpoints.all_finite((g_state.params, d_state.params)):
+      raise NonFiniteError(f'Parameters are not finite at step {step}; not saving them.')
+    checkpoints.save(mngr, step, {'generator': g_state, 'discriminator': d_state},
+                     inference_variables(g_state), config)
+
+  def run_eval(step):
+    g_vars = inference_variables(g_state)
+    t0 = time.time()
+    summary = evaluate_lib.evaluate(eval_fn, g_vars, judge_vars, test_split,
+                                    config.eval.batch_size, n_local)
+    summary['eval_seconds'] = time.time() - t0
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
+    grid = evaluate_lib.sample_grid(models.create_generator(config), g_vars, test_split,
+                                    config.eval.num_sample_images, config.data.scale)
+    if primary:
+      images_lib.save_png(os.path.join(workdir, 'samples', f'step_{step}.png'), grid)
+    writer.write_images(step, {'samples': grid})
+    logging.info('Eval at step %d:\n%s', step, evaluate_lib.results_table(summary))
+    return summary
+
+  pending = []
+  step = start_step
+  summary = {}
+  t_log = time.time()
+  with _StopRequest() as stop:
+    while step < total_steps:
+      idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
+                                         train_split.num_examples, jax.process_index(),
+                                         jax.process_count())
+      batch = input_pipeline.shard(input_pipeline.get_batch(train_split, idx), n_local)
+      if step < config.pretrain_steps:
+        g_state, _, metrics = pretrain_step(g_state, d_state, batch, frozen)
+      else:
+        g_state, sr, metrics = gen_step(g_state, d_state, batch, frozen)
+        d_state, d_metrics = disc_step(d_state, batch, sr)
+        metrics = {**metrics, **d_metrics}
+      step += 1
+      pending.append((step, metrics))
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last or stop.signal:
+        scalars = _mean_metrics(pending)
+        pending = []
+        scalars['steps_per_second'] = config.log_every_steps / max(time.time() - t_log, 1e-9)
+        t_log = time.time()
+        scalars['stage'] = 0 if step <= config.pretrain_steps else 1
+        writer.write_scalars(step, scalars)
+        logging.info('%s | %s', progress.update(step),
+                     ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
+      if stop.signal:
+        _mean_metrics(pending)
+        save(step)
+        writer.close()
+        logging.warning('Stopped by %s at step %d; checkpoint saved in %s. Resume with the '
+                        'same command.', stop.signal, step, checkpoints.checkpoint_dir(workdir))
+        return {'interrupted_at_step': step}
+      if step % config.eval_every_steps == 0 or last:
+        summary = run_eval(step)
+      if step % config.checkpoint_every_steps == 0 or last:
+        _mean_metrics(pending)
+        save(step)
+  if not summary:  # Resumed at the end: evaluate what was restored.
+    summary = run_eval(step)
+  if primary:
+    table = evaluate_lib.results_table(summary)
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+      f.write(f'# Results at step {step}\n\n{table}\n')
+    writers.write_json(os.path.join(workdir, 'results.json'), {'step': step, **summary})
+  writer.close()
+  return summary
