@@ -19,9 +19,15 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _quiet_orbax(record) -> bool:
+  """Keeps Orbax's per-save INFO chatter out of the training log (warnings still show)."""
+  return record.levelno >= logging.converter.STANDARD_WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
   from srgan_jax import errors  # pylint: disable=g-import-not-at-top

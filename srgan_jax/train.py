@@ -290,10 +290,25 @@ def prepare_frozen(config, workdir) -> Frozen:
         config, resolve_path(workdir, config.loss.classifier_workdir), role='guide')
     frozen = frozen.replace(classifier=model, classifier_vars=variables)
   if config.loss.content == 'vgg':
-    from srgan_jax import vgg  # pylint: disable=g-import-not-at-top
-    params, fn = vgg.load_for_config(config.loss.vgg)
+    params, fn = load_vgg(config.loss.vgg)
     frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
   return frozen
+
+
+def load_vgg(vgg_config):
+  """(params, feature fn) of the VGG19 content loss; params only up to the deepest layer."""
+  from srgan_jax import vgg  # pylint: disable=g-import-not-at-top
+  layers = list(vgg_config.layers)
+  if vgg_config.random_weights_for_benchmark:
+    logging.warning('VGG19 with RANDOM weights: only for benchmarks, never for results.')
+    params, preprocessing = vgg.random_vgg19_params(jax.random.PRNGKey(0), layers), 'torch'
+  else:
+    path = vgg.resolve_weights(vgg_config.weights)
+    params, preprocessing = vgg.load_vgg19_params(path, required_layers=layers)
+  params = vgg.subset_params(params, layers)
+  fn = vgg.make_feature_fn(layers, vgg_config.before_activation, preprocessing,
+                           vgg_config.resize_to)
+  return params, fn
 
 
 def resolve_path(workdir: str, path: str) -> str:
