@@ -1,0 +1,473 @@
+"""Benchmark of the SRGAN steps: compile time, throughput, FLOPs, utilisation, eval, memory.
+
+  python -m srgan_jax.benchmark --config=configs/mnist_srgan.py
+  python -m srgan_jax.benchmark --config=configs/seed_x2_rgb.py --config.loss.content=vgg \
+      --random_vgg
+  XLA_FLAGS=--xla_force_host_platform_device_count=1 python -m srgan_jax.benchmark ...
+
+Every measured figure is printed as one line ``bench: <name> = <value> <unit>`` and the run
+ends with one ``summary: key=value ...`` line. The steps timed are the ones training runs
+(``train.make_pmapped_steps``), on the real data of ``config.data``; pretrained networks the
+losses need (the guide classifier, VGG19) and the evaluation judge are randomly initialised
+unless given, since the cost of a step does not depend on the values of frozen weights.
+Alternative GAN-step builders (``--variants``: a fused G+D step, buffer donation) are timed
+beside the baseline so that changes to train.py can be judged by numbers.
+
+Timings are medians of ``--runs`` runs of ``--steps`` steps after ``--warmup`` steps, each run
+ended by ``jax.block_until_ready``; min and max show the spread. On a shared machine they are
+noisy: compare figures from the same invocation only.
+"""
+
+import dataclasses
+import functools
+import math
+import resource
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+VARIANTS = ('baseline', 'donate', 'fused', 'fused_donate')
+PREFIX = 'bench: '
+SUMMARY_PREFIX = 'summary: '
+
+# Figures every run prints (the variants and the eval add theirs); tests check these.
+CORE_FIGURES = (
+    'compile_s/pretrain', 'compile_s/generator', 'compile_s/discriminator',
+    'pretrain/steps_per_s', 'pretrain/steps_per_s_min', 'pretrain/steps_per_s_max',
+    'pretrain/images_per_s',
+    'gan/steps_per_s', 'gan/steps_per_s_min', 'gan/steps_per_s_max', 'gan/images_per_s',
+    'flops_per_step/pretrain', 'flops_per_step/generator', 'flops_per_step/discriminator',
+    'flops_per_step/gan',
+    'achieved_gflops/pretrain', 'achieved_gflops/gan',
+    'peak_gflops/one_device', 'peak_gflops/all_devices',
+    'utilisation_pct/pretrain', 'utilisation_pct/gan',
+    'input_pipeline/ms_per_step', 'input_pipeline/fraction_of_gan_step',
+    'input_pipeline/fraction_of_pretrain_step',
+    'memory/peak_rss_mib',
+)
+EVAL_FIGURES = ('eval/seconds', 'eval/images_per_s')
+
+
+@dataclasses.dataclass
+class Options:
+  """What to measure and how long; the defaults give >= 5 runs per figure."""
+  steps: int = 5              # K steps per timed run.
+  runs: int = 5               # timed runs (median, min, max).
+  warmup: int = 1             # untimed steps after compilation.
+  peak_matmul_size: int = 2048
+  peak_runs: int = 5
+  eval: bool = True
+  eval_runs: int = 1
+  judge_workdir: str = ''     # a judge checkpoint; '' = random LeNet (cost only).
+  random_vgg: bool = False
+  variants: Sequence[str] = ('baseline',)
+  input_pipeline_steps: int = 50
+
+
+class Reporter:
+  """Prints and keeps the figures."""
+
+  def __init__(self, out=None):
+    self.out = out or sys.stdout
+    self.figures = {}
+
+  def figure(self, name: str, value: float, unit: str = '', note: str = ''):
+    value = float(value)
+    self.figures[name] = value
+    line = f'{PREFIX}{name} = {value:.6g} {unit}'.rstrip()
+    if note:
+      line += f'  # {note}'
+    print(line, file=self.out, flush=True)
+
+  def info(self, text: str):
+    print(f'info: {text}', file=self.out, flush=True)
+
+  def warning(self, text: str):
+    print(f'WARNING: {text}', file=self.out, flush=True)
+
+  def summary(self, keys: Sequence[str]):
+    parts = [f'{k}={self.figures[k]:.4g}' for k in keys if k in self.figures]
+    print(SUMMARY_PREFIX + ' '.join(parts), file=self.out, flush=True)
+
+
+def parse_figures(text: str) -> dict:
+  """{name: value} of the ``bench:`` lines in a benchmark's output (for tests and scripts)."""
+  out = {}
+  for line in text.splitlines():
+    if line.startswith(PREFIX):
+      name, _, rest = line[len(PREFIX):].partition(' = ')
+      out[name.strip()] = float(rest.split()[0])
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers.
+
+
+def _time_runs(step_fn: Callable[[], None], steps: int, runs: int, warmup: int):
+  """Seconds per step of `runs` runs of `steps` calls (each ended by block_until_ready)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  for _ in range(warmup):
+    jax.block_until_ready(step_fn())
+  per_step = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(steps):
+      out = step_fn()
+    jax.block_until_ready(out)
+    per_step.append((time.perf_counter() - t0) / steps)
+  return per_step
+
+
+def _report_rate(rep: Reporter, prefix: str, per_step: Sequence[float], batch_size: int):
+  med = statistics.median(per_step)
+  rep.figure(f'{prefix}/steps_per_s', 1.0 / med, 'steps/s',
+             f'median of {len(per_step)} runs')
+  rep.figure(f'{prefix}/steps_per_s_min', 1.0 / max(per_step), 'steps/s')
+  rep.figure(f'{prefix}/steps_per_s_max', 1.0 / min(per_step), 'steps/s')
+  rep.figure(f'{prefix}/images_per_s', batch_size / med, 'images/s')
+  return med
+
+
+def _flops(compiled, num_devices: int) -> float:
+  """FLOPs of one call of a compiled pmapped step over all devices (XLA cost analysis).
+
+  The pmapped module is the per-device program (checked against jit(vmap) of the global
+  batch, which agrees within 0.1%), so the global cost is that times the device count.
+  """
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get('flops', float('nan'))
+  return float(flops) * num_devices
+
+
+def _lower_compile(fn, *args):
+  t0 = time.perf_counter()
+  lowered = fn.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  return compiled, t1 - t0, t2 - t1
+
+
+def measure_peak(rep: Reporter, size: int, runs: int, devices) -> float:
+  """Measured f32 matmul GFLOP/s, on one device and pmapped over all `devices`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n = len(devices)
+  key = jax.random.PRNGKey(0)
+  a = jax.random.normal(key, (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.float32)
+  flops = 2.0 * size ** 3
+  one = jax.jit(jnp.matmul)
+  a1, b1 = jax.device_put(a, devices[0]), jax.device_put(b, devices[0])
+  times = _time_runs(lambda: one(a1, b1), 1, runs, 1)
+  peak_one = flops / statistics.median(times) / 1e9
+  rep.figure('peak_gflops/one_device', peak_one, 'GFLOP/s',
+             f'{size}x{size} f32 matmul, median of {runs}')
+  many = jax.pmap(jnp.matmul, devices=devices)
+  an = jax.device_put_sharded([a] * n, devices)
+  bn = jax.device_put_sharded([b] * n, devices)
+  times = _time_runs(lambda: many(an, bn), 1, runs, 1)
+  peak_all = n * flops / statistics.median(times) / 1e9
+  rep.figure('peak_gflops/all_devices', peak_all, 'GFLOP/s',
+             f'pmapped over {n} devices, median of {runs}')
+  return peak_all
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen networks with random weights.
+
+
+def random_frozen(config, rep: Reporter):
+  """train.Frozen with randomly initialised networks where the losses need them (cost only)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from srgan_jax import models  # pylint: disable=g-import-not-at-top
+  from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  frozen = train.Frozen()
+  if config.loss.auxiliary == 'classifier' or config.loss.content == 'classifier':
+    rep.warning(f'the {config.classifier.architecture!r} loss classifier has RANDOM weights: '
+                'timings only, never results.')
+    model = models.create_classifier(config.classifier.architecture)
+    shape = (1, 28, 28, config.data.channels)
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros(shape), train=False))(
+        jax.random.PRNGKey(1))
+    frozen = frozen.replace(classifier=model, classifier_vars=variables)
+  if config.loss.content == 'vgg':
+    if config.loss.vgg.random_weights_for_benchmark:
+      rep.warning('VGG19 with RANDOM weights (--random_vgg / '
+                  'config.loss.vgg.random_weights_for_benchmark): timings only, never results.')
+    params, fn = train.load_vgg(config.loss.vgg)
+    frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
+  return frozen
+
+
+def make_judge(config, judge_workdir: str, rep: Reporter):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from srgan_jax import models  # pylint: disable=g-import-not-at-top
+  if judge_workdir:
+    from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
+    model, variables, _ = classifier_train.load(judge_workdir)
+    return model, variables
+  rep.warning('the evaluation judge is a RANDOM LeNet: eval timings only.')
+  model = models.create_classifier('lenet')
+  shape = (1, 28, 28, config.data.channels)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros(shape), train=False))(
+      jax.random.PRNGKey(2))
+  return model, variables
+
+
+# ---------------------------------------------------------------------------------------------
+# Alternative GAN-step builders (same maths as train.make_pmapped_steps).
+
+
+def make_gan_iteration(config, devices, variant: str):
+  """A function (g_state, d_state, batch, frozen) -> (g_state, d_state, metrics).
+
+  'baseline': train.make_pmapped_steps, G step then D step (two pmapped calls).
+  'donate': the same two calls with the state buffers donated.
+  'fused': G and D steps in one pmapped call (one dispatch, SR stays on the devices).
+  'fused_donate': fused, with both states donated.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}: use some of {VARIANTS}')
+  pmap = functools.partial(jax.pmap, axis_name=train.AXIS, devices=devices)
+  if variant in ('baseline', 'donate'):
+    if variant == 'baseline':
+      _, gen, disc = train.make_pmapped_steps(config, devices)
+    else:
+      gen = pmap(functools.partial(train.generator_step, config=config, adversarial=True),
+                 in_axes=(None, None, 0, None), out_axes=(None, 0, None), donate_argnums=(0,))
+      disc = pmap(functools.partial(train.discriminator_step, config=config),
+                  in_axes=(None, 0, 0), out_axes=(None, None), donate_argnums=(0,))
+
+    def iteration(g_state, d_state, batch, frozen):
+      g_state, sr, metrics = gen(g_state, d_state, batch, frozen)
+      d_state, d_metrics = disc(d_state, batch, sr)
+      return g_state, d_state, {**metrics, **d_metrics}
+    return iteration
+
+  def fused(g_state, d_state, batch, frozen):
+    g_state, sr, metrics = train.generator_step(g_state, d_state, batch, frozen, config=config,
+                                                adversarial=True)
+    d_state, d_metrics = train.discriminator_step(d_state, batch, sr, config=config)
+    return g_state, d_state, {**metrics, **d_metrics}
+
+  donate = (0, 1) if variant == 'fused_donate' else ()
+  return pmap(fused, in_axes=(None, None, 0, None), out_axes=(None, None, None),
+              donate_argnums=donate)
+
+
+def _copy_tree(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: jnp.array(x, copy=True) if hasattr(x, 'shape') else x, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark.
+
+
+def run(config, options: Optional[Options] = None, out=None) -> dict:
+  """Runs every measurement for `config`; prints the figures and returns {name: value}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from srgan_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from srgan_jax import models  # pylint: disable=g-import-not-at-top
+  from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  from srgan_jax import validation  # pylint: disable=g-import-not-at-top
+
+  options = options or Options()
+  for v in options.variants:
+    if v not in VARIANTS:
+      raise ValueError(f'unknown variant {v!r}: use some of {VARIANTS}')
+  if options.runs < 1 or options.steps < 1:
+    raise ValueError('runs and steps must be >= 1')
+  rep = Reporter(out)
+  if options.random_vgg:
+    config.loss.vgg.random_weights_for_benchmark = True
+  devices = jax.local_devices()
+  n = len(devices)
+  validation.validate_config(config, jax.device_count())
+  input_pipeline.validate_data_config(config.data)
+  bs = config.batch_size
+  rep.info(f'{n} {devices[0].platform} devices ({devices[0].device_kind}); batch {bs}, '
+           f'x{config.data.scale}, {config.data.channels} channel(s), content '
+           f'{config.loss.content}, auxiliary {config.loss.auxiliary}, generator '
+           f'{config.generator.num_res_blocks} blocks x {config.generator.features}')
+  rep.info(f'K={options.steps} steps per run, {options.runs} runs, {options.warmup} warm-up '
+           'steps; timings on a shared machine are noisy')
+
+  frozen = random_frozen(config, rep)
+  train_split = input_pipeline.load_split(config, 'train')
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(config.seed))
+  rep.info(f'parameters: generator {models.count_params(g_state.params)}, discriminator '
+           f'{models.count_params(d_state.params)}')
+
+  def make_batch(step):
+    idx = input_pipeline.batch_indices(config.seed, step, bs, train_split.num_examples,
+                                       jax.process_index(), jax.process_count())
+    return input_pipeline.shard(input_pipeline.get_batch(train_split, idx), n)
+
+  batch = make_batch(0)
+
+  # Compile (lower + compile) the three training steps, and their XLA cost analysis.
+  pretrain_step, gen_step, disc_step = train.make_pmapped_steps(config, devices)
+  compiled_pre, lo, co = _lower_compile(pretrain_step, g_state, d_state, batch, frozen)
+  rep.figure('compile_s/pretrain', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
+  compiled_gen, lo, co = _lower_compile(gen_step, g_state, d_state, batch, frozen)
+  rep.figure('compile_s/generator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
+  sr_shape = jax.ShapeDtypeStruct(batch['hr'].shape, np.float32)
+  compiled_disc, lo, co = _lower_compile(disc_step, d_state, batch, sr_shape)
+  rep.figure('compile_s/discriminator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
+  flops = {'pretrain': _flops(compiled_pre, n), 'generator': _flops(compiled_gen, n),
+           'discriminator': _flops(compiled_disc, n)}
+  flops['gan'] = flops['generator'] + flops['discriminator']
+  for name in ('pretrain', 'generator', 'discriminator', 'gan'):
+    rep.figure(f'flops_per_step/{name}', flops[name] / 1e9, 'GFLOP',
+               'XLA cost analysis, all devices')
+
+  # Steady state of the pretrain step.
+  state = {'g': g_state}
+
+  def pretrain_once():
+    state['g'], _, metrics = pretrain_step(state['g'], d_state, batch, frozen)
+    return metrics
+  sec_pre = _report_rate(rep, 'pretrain',
+                         _time_runs(pretrain_once, options.steps, options.runs, options.warmup),
+                         bs)
+
+  # Steady state of the GAN iteration (G step + D step), per variant.
+  gan_seconds = {}
+  for variant in ('baseline',) + tuple(v for v in options.variants if v != 'baseline'):
+    iteration = make_gan_iteration(config, devices, variant)
+    state = {'g': _copy_tree(g_state), 'd': _copy_tree(d_state)}
+
+    def gan_once(iteration=iteration, state=state):
+      state['g'], state['d'], metrics = iteration(state['g'], state['d'], batch, frozen)
+      return metrics
+    if variant != 'baseline':
+      t0 = time.perf_counter()
+      jax.block_until_ready(gan_once())
+      rep.figure(f'variant/{variant}/first_call_s', time.perf_counter() - t0, 's',
+                 'compile + one step')
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
+      per_step = _time_runs(gan_once, options.steps, options.runs, options.warmup)
+    prefix = 'gan' if variant == 'baseline' else f'variant/{variant}'
+    gan_seconds[variant] = _report_rate(rep, prefix, per_step, bs)
+  sec_gan = gan_seconds['baseline']
+  for variant, sec in gan_seconds.items():
+    if variant != 'baseline':
+      rep.figure(f'variant/{variant}/speedup', sec_gan / sec, 'x', 'vs baseline, same run')
+
+  # Achieved FLOP rate against the measured matmul peak.
+  peak = measure_peak(rep, options.peak_matmul_size, options.peak_runs, devices)
+  for name, sec in (('pretrain', sec_pre), ('gan', sec_gan)):
+    achieved = flops[name] / sec / 1e9
+    rep.figure(f'achieved_gflops/{name}', achieved, 'GFLOP/s')
+    rep.figure(f'utilisation_pct/{name}', 100.0 * achieved / peak, '%',
+               'of the measured matmul peak over all devices')
+
+  # Input pipeline (host work per step) as a fraction of the step time.
+  t0 = time.perf_counter()
+  for step in range(options.input_pipeline_steps):
+    make_batch(step)
+  sec_input = (time.perf_counter() - t0) / options.input_pipeline_steps
+  rep.figure('input_pipeline/ms_per_step', 1e3 * sec_input, 'ms',
+             'batch_indices + get_batch + shard')
+  rep.figure('input_pipeline/fraction_of_gan_step', sec_input / sec_gan, '')
+  rep.figure('input_pipeline/fraction_of_pretrain_step', sec_input / sec_pre, '')
+
+  # Evaluation throughput: SR + PSNR/SSIM + judge (+ FID statistics) over the test images.
+  if options.eval:
+    judge, judge_vars = make_judge(config, options.judge_workdir, rep)
+    test_split = input_pipeline.load_split(config, 'test')
+    eval_fn = evaluate_lib.make_eval_fn(models.create_generator(config), judge,
+                                        config.data.scale, config.eval.crop_border, devices)
+    g_vars = train.inference_variables(g_state)
+    eb = config.eval.batch_size
+    warm = input_pipeline.Split(test_split.hr[:eb], test_split.lr[:eb],
+                                None if test_split.labels is None else test_split.labels[:eb])
+    evaluate_lib.evaluate(eval_fn, g_vars, judge_vars, warm, eb, n)  # compiles
+    times = []
+    for _ in range(options.eval_runs):
+      t0 = time.perf_counter()
+      evaluate_lib.evaluate(eval_fn, g_vars, judge_vars, test_split, eb, n)
+      times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    rep.figure('eval/seconds', sec, 's', f'{test_split.num_examples} test images')
+    rep.figure('eval/images_per_s', test_split.num_examples / sec, 'images/s')
+
+  rep.figure('memory/peak_rss_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'MiB', 'ru_maxrss of this process')
+  bad = [k for k, v in rep.figures.items() if not math.isfinite(v)]
+  if bad:
+    rep.warning(f'non-finite figures: {bad}')
+  rep.summary(['gan/steps_per_s', 'gan/images_per_s', 'pretrain/steps_per_s',
+               'pretrain/images_per_s', 'flops_per_step/gan', 'achieved_gflops/gan',
+               'peak_gflops/all_devices', 'utilisation_pct/gan', 'eval/images_per_s',
+               'input_pipeline/fraction_of_gan_step', 'memory/peak_rss_mib'] +
+              [f'variant/{v}/speedup' for v in options.variants if v != 'baseline'])
+  return rep.figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a program, so that importing this
+  module next to main.py, which defines --config too, is harmless)."""
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+                                  lock_config=True)
+  flags.DEFINE_bool('random_vgg', False, 'Random VGG19 weights for a VGG content loss (cost '
+                    'only; sets config.loss.vgg.random_weights_for_benchmark). Prints a warning.')
+  flags.DEFINE_integer('steps', Options.steps, 'Steps per timed run (K).')
+  flags.DEFINE_integer('runs', Options.runs, 'Timed runs per figure (median, min, max).')
+  flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('peak_matmul_size', Options.peak_matmul_size,
+                       'Size n of the n x n f32 matmul that measures the peak FLOP rate.')
+  flags.DEFINE_integer('peak_runs', Options.peak_runs, 'Timed matmuls for the peak.')
+  flags.DEFINE_bool('eval', Options.eval, 'Measure evaluation throughput.')
+  flags.DEFINE_integer('eval_runs', Options.eval_runs, 'Timed passes over the test images.')
+  flags.DEFINE_string('judge_workdir', '', 'A judge classifier workdir; default: a random LeNet.')
+  flags.DEFINE_list('variants', list(Options.variants),
+                    f'GAN-step builders to time (baseline always runs): {", ".join(VARIANTS)}.')
+  flags.DEFINE_integer('input_pipeline_steps', Options.input_pipeline_steps,
+                       'Batches timed for the input-pipeline cost.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from srgan_jax import platform  # pylint: disable=g-import-not-at-top
+  platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
+  options = Options(steps=FLAGS.steps, runs=FLAGS.runs, warmup=FLAGS.warmup,
+                    peak_matmul_size=FLAGS.peak_matmul_size, peak_runs=FLAGS.peak_runs,
+                    eval=FLAGS.eval, eval_runs=FLAGS.eval_runs,
+                    judge_workdir=FLAGS.judge_workdir, random_vgg=FLAGS.random_vgg,
+                    variants=tuple(FLAGS.variants),
+                    input_pipeline_steps=FLAGS.input_pipeline_steps)
+  run(FLAGS.config, options)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,125 @@
+"""Shapes and parameter counts of the networks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srgan_jax import models
+
+
+def _conv(cin, cout, k):  # PyTorch nn.Conv2d(cin, cout, k) with bias.
+  return cin * cout * k * k + cout
+
+
+def _bn(c):  # nn.BatchNorm2d: weight + bias (running stats are buffers, not parameters).
+  return 2 * c
+
+
+def seed_generator_params(channels, blocks, upsample_stages, features=64):
+  """The seed's PyTorch GeneratorResNet, layer by layer (nn.PReLU(): 1 parameter)."""
+  n = _conv(channels, features, 9) + 1
+  n += blocks * (2 * (_conv(features, features, 3) + _bn(features)) + 1)
+  n += _conv(features, features, 3) + _bn(features)
+  n += upsample_stages * (_conv(features, 4 * features, 3) + _bn(4 * features) + 1)
+  n += _conv(features, channels, 9)
+  return n
+
+
+def seed_discriminator_params(channels, widths=(64, 128, 256, 512)):
+  """The seed's PyTorch Discriminator (patch head: a final conv3x3 to 1 channel)."""
+  n, cin = 0, channels
+  for i, w in enumerate(widths):
+    n += _conv(cin, w, 3) + (0 if i == 0 else _bn(w))
+    n += _conv(w, w, 3) + _bn(w)
+    cin = w
+  return n + _conv(cin, 1, 3)
+
+
+def _num_batch_norms(variables):
+  return len(jax.tree_util.tree_leaves(variables['batch_stats'])) // 2  # mean and var each.
+
+
+def _init(module, shape):
+  return module.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False)
+
+
+def test_seed_parameter_counts_match_pytorch():
+  g = models.Generator(scale=2, channels=3, num_res_blocks=4, upsample_batch_norm=True)
+  d = models.Discriminator(head='patch')
+  g_vars = _init(g, (1, 14, 14, 3))
+  d_vars = _init(d, (1, 28, 28, 3))
+  assert models.count_params(g_vars['params']) == seed_generator_params(3, 4, 1) == 512905
+  assert models.count_params(d_vars['params']) == seed_discriminator_params(3)
+
+
+@pytest.mark.parametrize('scale', [2, 4])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_generator_output_shape_and_range(scale, channels):
+  g = models.Generator(scale=scale, channels=channels, num_res_blocks=1, features=8)
+  lr = jax.random.normal(jax.random.PRNGKey(1), (2, 28 // scale, 28 // scale, channels))
+  variables = _init(g, lr.shape)
+  sr = g.apply(variables, lr, train=False)
+  assert sr.shape == (2, 28, 28, channels)
+  assert float(jnp.max(jnp.abs(sr))) <= 1.0
+  # Paper generator: no BN after the upsampling convs.
+  n_stages = int(np.log2(scale))
+  assert _num_batch_norms(variables) == 2 * 1 + 1
+  assert models.count_params(variables['params']) == seed_generator_params(
+      channels, 1, n_stages, 8) - n_stages * _bn(32)
+
+
+def test_generator_is_fully_convolutional():
+  g = models.Generator(scale=4, channels=1, num_res_blocks=1, features=8)
+  variables = _init(g, (1, 7, 7, 1))
+  assert g.apply(variables, jnp.zeros((3, 9, 11, 1))).shape == (3, 36, 44, 1)
+
+
+def test_pixel_shuffle_matches_torch_order():
+  # Channel c*r*r + i*r + j goes to spatial offset (i, j) of output channel c.
+  x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 1, 8)
+  y = models.pixel_shuffle(x, 2)
+  assert y.shape == (1, 2, 2, 2)
+  np.testing.assert_array_equal(np.asarray(y[0, :, :, 0]), [[0, 1], [2, 3]])
+  np.testing.assert_array_equal(np.asarray(y[0, :, :, 1]), [[4, 5], [6, 7]])
+
+
+def test_discriminator_heads():
+  x = jnp.zeros((3, 28, 28, 1))
+  dense = models.Discriminator(features=(8, 16), head='dense', dense_features=32)
+  logits, cls = dense.apply(_init(dense, x.shape), x)
+  assert logits.shape == (3, 1) and cls is None
+  patch = models.Discriminator(features=(8, 16), head='patch', num_classes=10)
+  logits, cls = patch.apply(_init(patch, x.shape), x)
+  assert logits.shape == (3, 7 * 7) and cls.shape == (3, 10)
+  # The paper's discriminator has no BN on its first conv: 2 * len(features) - 1 BN layers.
+  assert _num_batch_norms(_init(dense, x.shape)) == 3
+
+
+@pytest.mark.parametrize('arch', ['seed_cnn', 'lenet'])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_classifiers(arch, channels):
+  model = models.create_classifier(arch)
+  x = jnp.zeros((2, 28, 28, channels))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  logits, features = model.apply(variables, x)
+  assert logits.shape == (2, 10)
+  key = 'dense2' if arch == 'seed_cnn' else 'penultimate'
+  assert features[key].ndim == 2
+
+
+def test_seed_cnn_parameter_count():
+  model = models.Classifier()
+  n = models.count_params(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params'])
+  expected = (_conv(1, 32, 3) + _bn(32) + _conv(32, 64, 3) + _bn(64) + _conv(64, 128, 3)
+              + _bn(128) + (7 * 7 * 128 * 128 + 128) + _bn(128) + (128 * 64 + 64) + _bn(64)
+              + (64 * 10 + 10))
+  assert n == expected
+
+
+def test_unknown_names_raise():
+  with pytest.raises(ValueError, match='architecture'):
+    models.create_classifier('resnet')
+  d = models.Discriminator(head='nope')
+  with pytest.raises(ValueError, match='head'):
+    _init(d, (1, 28, 28, 1))

@@ -1,0 +1,119 @@
+"""The real training loop on tiny sizes, pmap equivalence, and clear errors for bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from srgan_jax import checkpoints
+from srgan_jax import input_pipeline
+from srgan_jax import train
+from srgan_jax import validation
+from tests.conftest import make_tiny_config
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_config):
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(tiny_config, workdir)
+  for key in ('psnr_sr', 'psnr_bicubic', 'ssim_sr', 'ssim_bicubic'):
+    assert np.isfinite(summary[key])
+  records = _records(workdir)
+  steps = [r['step'] for r in records if 'generator' in r]
+  assert steps == [2, 4, 6, 8]
+  gan = [r for r in records if r.get('stage') == 1]
+  for key in ('content', 'adversarial', 'discriminator', 'd_real', 'd_fake', 'steps_per_second'):
+    assert all(np.isfinite(r[key]) for r in gan), key
+  assert any('eval/psnr_sr' in r for r in records)
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_8.png'))
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert os.path.exists(os.path.join(workdir, 'results.md'))
+  step, saved, _ = checkpoints.read_config(workdir)
+  assert step == 8 and saved['generator']['features'] == 8
+
+  # The same command with a larger budget resumes at step 8 instead of starting over.
+  longer = make_tiny_config(num_train_steps=6)
+  train.train_and_evaluate(longer, workdir)
+  steps = [r['step'] for r in _records(workdir) if 'generator' in r]
+  assert steps == [2, 4, 6, 8, 10]
+  assert checkpoints.read_config(workdir)[0] == 10
+
+
+def _steps_on(devices, config, g_state, d_state, batch):
+  pretrain, gen, disc = train.make_pmapped_steps(config, devices)
+  sharded = input_pipeline.shard(batch, len(devices))
+  g1, _, m_pre = pretrain(g_state, d_state, sharded, train.Frozen())
+  g2, sr, m_gen = gen(g1, d_state, sharded, train.Frozen())
+  d2, m_disc = disc(d_state, sharded, sr)
+  return jax.device_get((g2, d2, m_pre, m_gen, m_disc))
+
+
+def test_pmap_over_4_devices_equals_1_device(tiny_config):
+  assert jax.device_count() >= 4, 'conftest sets 4 fake CPU devices'
+  config = tiny_config
+  config.batch_size = 16
+  config.ema_decay = 0.9
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0))
+  # Plain SGD, so that updated parameters reflect gradients linearly: Adam would blow the
+  # float round-off in the (theoretically zero) gradients of conv biases before BatchNorm up
+  # to full learning-rate steps.
+  sgd = optax.sgd(0.1)
+  g_state = g_state.replace(tx=sgd, opt_state=sgd.init(g_state.params))
+  d_state = d_state.replace(tx=sgd, opt_state=sgd.init(d_state.params))
+  rng = np.random.default_rng(0)
+  batch = {'hr': rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
+           'lr': rng.integers(0, 256, (16, 7, 7, 1), dtype=np.uint8)}
+  one = _steps_on(jax.devices()[:1], config, g_state, d_state, batch)
+  four = _steps_on(jax.devices()[:4], config, g_state, d_state, batch)
+  # Same losses, same updated parameters, same BatchNorm statistics (global over devices).
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         one, four)
+  moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+      four[0].batch_stats, jax.device_get(g_state.batch_stats)))
+  assert max(moved) > 0  # BN statistics were really updated.
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('loss.content', 'ssim', 'loss.content'),
+    ('loss.adversarial', 'wgan', 'loss.adversarial'),
+    ('loss.auxiliary', 'magic', 'loss.auxiliary'),
+    ('loss.auxiliary_labels', 'guess', 'loss.auxiliary_labels'),
+    ('discriminator.head', 'global', 'discriminator.head'),
+    ('data.scale', 3, 'data.scale'),
+    ('data.channels', 2, 'data.channels'),
+    ('batch_size', 6, 'multiple of the number of devices'),
+    ('ema_decay', 1.0, 'ema_decay'),
+])
+def test_bad_config_values_fail_before_any_work(tmp_path, field, value, match):
+  config = make_tiny_config(**{field: value})
+  workdir = tmp_path / 'run'
+  with pytest.raises(validation.ConfigError, match=match):
+    train.train_and_evaluate(config, str(workdir))
+  assert not (workdir / 'checkpoints').exists()
+
+
+def test_unwritable_workdir(tmp_path, tiny_config):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(checkpoints.CheckpointError, match='Cannot write to workdir'):
+    train.train_and_evaluate(tiny_config, str(blocker / 'run'))
+
+
+def test_checkpoint_from_another_architecture_names_the_fields(tmp_path, tiny_config):
+  workdir = str(tmp_path / 'run')
+  tiny_config.pretrain_steps = 2
+  tiny_config.num_train_steps = 2
+  train.train_and_evaluate(tiny_config, workdir)
+  other = make_tiny_config(**{'generator.features': 16, 'discriminator.head': 'dense'})
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    train.train_and_evaluate(other, workdir)
+  assert 'generator.features: checkpoint has 8, config has 16' in str(e.value)
+  assert 'discriminator.head' in str(e.value)
