@@ -99,6 +99,9 @@ def has_checkpoint(workdir: str) -> bool:
 def save(mngr, step: int, state: Any, model: Any, config, extra: Optional[dict] = None):
   """Saves one complete checkpoint at `step` (numpy on the host; primary process writes)."""
   state, model = jax.device_get((state, model))
+  if step in mngr.all_steps():  # Left by an earlier run; a resume skipped it as unusable.
+    logging.warning('Replacing the unusable checkpoint at step %d in %s.', step, mngr.directory)
+    mngr.delete(step)
   args = ocp.args.Composite(
       state=ocp.args.StandardSave(state), model=ocp.args.StandardSave(model),
       config=ocp.args.JsonSave(config_to_dict(config)),

@@ -1,0 +1,146 @@
+"""The pretrained classifier, the auxiliary classifier loss, the AC-GAN head and the judge."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srgan_jax import checkpoints
+from srgan_jax import classifier_train
+from srgan_jax import input_pipeline
+from srgan_jax import losses
+from srgan_jax import models
+from srgan_jax import train
+from srgan_jax import validation
+from tests.conftest import make_tiny_config
+
+
+@pytest.fixture(scope='module')
+def one_command_run(tmp_path_factory):
+  """configs/mnist_cnn.py shrunk: no classifier or judge yet, so both are trained first."""
+  from configs import mnist_cnn  # pylint: disable=g-import-not-at-top
+  config = make_tiny_config()
+  cnn = mnist_cnn.get_config()
+  config.loss = cnn.loss
+  config.eval.judge_workdir = cnn.eval.judge_workdir
+  workdir = str(tmp_path_factory.mktemp('cnn'))
+  summary = train.train_and_evaluate(config, workdir)
+  return config, workdir, summary
+
+
+def test_one_command_trains_classifier_and_judge_first(one_command_run):
+  config, workdir, summary = one_command_run
+  assert checkpoints.has_checkpoint(os.path.join(workdir, 'classifier'))
+  assert checkpoints.has_checkpoint(os.path.join(workdir, 'judge'))
+  for key in ('judge_accuracy_hr', 'judge_accuracy_bicubic', 'judge_accuracy_sr', 'fid_sr',
+              'fid_bicubic', 'psnr_sr', 'ssim_sr'):
+    assert np.isfinite(summary[key]), key
+  with open(os.path.join(workdir, 'results.md')) as f:
+    table = f.read()
+  assert 'judge accuracy' in table and 'digit-FID' in table and 'bicubic' in table
+  assert config.loss.auxiliary == 'classifier'
+
+
+def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_run):
+  _, workdir, _ = one_command_run
+  guide, guide_vars, extra = classifier_train.load(os.path.join(workdir, 'classifier'))
+  judge, judge_vars, _ = classifier_train.load(os.path.join(workdir, 'judge'))
+  assert 0.0 <= extra['test_accuracy'] <= 1.0
+  assert isinstance(guide, models.Classifier) and isinstance(judge, models.LeNetJudge)
+  assert jax.tree_util.tree_structure(guide_vars) != jax.tree_util.tree_structure(judge_vars)
+  _, saved_guide, _ = checkpoints.read_config(os.path.join(workdir, 'classifier'))
+  _, saved_judge, _ = checkpoints.read_config(os.path.join(workdir, 'judge'))
+  assert saved_guide['seed'] != saved_judge['seed']
+  # Restored variables give the recorded accuracy's kind of predictions: better than chance.
+  split = input_pipeline.load_split(make_tiny_config(), 'test')
+  acc = classifier_train.accuracy(guide, guide_vars, split, 32, jax.local_devices()[:1])
+  assert acc > 0.2
+
+
+def _frozen_classifier(config, seed=0):
+  model = models.create_classifier('seed_cnn')
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, config.data.channels)))
+  return train.Frozen(classifier=model, classifier_vars=variables)
+
+
+def _batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'hr': rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+          'lr': rng.integers(0, 256, (n, 7, 7, 1), dtype=np.uint8),
+          'label': rng.integers(0, 10, (n,)).astype(np.int32)}
+
+
+def test_auxiliary_gradient_reaches_generator_and_classifier_stays_fixed():
+  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.content_weight': 0.0})
+  frozen = _frozen_classifier(config)
+  before = jax.device_get(frozen.classifier_vars)
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
+  grads, (_, _, metrics) = jax.grad(train.generator_loss, has_aux=True)(
+      g_state.params, g_state, d_state, _batch(), frozen, config=config, adversarial=False)
+  norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads))
+  assert norm > 0 and float(metrics['auxiliary']) > 0
+  new_g, _, _ = train.generator_step(g_state, d_state, _batch(), frozen, config=config,
+                                     adversarial=False, axis_name=None)
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
+      jax.tree_util.tree_leaves(new_g.params), jax.tree_util.tree_leaves(g_state.params)))
+  after = jax.device_get(frozen.classifier_vars)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+
+
+def test_pseudo_labels_are_the_classifier_argmax_on_hr():
+  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.auxiliary_labels': 'pseudo',
+                               'loss.content_weight': 0.0, 'loss.auxiliary_weight': 1.0})
+  frozen = _frozen_classifier(config)
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
+  batch = _batch()
+  loss, (sr, _, _) = train.generator_loss(g_state.params, g_state, d_state, batch, frozen,
+                                          config=config, adversarial=False)
+  hr = input_pipeline.to_model_range(batch['hr'])
+  hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr)
+  sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr)
+  expected = losses.auxiliary_classifier_loss(sr_logits, jnp.argmax(hr_logits, -1))
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  with_true = losses.auxiliary_classifier_loss(sr_logits, batch['label'])
+  assert abs(float(with_true) - float(expected)) > 1e-6  # Random labels differ from argmax.
+
+
+def test_acgan_discriminator_head_losses():
+  config = make_tiny_config(**{'loss.auxiliary': 'discriminator_head'})
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
+  batch = _batch()
+  _, (sr, _, metrics) = train.generator_loss(g_state.params, g_state, d_state, batch,
+                                             train.Frozen(), config=config, adversarial=True)
+  # Chance-level cross-entropy at initialisation is about log(10).
+  assert 0.5 < float(metrics['auxiliary']) < 10
+  _, d_metrics = train.discriminator_step(d_state, batch, sr, config=config, axis_name=None)
+  assert float(d_metrics['discriminator']) == pytest.approx(
+      float(d_metrics['discriminator_adversarial'] + d_metrics['discriminator_auxiliary']),
+      rel=1e-5)
+  logits, class_logits = d_state.apply_fn(
+      {'params': d_state.params, 'batch_stats': d_state.batch_stats}, sr)
+  assert class_logits.shape == (8, 10) and logits.shape[0] == 8
+
+
+def test_classifier_for_another_channel_count_is_a_clear_error(one_command_run, tmp_path):
+  _, workdir, _ = one_command_run
+  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'data.channels': 3,
+                               'loss.classifier_workdir': os.path.join(workdir, 'classifier'),
+                               'eval.judge_workdir': ''})
+  with pytest.raises(checkpoints.CheckpointError, match='data.channels') as e:
+    train.train_and_evaluate(config, str(tmp_path / 'rgb'))
+  assert 'classifier' in str(e.value)
+
+
+def test_labels_needed_but_missing_is_a_clear_error(tmp_path, monkeypatch):
+  real = input_pipeline.load_split
+
+  def unlabelled(config, split):
+    s = real(config, split)
+    return input_pipeline.Split(s.hr, s.lr, None)
+
+  monkeypatch.setattr(input_pipeline, 'load_split', unlabelled)
+  config = make_tiny_config(**{'loss.auxiliary': 'discriminator_head'})
+  with pytest.raises(validation.ConfigError, match='labels'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
