@@ -50,6 +50,9 @@ def get_config():
   config.loss.auxiliary = 'none'
   config.loss.auxiliary_weight = 0.1
   config.loss.auxiliary_labels = 'true'  # 'true' dataset labels | 'pseudo' classifier argmax on HR.
+  # Also apply the 'classifier' auxiliary loss while pretraining the generator (the paper's
+  # SRResNet initialisation uses the content loss alone).
+  config.loss.auxiliary_during_pretrain = False
   # Where the pretrained classifier lives (trained first when missing). Relative paths are
   # relative to the SRGAN workdir.
   config.loss.classifier_workdir = 'classifier'

@@ -32,7 +32,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-VARIANTS = ('baseline', 'donate', 'fused', 'fused_donate')
+VARIANTS = ('baseline', 'replicate', 'donate', 'fused', 'fused_donate')
 PREFIX = 'bench: '
 SUMMARY_PREFIX = 'summary: '
 
@@ -162,6 +162,8 @@ def measure_peak(rep: Reporter, size: int, runs: int, devices) -> float:
   """Measured f32 matmul GFLOP/s, on one device and pmapped over all `devices`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   n = len(devices)
   key = jax.random.PRNGKey(0)
   a = jax.random.normal(key, (size, size), jnp.float32)
@@ -173,9 +175,10 @@ def measure_peak(rep: Reporter, size: int, runs: int, devices) -> float:
   peak_one = flops / statistics.median(times) / 1e9
   rep.figure('peak_gflops/one_device', peak_one, 'GFLOP/s',
              f'{size}x{size} f32 matmul, median of {runs}')
-  many = jax.pmap(jnp.matmul, devices=devices)
-  an = jax.device_put_sharded([a] * n, devices)
-  bn = jax.device_put_sharded([b] * n, devices)
+  many = jax.pmap(jnp.matmul, axis_name='peak', devices=devices)
+  stacked = NamedSharding(Mesh(np.asarray(devices), ('peak',)), PartitionSpec('peak'))
+  an = jax.device_put(jnp.stack([a] * n), stacked)
+  bn = jax.device_put(jnp.stack([b] * n), stacked)
   times = _time_runs(lambda: many(an, bn), 1, runs, 1)
   peak_all = n * flops / statistics.median(times) / 1e9
   rep.figure('peak_gflops/all_devices', peak_all, 'GFLOP/s',
@@ -231,21 +234,35 @@ def make_judge(config, judge_workdir: str, rep: Reporter):
 # Alternative GAN-step builders (same maths as train.make_pmapped_steps).
 
 
+def replicate(tree, devices):
+  """`tree` placed once on every device of the pmap mesh (the sharding pmap's outputs with
+  out_axes=None have), so that calls see the same input sharding from the first step on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  sharding = NamedSharding(Mesh(np.asarray(devices), (train.AXIS,)), PartitionSpec())
+  return jax.device_put(tree, sharding)
+
+
 def make_gan_iteration(config, devices, variant: str):
   """A function (g_state, d_state, batch, frozen) -> (g_state, d_state, metrics).
 
-  'baseline': train.make_pmapped_steps, G step then D step (two pmapped calls).
-  'donate': the same two calls with the state buffers donated.
+  'baseline': train.make_pmapped_steps, G step then D step (two pmapped calls); the frozen
+    networks are passed as train.py passes them (copied to the devices at every call).
+  'replicate': the same, with the frozen networks placed on the devices once.
+  'donate': 'replicate' with the state buffers donated.
   'fused': G and D steps in one pmapped call (one dispatch, SR stays on the devices).
   'fused_donate': fused, with both states donated.
+  The runner replicates the frozen networks for every variant but 'baseline'.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r}: use some of {VARIANTS}')
   pmap = functools.partial(jax.pmap, axis_name=train.AXIS, devices=devices)
-  if variant in ('baseline', 'donate'):
-    if variant == 'baseline':
+  if variant in ('baseline', 'replicate', 'donate'):
+    if variant != 'donate':
       _, gen, disc = train.make_pmapped_steps(config, devices)
     else:
       gen = pmap(functools.partial(train.generator_step, config=config, adversarial=True),
@@ -270,10 +287,10 @@ def make_gan_iteration(config, devices, variant: str):
               donate_argnums=donate)
 
 
-def _copy_tree(tree):
+def _fresh_copy(tree, devices):
+  """A replicated copy of `tree` that a donating step may consume."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda x: jnp.array(x, copy=True) if hasattr(x, 'shape') else x, tree)
+  return replicate(jax.device_get(tree), devices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +340,11 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
     return input_pipeline.shard(input_pipeline.get_batch(train_split, idx), n)
 
   batch = make_batch(0)
+  # States as every step after the first sees them (pmap's out_axes=None outputs live on all
+  # devices of its mesh). Passing the host-made states of create_train_states instead makes
+  # jax 0.10 compile each step twice: once for the first call, once for the second.
+  g_state, d_state = replicate((g_state, d_state), devices)
+  frozen_replicated = replicate(frozen, devices)
 
   # Compile (lower + compile) the three training steps, and their XLA cost analysis.
   pretrain_step, gen_step, disc_step = train.make_pmapped_steps(config, devices)
@@ -330,8 +352,8 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   rep.figure('compile_s/pretrain', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
   compiled_gen, lo, co = _lower_compile(gen_step, g_state, d_state, batch, frozen)
   rep.figure('compile_s/generator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
-  sr_shape = jax.ShapeDtypeStruct(batch['hr'].shape, np.float32)
-  compiled_disc, lo, co = _lower_compile(disc_step, d_state, batch, sr_shape)
+  _, sr, _ = gen_step(_fresh_copy(g_state, devices), d_state, batch, frozen)
+  compiled_disc, lo, co = _lower_compile(disc_step, d_state, batch, sr)
   rep.figure('compile_s/discriminator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
   flops = {'pretrain': _flops(compiled_pre, n), 'generator': _flops(compiled_gen, n),
            'discriminator': _flops(compiled_disc, n)}
@@ -354,10 +376,12 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   gan_seconds = {}
   for variant in ('baseline',) + tuple(v for v in options.variants if v != 'baseline'):
     iteration = make_gan_iteration(config, devices, variant)
-    state = {'g': _copy_tree(g_state), 'd': _copy_tree(d_state)}
+    state = {'g': _fresh_copy(g_state, devices), 'd': _fresh_copy(d_state, devices)}
+    variant_frozen = frozen if variant == 'baseline' else frozen_replicated
 
-    def gan_once(iteration=iteration, state=state):
-      state['g'], state['d'], metrics = iteration(state['g'], state['d'], batch, frozen)
+    def gan_once(iteration=iteration, state=state, variant_frozen=variant_frozen):
+      state['g'], state['d'], metrics = iteration(state['g'], state['d'], batch,
+                                                  variant_frozen)
       return metrics
     if variant != 'baseline':
       t0 = time.perf_counter()

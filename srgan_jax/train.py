@@ -109,7 +109,8 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
       aux = losses.classification_loss(fake_class, batch['label'])
       total = total + config.loss.auxiliary_weight * aux
       metrics['auxiliary'] = aux
-  if config.loss.auxiliary == 'classifier':
+  if config.loss.auxiliary == 'classifier' and (adversarial or
+                                                config.loss.auxiliary_during_pretrain):
     sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
     if config.loss.auxiliary_labels == 'true':
       labels = batch['label']
@@ -284,14 +285,14 @@ def prepare_frozen(config, workdir) -> Frozen:
   """Loads (training first when missing) the networks the losses need."""
   from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
   frozen = Frozen()
+  if config.loss.content == 'vgg':
+    params, fn = load_vgg(config.loss.vgg)
+    frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
   needs_classifier = (config.loss.auxiliary == 'classifier' or config.loss.content == 'classifier')
   if needs_classifier:
     model, variables = classifier_train.load_or_train(
         config, resolve_path(workdir, config.loss.classifier_workdir), role='guide')
     frozen = frozen.replace(classifier=model, classifier_vars=variables)
-  if config.loss.content == 'vgg':
-    params, fn = load_vgg(config.loss.vgg)
-    frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
   return frozen
 
 
@@ -335,10 +336,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if resuming:
     _, saved_config, _ = checkpoints.read_config(workdir)
     checkpoints.check_compatible(saved_config, config, workdir)
-  if config.loss.auxiliary == 'discriminator_head' or config.loss.auxiliary_labels == 'true':
-    needs_labels = config.loss.auxiliary != 'none'
-  else:
-    needs_labels = False
+  needs_labels = (config.loss.auxiliary == 'discriminator_head' or
+                  (config.loss.auxiliary == 'classifier' and
+                   config.loss.auxiliary_labels == 'true'))
+
+  train_split = input_pipeline.load_split(config, 'train')
+  test_split = input_pipeline.load_split(config, 'test')
+  if config.eval.judge_workdir and test_split.labels is None:
+    raise validation.ConfigError(
+        f'The judge needs test labels and {config.data.name!r} has none; set '
+        f'--config.eval.judge_workdir="" to evaluate PSNR/SSIM only.')
+  if needs_labels and train_split.labels is None:
+    raise validation.ConfigError(
+        f'config.loss.auxiliary = {config.loss.auxiliary!r} with true labels needs a labelled '
+        f'dataset, and {config.data.name!r} has none; use loss.auxiliary_labels="pseudo" or '
+        f'loss.auxiliary="none".')
 
   frozen = prepare_frozen(config, workdir)
   judge = judge_vars = None
@@ -346,14 +358,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
     judge, judge_vars = classifier_train.load_or_train(
         config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
-
-  train_split = input_pipeline.load_split(config, 'train')
-  test_split = input_pipeline.load_split(config, 'test')
-  if needs_labels and train_split.labels is None:
-    raise validation.ConfigError(
-        f'config.loss.auxiliary = {config.loss.auxiliary!r} with true labels needs a labelled '
-        f'dataset, and {config.data.name!r} has none; use loss.auxiliary_labels="pseudo" or '
-        f'loss.auxiliary="none".')
 
   g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed))
   logging.info('Devices: %s', devices)
