@@ -1,5 +1,6 @@
 """Shapes and parameter counts of the networks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +124,20 @@ def test_unknown_names_raise():
   d = models.Discriminator(head='nope')
   with pytest.raises(ValueError, match='head'):
     _init(d, (1, 28, 28, 1))
+
+
+@pytest.mark.parametrize('size,kernel,stride', [(28, 3, 1), (28, 3, 2), (7, 3, 2), (4, 3, 2),
+                                                (7, 9, 1), (9, 5, 1)])
+def test_matmul_conv_equals_xla_conv(size, kernel, stride):
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size + 1, 5))
+  conv = models.Conv(7, kernel, stride, implementation='xla')
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  matmul = models.Conv(7, kernel, stride, implementation='matmul')
+  np.testing.assert_allclose(matmul.apply(variables, x), conv.apply(variables, x), atol=2e-5)
+  # Same numbers as flax's own nn.Conv with SAME padding, and the same parameter layout.
+  flax_conv = nn.Conv(7, (kernel, kernel), strides=(stride, stride))
+  np.testing.assert_allclose(flax_conv.apply(variables, x), conv.apply(variables, x), atol=2e-5)
+  grads = [jax.grad(lambda v, x: m.apply(v, x).sum(), argnums=(0, 1))(variables, x)
+           for m in (conv, matmul)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         *grads)
