@@ -61,8 +61,11 @@ class _Layout:
 
 
 def _to_nhwc(images, channels: int, what: str) -> tuple[np.ndarray, _Layout]:
-  """Checks `images`; returns (NHWC uint8, or float32 clipped to [0, 1], with `channels`
-  channels; the caller's layout)."""
+  """Checks `images`; returns (NHWC uint8, or float32 clipped to [0, 1]; the caller's layout).
+
+  The channels are the caller's: 1-channel images for a 3-channel network are tiled inside
+  the jitted function (see _to_model_range), not here, so the host holds no 3x copy.
+  """
   if isinstance(images, (list, tuple)):
     images = np.stack([np.asarray(x) for x in images]) if images else np.asarray(images)
   x = np.asarray(images)
@@ -119,30 +122,35 @@ def _to_nhwc(images, channels: int, what: str) -> tuple[np.ndarray, _Layout]:
         raise ValueError(f'{what}: float images must be in [0, 1]; got values in '
                          f'[{lo:.4g}, {hi:.4g}].{hint}')
       x = np.clip(x, 0.0, 1.0)
-  if c == 1 and channels == 3:
-    x = np.repeat(x, 3, axis=-1)
   return x, _Layout(ndim=ndim, channels=c, is_uint8=is_uint8)
 
 
-def _to_model_range(x):
+def _to_model_range(x, channels: int):
   """uint8 [0, 255] (exactly as training: input_pipeline.to_model_range) or float [0, 1]
-  -> float32 [-1, 1]; inside jit."""
+  -> float32 [-1, 1] with `channels` channels (grey tiled to RGB); inside jit."""
+  if x.shape[-1] != channels:
+    x = jnp.broadcast_to(x, x.shape[:-1] + (channels,))
   if x.dtype == jnp.uint8:
     return input_pipeline.to_model_range(x)
   return x.astype(jnp.float32) * 2.0 - 1.0
 
 
-def _from_nhwc(y: np.ndarray, layout: _Layout) -> np.ndarray:
-  """float32 NHWC in [0, 1] -> the caller's layout and dtype convention."""
+def _to_caller_dtype(y: np.ndarray, layout: _Layout) -> np.ndarray:
+  """A batch of float32 NHWC in [0, 1] -> the caller's channels and dtype convention."""
   if y.shape[-1] != layout.channels:  # 3-channel network, greyscale caller.
     y = y.mean(axis=-1, keepdims=True)
-  if layout.ndim == 2:
-    y = y[0, :, :, 0]
-  elif layout.ndim == 3:
-    y = y[..., 0]
   if layout.is_uint8:
     return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
   return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def _to_caller_layout(y: np.ndarray, layout: _Layout) -> np.ndarray:
+  """NHWC -> (H, W), (N, H, W) or (N, H, W, C) as the caller gave it."""
+  if layout.ndim == 2:
+    return y[0, :, :, 0]
+  if layout.ndim == 3:
+    return y[..., 0]
+  return y
 
 
 def _check_batch_size(batch_size) -> int:
@@ -163,8 +171,12 @@ def _bucket(n: int, batch_size: int) -> int:
   return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
-def _batched(fn, x: np.ndarray, batch_size: int, out_shape, out_dtype=np.float32):
-  """Applies jitted `fn` to x in padded batches; returns a numpy array (N, *out_shape)."""
+def _batched(fn, x: np.ndarray, batch_size: int, out_shape, out_dtype, post=None):
+  """Applies jitted `fn` to x in padded batches; returns a numpy array (N, *out_shape).
+
+  Only one batch is on the device at a time, and each batch is converted by `post` (e.g. to
+  uint8) as it comes back, so the host holds the output once, in its final dtype.
+  """
   n = x.shape[0]
   out = np.empty((n,) + tuple(out_shape), out_dtype)
   for start in range(0, n, batch_size):
@@ -174,7 +186,8 @@ def _batched(fn, x: np.ndarray, batch_size: int, out_shape, out_dtype=np.float32
     if valid < size:
       pad = np.repeat(chunk[-1:], size - valid, axis=0)  # Finite values, dropped below.
       chunk = np.concatenate([chunk, pad])
-    out[start:start + valid] = np.asarray(fn(chunk))[:valid]
+    y = np.asarray(fn(chunk))[:valid]
+    out[start:start + valid] = post(y) if post is not None else y
   return out
 
 
@@ -200,7 +213,7 @@ class Upscaler:
     self.channels = int(model.channels)
 
     def apply(variables, x):
-      sr = model.apply(variables, _to_model_range(x), train=False)  # tanh: [-1, 1]
+      sr = model.apply(variables, _to_model_range(x, model.channels), train=False)  # tanh
       return jnp.clip(input_pipeline.to_unit_range(sr), 0.0, 1.0)
     self._apply = jax.jit(apply)
 
@@ -219,8 +232,10 @@ class Upscaler:
     x, layout = _to_nhwc(images, self.channels, 'upscale')
     n, h, w, _ = x.shape
     fn = lambda chunk: self._apply(self.variables, chunk)
-    y = _batched(fn, x, batch_size, (h * self.scale, w * self.scale, self.channels))
-    return _from_nhwc(y, layout)
+    out_dtype = np.uint8 if layout.is_uint8 else np.float32
+    y = _batched(fn, x, batch_size, (h * self.scale, w * self.scale, layout.channels),
+                 out_dtype, post=lambda y: _to_caller_dtype(y, layout))
+    return _to_caller_layout(y, layout)
 
   __call__ = upscale
 
@@ -268,7 +283,7 @@ class Classifier:
     self.architecture = config.classifier.architecture
     self.channels = int(config.data.channels)
     self._apply = jax.jit(
-        lambda v, x: model.apply(v, _to_model_range(x), train=False)[0])
+        lambda v, x: model.apply(v, _to_model_range(x, self.channels), train=False)[0])
 
   def __repr__(self):
     return (f'Classifier({self.architecture!r}, channels={self.channels}, '
@@ -282,7 +297,7 @@ class Classifier:
       raise ValueError(f'classifier: images must be {CLASSIFIER_SIZE}x{CLASSIFIER_SIZE} (the '
                        f'size it was trained on); got {x.shape[1]}x{x.shape[2]}.')
     fn = lambda chunk: self._apply(self.variables, chunk)
-    out = _batched(fn, x, batch_size, (self.model.num_classes,))
+    out = _batched(fn, x, batch_size, (self.model.num_classes,), np.float32)
     return out[0] if layout.ndim == 2 else out
 
   def predict(self, images, batch_size: int = 1000) -> np.ndarray:

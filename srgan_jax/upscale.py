@@ -42,6 +42,9 @@ def _is_png(name: str) -> bool:
 
 def _plan(src: str, dst: str) -> list:
   """[(input path, output path)] for a file or a directory of PNGs."""
+  if os.path.abspath(src) == os.path.abspath(dst):
+    raise UpscaleError(f'The output {dst!r} is the input; choose another output path so the '
+                       f'input images are not overwritten.')
   if os.path.isdir(src):
     if os.path.exists(dst) and not os.path.isdir(dst):
       raise UpscaleError(f'The input {src!r} is a directory, so the output must be one too; '
@@ -55,6 +58,9 @@ def _plan(src: str, dst: str) -> list:
     raise UpscaleError(f'No such file or directory: {src!r}.')
   if os.path.isdir(dst):
     dst = os.path.join(dst, os.path.basename(src))
+    if os.path.abspath(src) == os.path.abspath(dst):
+      raise UpscaleError(f'Writing into {os.path.dirname(dst)!r} would overwrite the input '
+                         f'{src!r}; choose another output path.')
   return [(src, dst)]
 
 
@@ -93,13 +99,13 @@ def _write(path: str, array) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(directory, exist_ok=True)
-    Image.fromarray(array, mode='L' if array.ndim == 2 else 'RGB').save(path, format='PNG')
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format='PNG')  # uint8: L or RGB
   except OSError as e:
     raise UpscaleError(f'Cannot write {path!r}: {e.strerror or e}') from None
 
 
-def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256) -> list:
-  """Upscales a PNG file or a directory of PNGs; returns the paths written."""
+def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256):
+  """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler)."""
   plan = _plan(src, dst)
   from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from srgan_jax import inference  # pylint: disable=g-import-not-at-top
@@ -111,7 +117,7 @@ def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int =
   for path, _ in plan:
     array, note = _read(path, up.channels)
     if note:
-      logging.warning(note)
+      print(f'Note: {note}', file=sys.stderr)
     images.append(array)
   # Images of the same size and layout are upscaled together.
   groups = {}
@@ -129,9 +135,7 @@ def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int =
   for (_, out_path), out in zip(plan, outputs):
     _write(out_path, out)
     written.append(out_path)
-  logging.info('Upscaled %d image(s) x%d with the generator of %s (step %d).', len(written),
-               up.scale, workdir, up.step)
-  return written
+  return written, up
 
 
 def main(argv):
@@ -139,12 +143,19 @@ def main(argv):
     raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
   if FLAGS.batch_size <= 0:
     raise app.UsageError(f'--batch_size must be positive; got {FLAGS.batch_size}.')
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   try:
-    written = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size)
+    written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size)
   except UpscaleError as e:
     sys.exit(f'Error: {e}')
-  print(f'Wrote {len(written)} image(s): ' + (written[0] if len(written) == 1 else
-                                               os.path.dirname(written[0]) + os.sep))
+  where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
+  print(f'Upscaled {len(written)} image(s) x{up.scale} with the generator at step {up.step} of '
+        f'{FLAGS.workdir}: {where}')
+
+
+def _quiet_orbax(record) -> bool:
+  """Drops Orbax's chatter (INFO, and its read-only warnings); our own warnings still show."""
+  return record.levelno >= logging.converter.STANDARD_ERROR or 'orbax' not in record.pathname
 
 
 if __name__ == '__main__':
