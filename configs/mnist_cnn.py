@@ -12,6 +12,9 @@ def get_config():
   config.loss.auxiliary = 'classifier'
   config.loss.auxiliary_weight = 0.1      # seed: 0.1 (and 0.001).
   config.loss.auxiliary_labels = 'true'
+  # The seed had no pretraining stage: its classifier loss acted from the first step.
+  config.loss.auxiliary_during_pretrain = True
   config.loss.classifier_workdir = 'classifier'
   config.eval.judge_workdir = 'judge'
+  config.classifier.num_epochs = 2
   return config

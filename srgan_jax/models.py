@@ -24,8 +24,9 @@ class Conv(nn.Module):
   discriminator's fwd+bwd at batch 64 took 2.1 s with XLA convs, 0.8 s as matmuls; the input
   gradient of a stride-2 conv on 4x4 maps alone took 1.5 s). As matmuls, both the forward and
   the backward pass of a conv are plain GEMMs, which XLA:CPU runs near the machine's peak.
-  'auto' picks 'matmul' on CPU when a patch has at most MAX_MATMUL_PATCH values (memory: the
-  patches are that many times the input), and XLA's convolution otherwise (cuDNN on GPU).
+  'auto' picks 'matmul' on CPU for strided convs whose patch has at most MAX_MATMUL_PATCH
+  values (memory: the patches are that many times the input), where XLA:CPU is slowest, and
+  XLA's convolution otherwise (stride-1 convs measured about even; cuDNN on GPU).
   """
   features: int
   kernel_size: int = 3
@@ -35,7 +36,8 @@ class Conv(nn.Module):
   def _use_matmul(self, in_features: int) -> bool:
     if self.implementation == 'auto':
       patch = self.kernel_size * self.kernel_size * in_features
-      return patch <= MAX_MATMUL_PATCH and jax.default_backend() == 'cpu'
+      return (self.strides > 1 and patch <= MAX_MATMUL_PATCH
+              and jax.default_backend() == 'cpu')
     if self.implementation not in ('matmul', 'xla'):
       raise ValueError(f"Unknown conv implementation {self.implementation!r}: use 'auto', "
                        f"'matmul' or 'xla'.")
