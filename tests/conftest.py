@@ -1,10 +1,16 @@
 """Test set-up: 4 fake CPU devices (before JAX starts) and a tiny config for real code paths."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent XLA cache for the session: many tests compile the same tiny programs, and on
+# 2 CPU cores compiling is most of their time.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_xla_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
