@@ -26,6 +26,7 @@ from srgan_jax import models
 from srgan_jax import validation
 from srgan_jax import writers
 from srgan_jax.train import TrainState
+from srgan_jax.train import pmean_once
 
 AXIS = 'batch'
 JUDGE_SEED_OFFSET = 1000
@@ -56,9 +57,9 @@ def _train_step(state, batch, rng, *, axis_name=AXIS):
     return loss, (updates.get('batch_stats', state.batch_stats), {'loss': loss, 'accuracy': acc})
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, axis_name)
+  grads, metrics = pmean_once((grads, metrics), axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return state, jax.lax.pmean(metrics, axis_name)
+  return state, metrics
 
 
 def _predict(variables, batch, *, model):

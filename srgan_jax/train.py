@@ -16,6 +16,7 @@ from absl import logging
 from flax import struct
 from flax.training import train_state
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -62,8 +63,19 @@ class Frozen:
 # Steps.
 
 
-def _pmean(x, axis_name):
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+def pmean_once(tree, axis_name):
+  """Averages a pytree over `axis_name` in ONE all-reduce of its flattened leaves.
+
+  On CPU, XLA runs each host device's collectives on a shared thread pool with as many threads
+  as cores; one all-reduce per gradient leaf lets a device block every pool thread in
+  collectives that wait for another device, which then cannot run (seen as a 40 s rendezvous
+  timeout on 2 cores). A single all-reduce after the backward pass cannot starve that way, and
+  is also cheaper.
+  """
+  if axis_name is None:
+    return tree
+  flat, unravel = jax.flatten_util.ravel_pytree(tree)
+  return unravel(jax.lax.pmean(flat, axis_name))
 
 
 def _content_feature_fn(config, frozen: Frozen):
@@ -101,6 +113,7 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
                                                      mutable=['batch_stats'])
     real_logits = None
     if config.loss.adversarial == 'relativistic':
+      fake_logits, hr = jax.lax.optimization_barrier((fake_logits, hr))  # See discriminator_step.
       (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
     adv = losses.generator_adversarial_loss(config.loss.adversarial, real_logits, fake_logits)
     total = total + config.loss.adversarial_weight * adv
@@ -134,13 +147,13 @@ def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool
   grad_fn = jax.grad(generator_loss, has_aux=True)
   grads, (sr, batch_stats, metrics) = grad_fn(g_state.params, g_state, d_state, batch, frozen,
                                               config=config, adversarial=adversarial)
-  grads = _pmean(grads, axis_name)
+  grads, metrics = pmean_once((grads, metrics), axis_name)
   new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
   decay = config.ema_decay
   ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
                                new_state.params)
   new_state = new_state.replace(ema_params=ema)
-  return new_state, jax.lax.stop_gradient(sr), _pmean(metrics, axis_name)
+  return new_state, jax.lax.stop_gradient(sr), metrics
 
 
 def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] = AXIS):
@@ -155,8 +168,12 @@ def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] =
     variables = {'params': params, 'batch_stats': d_state.batch_stats}
     (real_logits, real_class), upd = d_state.apply_fn(variables, hr, train=True,
                                                       mutable=['batch_stats'])
+    # D(fake) after D(real): their BatchNorm all-reduces must not be in flight together (see
+    # pmean_once); the barrier orders the two passes, forward and backward.
+    real_logits, fake_input = jax.lax.optimization_barrier((real_logits, sr))
     variables = {'params': params, 'batch_stats': upd['batch_stats']}
-    (fake_logits, _), upd = d_state.apply_fn(variables, sr, train=True, mutable=['batch_stats'])
+    (fake_logits, _), upd = d_state.apply_fn(variables, fake_input, train=True,
+                                             mutable=['batch_stats'])
     loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
     metrics = {'discriminator_adversarial': loss}
     if config.loss.auxiliary == 'discriminator_head':
@@ -170,9 +187,9 @@ def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] =
     return loss, (upd['batch_stats'], metrics)
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(d_state.params)
-  grads = _pmean(grads, axis_name)
+  grads, metrics = pmean_once((grads, metrics), axis_name)
   new_state = d_state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return new_state, _pmean(metrics, axis_name)
+  return new_state, metrics
 
 
 def make_pmapped_steps(config, devices):

@@ -73,7 +73,8 @@ def _batch(n=8, seed=0):
 
 
 def test_auxiliary_gradient_reaches_generator_and_classifier_stays_fixed():
-  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.content_weight': 0.0})
+  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.content_weight': 0.0,
+                               'loss.auxiliary_during_pretrain': True})
   frozen = _frozen_classifier(config)
   before = jax.device_get(frozen.classifier_vars)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
@@ -91,7 +92,8 @@ def test_auxiliary_gradient_reaches_generator_and_classifier_stays_fixed():
 
 def test_pseudo_labels_are_the_classifier_argmax_on_hr():
   config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.auxiliary_labels': 'pseudo',
-                               'loss.content_weight': 0.0, 'loss.auxiliary_weight': 1.0})
+                               'loss.content_weight': 0.0, 'loss.auxiliary_weight': 1.0,
+                               'loss.auxiliary_during_pretrain': True})
   frozen = _frozen_classifier(config)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
   batch = _batch()
