@@ -24,9 +24,9 @@ def get_config():
   config.optimizer.b2 = 0.999
   config.batch_size = 64
   # Budget: minutes on a 2-core CPU (the paper: 10^6 SRResNet + 2x10^5 SRGAN iterations).
-  config.pretrain_steps = 1500
-  config.num_train_steps = 300
-  config.eval_every_steps = 600
-  config.checkpoint_every_steps = 300
+  config.pretrain_steps = 1000
+  config.num_train_steps = 200
+  config.eval_every_steps = 400
+  config.checkpoint_every_steps = 200
   config.eval.judge_workdir = ''             # PSNR/SSIM only; mnist_cnn adds the judge.
   return config

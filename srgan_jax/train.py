@@ -149,7 +149,10 @@ def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool
                                               config=config, adversarial=adversarial)
   grads, metrics = pmean_once((grads, metrics), axis_name)
   new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  decay = config.ema_decay
+  # EMA with the usual warm-up (TF's ExponentialMovingAverage with num_updates): early on, the
+  # average must not stay anchored to the random initialisation of a short run.
+  step = new_state.step.astype(jnp.float32)
+  decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
   ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
                                new_state.params)
   new_state = new_state.replace(ema_params=ema)
