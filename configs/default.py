@@ -71,7 +71,8 @@ def get_config():
   config.loss.vgg.random_weights_for_benchmark = False
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4  # paper: 10^-4.
+  config.optimizer.learning_rate = 1e-4  # paper: 10^-4 (GAN stage).
+  config.optimizer.pretrain_learning_rate = 1e-4  # paper: SRResNet trained at 10^-4.
   config.optimizer.b1 = 0.9              # paper: Adam beta1 = 0.9.
   config.optimizer.b2 = 0.999
 

@@ -228,12 +228,16 @@ def create_train_states(config, rng, axis_name: Optional[str] = AXIS):
   # Initialise without an axis name (no pmap here); the structure is the same.
   g_vars = jax.jit(lambda r: models.create_generator(config).init(r, lr, train=False))(g_rng)
   d_vars = jax.jit(lambda r: models.create_discriminator(config).init(r, hr, train=False))(d_rng)
-  tx = lambda: optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1,
-                          b2=config.optimizer.b2)
-  g_state = GeneratorState.create(apply_fn=g_model.apply, params=g_vars['params'], tx=tx(),
+  tx = lambda lr: optax.adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
+  # The generator's steps count from 0 through pretraining (SRResNet) and the GAN stage.
+  g_lr = optax.join_schedules(
+      [optax.constant_schedule(config.optimizer.pretrain_learning_rate),
+       optax.constant_schedule(config.optimizer.learning_rate)], [config.pretrain_steps])
+  g_state = GeneratorState.create(apply_fn=g_model.apply, params=g_vars['params'], tx=tx(g_lr),
                                   batch_stats=g_vars['batch_stats'],
                                   ema_params=g_vars['params'])
-  d_state = TrainState.create(apply_fn=d_model.apply, params=d_vars['params'], tx=tx(),
+  d_state = TrainState.create(apply_fn=d_model.apply, params=d_vars['params'],
+                              tx=tx(config.optimizer.learning_rate),
                               batch_stats=d_vars['batch_stats'])
   return g_state, d_state
 
