@@ -70,10 +70,12 @@ class Budget:
 
 
 # Per scale: the same budget for every arm (the 'srresnet' arm spends all of it on the content
-# loss). 10 evaluations per run: the curves' points and the resolution of "steps to 90%".
+# loss). Sized for about 100 minutes on 2 CPU cores for both scales and two seeds (estimated
+# from the main job's step rates, ~4 pretrain and ~1 GAN steps/s at x4, a quarter of that at
+# x2 with 3 channels and batch 128; not yet timed end to end). Scale it with --steps_scale.
 BUDGETS = {
-    4: Budget(pretrain_steps=1000, num_train_steps=4000, eval_every_steps=500),
-    2: Budget(pretrain_steps=1000, num_train_steps=4000, eval_every_steps=500),
+    4: Budget(pretrain_steps=500, num_train_steps=100, eval_every_steps=150),
+    2: Budget(pretrain_steps=150, num_train_steps=30, eval_every_steps=60),
 }
 DEFAULT_SCALES = (4, 2)
 DEFAULT_SEEDS = (0, 1)
