@@ -102,6 +102,7 @@ def save_png(path, array) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       image.save(f, format='PNG')
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a PNG is for everyone to look at.
     os.replace(tmp, path)
   except BaseException:
     try:
