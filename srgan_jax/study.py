@@ -74,8 +74,8 @@ class Budget:
 # from the main job's step rates, ~4 pretrain and ~1 GAN steps/s at x4, a quarter of that at
 # x2 with 3 channels and batch 128; not yet timed end to end). Scale it with --steps_scale.
 BUDGETS = {
-    4: Budget(pretrain_steps=500, num_train_steps=100, eval_every_steps=150),
-    2: Budget(pretrain_steps=150, num_train_steps=30, eval_every_steps=60),
+    4: Budget(pretrain_steps=500, num_train_steps=100, eval_every_steps=120),
+    2: Budget(pretrain_steps=150, num_train_steps=30, eval_every_steps=36),
 }
 DEFAULT_SCALES = (4, 2)
 DEFAULT_SEEDS = (0, 1)

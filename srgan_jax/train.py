@@ -151,7 +151,7 @@ def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool
   new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
   # EMA with the usual warm-up (TF's ExponentialMovingAverage with num_updates): early on, the
   # average must not stay anchored to the random initialisation of a short run.
-  step = new_state.step.astype(jnp.float32)
+  step = jnp.asarray(new_state.step, jnp.float32)
   decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
   ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
                                new_state.params)
