@@ -10,8 +10,14 @@ ends with one ``summary: key=value ...`` line. The steps timed are the ones trai
 (``train.make_pmapped_steps``), on the real data of ``config.data``; pretrained networks the
 losses need (the guide classifier, VGG19) and the evaluation judge are randomly initialised
 unless given, since the cost of a step does not depend on the values of frozen weights.
-Alternative GAN-step builders (``--variants``: a fused G+D step, buffer donation) are timed
-beside the baseline so that changes to train.py can be judged by numbers.
+Alternative GAN-step builders (``--variants``, see make_gan_iteration: frozen networks placed
+on the devices once, buffer donation, G+D fused into one call, D's pass over SR shared between
+the two losses, one device only) are timed in turns with the baseline, so that changes to
+train.py can be judged by numbers from one run.
+
+FLOPs come from XLA's cost analysis of the compiled steps (on GPU, whose compiled modules hide
+convolutions in cuDNN calls, of the same steps compiled for the CPU). The peak is a
+measured f32 matmul on the same machine, so utilisation is relative to what XLA reaches there.
 
 Timings are medians of ``--runs`` runs of ``--steps`` steps after ``--warmup`` steps, each run
 ended by ``jax.block_until_ready``; min and max show the spread. On a shared machine they are
@@ -32,7 +38,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-VARIANTS = ('baseline', 'replicate', 'donate', 'fused', 'fused_donate')
+VARIANTS = ('baseline', 'replicate', 'donate', 'fused', 'fused_donate', 'shared',
+            'shared_donate', 'one_device')
 PREFIX = 'bench: '
 SUMMARY_PREFIX = 'summary: '
 
@@ -67,6 +74,8 @@ class Options:
   judge_workdir: str = ''     # a judge checkpoint; '' = random LeNet (cost only).
   random_vgg: bool = False
   variants: Sequence[str] = ('baseline',)
+  # FLOPs from XLA:CPU's analysis of the same steps; None: when not running on CPU.
+  flops_on_cpu: Optional[bool] = None
   input_pipeline_steps: int = 50
 
 
@@ -136,17 +145,31 @@ def _report_rate(rep: Reporter, prefix: str, per_step: Sequence[float], batch_si
   return med
 
 
+def _cost_flops(analysis) -> float:
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', float('nan')))
+
+
 def _flops(compiled, num_devices: int) -> float:
   """FLOPs of one call of a compiled pmapped step over all devices (XLA cost analysis).
 
-  The pmapped module is the per-device program (checked against jit(vmap) of the global
-  batch, which agrees within 0.1%), so the global cost is that times the device count.
+  The pmapped module is the per-device program (on CPU it agrees within 0.1% with jit(vmap)
+  of the global batch), so the global cost is that times the device count.
   """
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get('flops', float('nan'))
-  return float(flops) * num_devices
+  return _cost_flops(compiled.cost_analysis()) * num_devices
+
+
+def _abstract(tree, per_device_batch: bool = False):
+  """ShapeDtypeStructs of `tree`'s arrays ((1, ...) leading dim for a per-device batch)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def leaf(x):
+    if not hasattr(x, 'dtype'):
+      return x
+    shape = ((1,) + tuple(x.shape[1:])) if per_device_batch else tuple(x.shape)
+    return jax.ShapeDtypeStruct(shape, x.dtype)
+  return jax.tree.map(leaf, tree)
 
 
 def _lower_compile(fn, *args):
@@ -156,6 +179,32 @@ def _lower_compile(fn, *args):
   compiled = lowered.compile()
   t2 = time.perf_counter()
   return compiled, t1 - t0, t2 - t1
+
+
+class CpuFlopCounter:
+  """FLOPs of a step by XLA:CPU's cost analysis, whatever device the step runs on.
+
+  On GPU the compiled module hides convolutions in cuDNN calls, which XLA's cost analysis
+  does not count (it reported ~1% of the real figure on an H200); so the same step is
+  compiled for one CPU device on its per-device shapes, and the count scaled by the number of
+  devices. On CPU the compiled training steps themselves are analysed instead.
+  """
+
+  def __init__(self, num_devices: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.num_devices = num_devices
+    self.cpu = jax.devices('cpu')[:1]
+
+  def pmapped_steps(self, config):
+    from srgan_jax import train  # pylint: disable=g-import-not-at-top
+    return train.make_pmapped_steps(config, self.cpu)
+
+  def iteration(self, config, variant):
+    return make_gan_iteration(config, self.cpu, variant)
+
+  def flops(self, fn, *args, batch_args=()) -> float:
+    abstract = [_abstract(a, per_device_batch=i in batch_args) for i, a in enumerate(args)]
+    return _flops(fn.lower(*abstract).compile(), 1) * self.num_devices
 
 
 def measure_peak(rep: Reporter, size: int, runs: int, devices) -> float:
@@ -245,6 +294,125 @@ def replicate(tree, devices):
   return jax.device_put(tree, sharding)
 
 
+def _ema_update(config, g_state, new_state):
+  """train.generator_step's EMA of the generator's parameters (with its warm-up)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  step = new_state.step.astype(jnp.float32)
+  decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+  ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
+                               new_state.params)
+  return new_state.replace(ema_params=ema)
+
+
+def shared_gan_step(g_state, d_state, batch, frozen, *, config, axis_name=None):
+  """generator_step then discriminator_step in one function, with D's pass over SR run once.
+
+  The same maths as train.generator_step followed by train.discriminator_step: in train mode
+  BatchNorm normalises with the statistics of the batch it is given, so D(SR) in the G step
+  (pre-update D) and in the D step give the same numbers; here it is computed once and
+  differentiated twice (w.r.t. SR for G's loss, w.r.t. D's params for D's loss). D's running
+  statistics are updated HR first, then SR, as in train.discriminator_step. Saves one forward
+  pass of D over the batch per iteration (and the D(HR) pass of the relativistic G loss).
+  The passes that hold BatchNorm all-reduces are chained by optimization barriers, so that no
+  two of them are in flight at once (see train.pmean_once), and gradients and metrics are
+  averaged in one all-reduce. Returns (g_state, d_state, metrics).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from srgan_jax import losses  # pylint: disable=g-import-not-at-top
+  from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  barrier = jax.lax.optimization_barrier
+  hr = input_pipeline.to_model_range(batch['hr'])
+  lr = input_pipeline.to_model_range(batch['lr'])
+
+  # Forward passes, one after the other: G(LR), D(HR), D(SR).
+  def g_forward(params):
+    sr, upd = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
+                               train=True, mutable=['batch_stats'])
+    return sr, upd['batch_stats']
+  sr, g_vjp, g_batch_stats = jax.vjp(g_forward, g_state.params, has_aux=True)
+
+  def d_forward(params, stats, images):
+    out, upd = d_state.apply_fn({'params': params, 'batch_stats': stats}, images, train=True,
+                                mutable=['batch_stats'])
+    return out, upd['batch_stats']
+  sr, hr_in = barrier((sr, hr))
+  (real_logits, real_class), real_vjp, stats = jax.vjp(
+      lambda p: d_forward(p, d_state.batch_stats, hr_in), d_state.params, has_aux=True)
+  real_logits, sr = barrier((real_logits, sr))
+  (fake_logits, fake_class), fake_vjp, stats = jax.vjp(
+      lambda p, x: d_forward(p, stats, x), d_state.params, sr, has_aux=True)
+
+  # The generator's loss as a function of SR and of D's outputs on it.
+  def g_loss(sr, fake_logits, fake_class):
+    criterion = config.loss.vgg.criterion if config.loss.content == 'vgg' else 'mse'
+    content = losses.content_loss(config.loss.content, sr, hr,
+                                  train._content_feature_fn(config, frozen),  # pylint: disable=protected-access
+                                  train._content_layer_weights(config), criterion)  # pylint: disable=protected-access
+    if config.loss.content == 'vgg':
+      content = content * config.loss.vgg.scale
+    total = config.loss.content_weight * content
+    metrics = {'content': content}
+    real = real_logits if config.loss.adversarial == 'relativistic' else None
+    adv = losses.generator_adversarial_loss(config.loss.adversarial, real, fake_logits)
+    total = total + config.loss.adversarial_weight * adv
+    metrics['adversarial'] = adv
+    if config.loss.auxiliary == 'discriminator_head':
+      aux = losses.classification_loss(fake_class, batch['label'])
+      total = total + config.loss.auxiliary_weight * aux
+      metrics['auxiliary'] = aux
+    if config.loss.auxiliary == 'classifier':
+      sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
+      if config.loss.auxiliary_labels == 'true':
+        labels = batch['label']
+      else:
+        hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr, train=False)
+        labels = losses.pseudo_labels(hr_logits)
+      aux = losses.auxiliary_classifier_loss(sr_logits, labels)
+      total = total + config.loss.auxiliary_weight * aux
+      metrics['auxiliary'] = aux
+    metrics['generator'] = total
+    return total, metrics
+  (c_sr, c_fake_logits, c_fake_class), g_metrics = jax.grad(
+      g_loss, argnums=(0, 1, 2), has_aux=True)(sr, fake_logits, fake_class)
+
+  # The discriminator's loss as a function of its outputs on HR and SR.
+  def d_loss(real_logits, real_class, fake_logits):
+    loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
+    metrics = {'discriminator_adversarial': loss}
+    if config.loss.auxiliary == 'discriminator_head':
+      aux = losses.classification_loss(real_class, batch['label'])
+      metrics['discriminator_auxiliary'] = aux
+      loss = loss + aux
+    prob = config.loss.adversarial in ('vanilla', 'relativistic')
+    out = jax.nn.sigmoid if prob else (lambda x: x)
+    metrics.update(discriminator=loss, d_real=jnp.mean(out(real_logits)),
+                   d_fake=jnp.mean(out(fake_logits)))
+    return loss, metrics
+  (d_real_logits, d_real_class, d_fake_logits), d_metrics = jax.grad(
+      d_loss, argnums=(0, 1, 2), has_aux=True)(real_logits, real_class, fake_logits)
+
+  # Backward passes, one after the other: D(SR) for G, D(SR) and D(HR) for D, then G.
+  _, c_sr_through_d = fake_vjp((c_fake_logits, c_fake_class))
+  c_sr_through_d, d_fake_logits = barrier((c_sr_through_d, d_fake_logits))
+  zero_class = None if fake_class is None else jnp.zeros_like(fake_class)
+  d_grads_fake, _ = fake_vjp((d_fake_logits, zero_class))
+  d_grads_fake, d_real_logits = barrier((d_grads_fake, d_real_logits))
+  (d_grads_real,) = real_vjp((d_real_logits, d_real_class))
+  d_grads = jax.tree.map(jnp.add, d_grads_real, d_grads_fake)
+  d_grads, c_sr_total = barrier((d_grads, c_sr + c_sr_through_d))
+  (g_grads,) = g_vjp(c_sr_total)
+
+  g_grads, d_grads, metrics = train.pmean_once((g_grads, d_grads, {**g_metrics, **d_metrics}),
+                                               axis_name)
+  new_g = _ema_update(config, g_state,
+                      g_state.apply_gradients(grads=g_grads, batch_stats=g_batch_stats))
+  new_d = d_state.apply_gradients(grads=d_grads, batch_stats=stats)
+  return new_g, new_d, metrics
+
+
 def make_gan_iteration(config, devices, variant: str):
   """A function (g_state, d_state, batch, frozen) -> (g_state, d_state, metrics).
 
@@ -254,6 +422,8 @@ def make_gan_iteration(config, devices, variant: str):
   'donate': 'replicate' with the state buffers donated.
   'fused': G and D steps in one pmapped call (one dispatch, SR stays on the devices).
   'fused_donate': fused, with both states donated.
+  'shared', 'shared_donate': shared_gan_step (fused, D's pass over SR run once) in one call.
+  'one_device': 'replicate' pmapped over the first device only (the caller gives devices[:1]).
   The runner replicates the frozen networks for every variant but 'baseline'.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -261,7 +431,7 @@ def make_gan_iteration(config, devices, variant: str):
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r}: use some of {VARIANTS}')
   pmap = functools.partial(jax.pmap, axis_name=train.AXIS, devices=devices)
-  if variant in ('baseline', 'replicate', 'donate'):
+  if variant in ('baseline', 'replicate', 'donate', 'one_device'):
     if variant != 'donate':
       _, gen, disc = train.make_pmapped_steps(config, devices)
     else:
@@ -276,14 +446,19 @@ def make_gan_iteration(config, devices, variant: str):
       return g_state, d_state, {**metrics, **d_metrics}
     return iteration
 
-  def fused(g_state, d_state, batch, frozen):
-    g_state, sr, metrics = train.generator_step(g_state, d_state, batch, frozen, config=config,
-                                                adversarial=True)
-    d_state, d_metrics = train.discriminator_step(d_state, batch, sr, config=config)
-    return g_state, d_state, {**metrics, **d_metrics}
-
-  donate = (0, 1) if variant == 'fused_donate' else ()
-  return pmap(fused, in_axes=(None, None, 0, None), out_axes=(None, None, None),
+  if variant.startswith('shared'):
+    step = functools.partial(shared_gan_step, config=config, axis_name=train.AXIS)
+  else:
+    def step(g_state, d_state, batch, frozen):
+      g_state, sr, metrics = train.generator_step(g_state, d_state, batch, frozen,
+                                                  config=config, adversarial=True)
+      # The D step after the G step, as in two calls: their all-reduces never overlap.
+      (g_state, sr, metrics), (d_state, batch) = jax.lax.optimization_barrier(
+          ((g_state, sr, metrics), (d_state, batch)))
+      d_state, d_metrics = train.discriminator_step(d_state, batch, sr, config=config)
+      return g_state, d_state, {**metrics, **d_metrics}
+  donate = (0, 1) if variant.endswith('_donate') else ()
+  return pmap(step, in_axes=(None, None, 0, None), out_axes=(None, None, None),
               donate_argnums=donate)
 
 
@@ -316,6 +491,8 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   rep = Reporter(out)
   if options.random_vgg:
     config.loss.vgg.random_weights_for_benchmark = True
+    if config.loss.content != 'vgg':
+      rep.info(f'--random_vgg has no effect: config.loss.content is {config.loss.content!r}')
   devices = jax.local_devices()
   n = len(devices)
   validation.validate_config(config, jax.device_count())
@@ -344,7 +521,6 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   # devices of its mesh). Passing the host-made states of create_train_states instead makes
   # jax 0.10 compile each step twice: once for the first call, once for the second.
   g_state, d_state = replicate((g_state, d_state), devices)
-  frozen_replicated = replicate(frozen, devices)
 
   # Compile (lower + compile) the three training steps, and their XLA cost analysis.
   pretrain_step, gen_step, disc_step = train.make_pmapped_steps(config, devices)
@@ -355,8 +531,18 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   _, sr, _ = gen_step(_fresh_copy(g_state, devices), d_state, batch, frozen)
   compiled_disc, lo, co = _lower_compile(disc_step, d_state, batch, sr)
   rep.figure('compile_s/discriminator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
-  flops = {'pretrain': _flops(compiled_pre, n), 'generator': _flops(compiled_gen, n),
-           'discriminator': _flops(compiled_disc, n)}
+  if options.flops_on_cpu if options.flops_on_cpu is not None else devices[0].platform != 'cpu':
+    counter = CpuFlopCounter(n)
+    rep.info('FLOPs: XLA:CPU cost analysis of the same steps on the per-device shapes, times '
+             f'{n} devices (the {devices[0].platform} modules hide convolutions in library calls)')
+    c_pre, c_gen, c_disc = counter.pmapped_steps(config)
+    flops = {'pretrain': counter.flops(c_pre, g_state, d_state, batch, frozen, batch_args=(2,)),
+             'generator': counter.flops(c_gen, g_state, d_state, batch, frozen, batch_args=(2,)),
+             'discriminator': counter.flops(c_disc, d_state, batch, sr, batch_args=(1, 2))}
+  else:
+    counter = None
+    flops = {'pretrain': _flops(compiled_pre, n), 'generator': _flops(compiled_gen, n),
+             'discriminator': _flops(compiled_disc, n)}
   flops['gan'] = flops['generator'] + flops['discriminator']
   for name in ('pretrain', 'generator', 'discriminator', 'gan'):
     rep.figure(f'flops_per_step/{name}', flops[name] / 1e9, 'GFLOP',
@@ -372,31 +558,60 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
                          _time_runs(pretrain_once, options.steps, options.runs, options.warmup),
                          bs)
 
-  # Steady state of the GAN iteration (G step + D step), per variant.
-  gan_seconds = {}
-  for variant in ('baseline',) + tuple(v for v in options.variants if v != 'baseline'):
-    iteration = make_gan_iteration(config, devices, variant)
-    state = {'g': _fresh_copy(g_state, devices), 'd': _fresh_copy(d_state, devices)}
-    variant_frozen = frozen if variant == 'baseline' else frozen_replicated
+  # Steady state of the GAN iteration (G step + D step), per variant. All variants are
+  # compiled and warmed up first, then timed in turns (run r of every variant before run r+1)
+  # so that drifting load on a shared machine biases none of them.
+  order = ['baseline'] + [v for v in dict.fromkeys(options.variants) if v != 'baseline']
+  if 'one_device' in order and n == 1:
+    rep.info('variant one_device skipped: there is only one device')
+    order.remove('one_device')
+  gan_once = {}
+  for variant in order:
+    v_devices = devices[:1] if variant == 'one_device' else devices
+    v_batch = make_batch(0) if len(v_devices) == n else input_pipeline.shard(
+        jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch), len(v_devices))
+    iteration = make_gan_iteration(config, v_devices, variant)
+    state = {'g': _fresh_copy(g_state, v_devices), 'd': _fresh_copy(d_state, v_devices),
+             'frozen': frozen if variant == 'baseline' else replicate(frozen, v_devices)}
 
-    def gan_once(iteration=iteration, state=state, variant_frozen=variant_frozen):
-      state['g'], state['d'], metrics = iteration(state['g'], state['d'], batch,
-                                                  variant_frozen)
+    def once(iteration=iteration, state=state, v_batch=v_batch):
+      state['g'], state['d'], metrics = iteration(state['g'], state['d'], v_batch,
+                                                  state['frozen'])
       return metrics
+    gan_once[variant] = once
     if variant != 'baseline':
+      if hasattr(iteration, 'lower'):  # One pmapped call: compile it and count its FLOPs.
+        compiled, lo, co = _lower_compile(iteration, state['g'], state['d'], v_batch,
+                                          state['frozen'])
+        rep.figure(f'variant/{variant}/compile_s', lo + co, 's')
+        if counter is None:
+          v_flops = _flops(compiled, len(v_devices))
+        else:
+          v_flops = counter.flops(counter.iteration(config, variant), state['g'], state['d'],
+                                  v_batch, state['frozen'], batch_args=(2,))
+        rep.figure(f'variant/{variant}/flops_per_step', v_flops / 1e9, 'GFLOP',
+                   'XLA cost analysis, all devices')
       t0 = time.perf_counter()
-      jax.block_until_ready(gan_once())
-      rep.figure(f'variant/{variant}/first_call_s', time.perf_counter() - t0, 's',
-                 'compile + one step')
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
-      per_step = _time_runs(gan_once, options.steps, options.runs, options.warmup)
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
+        jax.block_until_ready(once())
+      rep.figure(f'variant/{variant}/first_call_s', time.perf_counter() - t0, 's')
+  per_step = {v: [] for v in order}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    for variant in order:
+      _time_runs(gan_once[variant], 1, 0, options.warmup)
+    for _ in range(options.runs):
+      for variant in order:
+        per_step[variant] += _time_runs(gan_once[variant], options.steps, 1, 0)
+  gan_seconds = {}
+  for variant in order:
     prefix = 'gan' if variant == 'baseline' else f'variant/{variant}'
-    gan_seconds[variant] = _report_rate(rep, prefix, per_step, bs)
+    gan_seconds[variant] = _report_rate(rep, prefix, per_step[variant], bs)
   sec_gan = gan_seconds['baseline']
-  for variant, sec in gan_seconds.items():
-    if variant != 'baseline':
-      rep.figure(f'variant/{variant}/speedup', sec_gan / sec, 'x', 'vs baseline, same run')
+  for variant in order[1:]:
+    rep.figure(f'variant/{variant}/speedup', sec_gan / gan_seconds[variant], 'x',
+               'vs baseline, timed in turns in this run')
 
   # Achieved FLOP rate against the measured matmul peak.
   peak = measure_peak(rep, options.peak_matmul_size, options.peak_runs, devices)
@@ -473,6 +688,8 @@ def define_flags():
   flags.DEFINE_string('judge_workdir', '', 'A judge classifier workdir; default: a random LeNet.')
   flags.DEFINE_list('variants', list(Options.variants),
                     f'GAN-step builders to time (baseline always runs): {", ".join(VARIANTS)}.')
+  flags.DEFINE_bool('flops_on_cpu', None, 'Count FLOPs by compiling the steps for the CPU '
+                    '(default: only when the devices are not CPUs).')
   flags.DEFINE_integer('input_pipeline_steps', Options.input_pipeline_steps,
                        'Batches timed for the input-pipeline cost.')
 
@@ -486,7 +703,7 @@ def main(argv):
                     peak_matmul_size=FLAGS.peak_matmul_size, peak_runs=FLAGS.peak_runs,
                     eval=FLAGS.eval, eval_runs=FLAGS.eval_runs,
                     judge_workdir=FLAGS.judge_workdir, random_vgg=FLAGS.random_vgg,
-                    variants=tuple(FLAGS.variants),
+                    variants=tuple(FLAGS.variants), flops_on_cpu=FLAGS.flops_on_cpu,
                     input_pipeline_steps=FLAGS.input_pipeline_steps)
   run(FLAGS.config, options)
 
