@@ -12,11 +12,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from srgan_jax import distributed
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+distributed.define_flags()
 
 
 def _quiet_orbax(record) -> bool:
@@ -30,6 +33,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
+  distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
   from srgan_jax import errors  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
   try:

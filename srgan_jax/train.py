@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from srgan_jax import checkpoints
+from srgan_jax import distributed
 from srgan_jax import evaluate as evaluate_lib
 from srgan_jax import images as images_lib
 from srgan_jax import input_pipeline
@@ -398,7 +399,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  checkpoints.checkpoint_dir(workdir))
     _truncate_metrics_after(workdir, start_step) if primary else None
 
-  pretrain_step, gen_step, disc_step = make_pmapped_steps(config, devices)
+  # Over every process's devices, so that gradients are averaged across hosts; each process
+  # feeds its local devices with its own shard of the global batch.
+  pretrain_step, gen_step, disc_step = make_pmapped_steps(config, distributed.global_devices())
   eval_fn = evaluate_lib.make_eval_fn(models.create_generator(config), judge, config.data.scale,
                                       config.eval.crop_border, devices)
   writer = writers.MetricWriter(workdir, enabled=primary)
