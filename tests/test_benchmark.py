@@ -35,7 +35,7 @@ def _check_figures(text, expected):
   return figures
 
 
-def _train(config, split, states, variant, steps=3):
+def _train(config, split, states, variant, steps=2):
   devices = jax.local_devices()
   iteration = benchmark.make_gan_iteration(config, devices, variant)
   # Fresh buffers: create_train_states's ema_params alias params, which donation refuses.
@@ -87,11 +87,11 @@ def test_cpu_flop_counter_matches_compiled_steps():
   batch = {'hr': np.zeros((n, 2, 28, 28, 1), np.uint8), 'lr': np.zeros((n, 2, 7, 7, 1), np.uint8),
            'label': np.zeros((n, 2), np.int32)}
   frozen = train.Frozen()
-  _, gen, _ = train.make_pmapped_steps(config, devices)
-  direct = benchmark._flops(gen.lower(g_state, d_state, batch, frozen).compile(), n)  # pylint: disable=protected-access
+  pretrain, _, _ = train.make_pmapped_steps(config, devices)
+  direct = benchmark._flops(pretrain.lower(g_state, d_state, batch, frozen).compile(), n)  # pylint: disable=protected-access
   counter = benchmark.CpuFlopCounter(n)
-  _, cpu_gen, _ = counter.pmapped_steps(config)
-  counted = counter.flops(cpu_gen, g_state, d_state, batch, frozen, batch_args=(2,))
+  cpu_pretrain, _, _ = counter.pmapped_steps(config)
+  counted = counter.flops(cpu_pretrain, g_state, d_state, batch, frozen, batch_args=(2,))
   assert direct > 0
   # A one-device module drops the all-reduces (a few % of this tiny network's FLOPs).
   assert abs(counted - direct) <= 0.05 * direct, (counted, direct)
