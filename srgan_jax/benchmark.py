@@ -358,13 +358,7 @@ def shared_gan_step(g_state, d_state, batch, frozen, *, config, axis_name=None):
       total = total + config.loss.auxiliary_weight * aux
       metrics['auxiliary'] = aux
     if config.loss.auxiliary == 'classifier':
-      sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
-      if config.loss.auxiliary_labels == 'true':
-        labels = batch['label']
-      else:
-        hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr, train=False)
-        labels = losses.pseudo_labels(hr_logits)
-      aux = losses.auxiliary_classifier_loss(sr_logits, labels)
+      aux = train.classifier_auxiliary_loss(config, frozen, sr, hr, batch)
       total = total + config.loss.auxiliary_weight * aux
       metrics['auxiliary'] = aux
     metrics['generator'] = total

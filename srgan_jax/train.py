@@ -95,6 +95,17 @@ def _content_layer_weights(config):
   return None
 
 
+def classifier_auxiliary_loss(config, frozen: Frozen, sr, hr, batch):
+  """The frozen classifier's cross-entropy on SR, against true or pseudo (HR argmax) labels."""
+  sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
+  if config.loss.auxiliary_labels == 'true':
+    labels = batch['label']
+  else:
+    hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr, train=False)
+    labels = losses.pseudo_labels(hr_logits)
+  return losses.auxiliary_classifier_loss(sr_logits, labels)
+
+
 def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
   """l^SR = content + adversarial_weight * l_Gen + auxiliary_weight * l_aux (+ metrics)."""
   hr = input_pipeline.to_model_range(batch['hr'])
@@ -125,13 +136,7 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
       metrics['auxiliary'] = aux
   if config.loss.auxiliary == 'classifier' and (adversarial or
                                                 config.loss.auxiliary_during_pretrain):
-    sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr, train=False)
-    if config.loss.auxiliary_labels == 'true':
-      labels = batch['label']
-    else:
-      hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr, train=False)
-      labels = losses.pseudo_labels(hr_logits)
-    aux = losses.auxiliary_classifier_loss(sr_logits, labels)
+    aux = classifier_auxiliary_loss(config, frozen, sr, hr, batch)
     total = total + config.loss.auxiliary_weight * aux
     metrics['auxiliary'] = aux
   metrics['generator'] = total
