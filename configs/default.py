@@ -88,6 +88,9 @@ def get_config():
   config.eval = ml_collections.ConfigDict()
   config.eval.crop_border = 0            # pixels cropped at each border before PSNR/SSIM.
   config.eval.batch_size = 500
+  # Test images of the evaluations during training (the curves); the final evaluation uses all
+  # eval_examples. 0: all of them every time.
+  config.eval.curve_examples = 0
   config.eval.num_sample_images = 8      # rows of the HR | bicubic | SR grid.
   # The judge: a classifier of another architecture and seed, never used in any loss.
   config.eval.judge_workdir = 'judge'
@@ -95,9 +98,14 @@ def get_config():
   # Training of the MNIST classifiers (task 'classifier', and the judge).
   config.classifier = ml_collections.ConfigDict()
   config.classifier.architecture = 'seed_cnn'  # 'seed_cnn' (guides) | 'lenet' (judges).
+  # Recipe tuned on the seed CNN (2 seeds each, docs in README): 3 epochs of one-cycle Adam at
+  # 6e-3 with 1-pixel shifts and a Polyak average gave 99.32% / 99.26% test accuracy.
   config.classifier.num_epochs = 3
   config.classifier.batch_size = 128
-  config.classifier.learning_rate = 1e-3
+  config.classifier.learning_rate = 6e-3   # Adam; peak of a warm-up + cosine-decay schedule.
+  config.classifier.warmup_fraction = 0.1  # share of the steps spent warming the rate up.
+  config.classifier.ema_decay = 0.99       # Polyak average of the evaluated weights; 0: off.
+  config.classifier.max_shift = 1          # random translation (pixels) of training digits.
   config.classifier.validation_examples = 5000  # held out of train for model selection.
   config.classifier.dropout_rate = 0.5
 

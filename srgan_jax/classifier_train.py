@@ -25,7 +25,8 @@ from srgan_jax import losses
 from srgan_jax import models
 from srgan_jax import validation
 from srgan_jax import writers
-from srgan_jax.train import TrainState
+from srgan_jax.train import GeneratorState
+from srgan_jax.train import ema_update
 from srgan_jax.train import pmean_once
 
 AXIS = 'batch'
@@ -42,9 +43,29 @@ def role_config(config, role: str):
   return c
 
 
-def _train_step(state, batch, rng, *, axis_name=AXIS):
+def random_shift(images, rng, max_shift: int):
+  """Each image translated by up to `max_shift` pixels in x and y (background filled in).
+
+  The classic MNIST augmentation: digits are centred by their centre of mass, so small shifts
+  are the variation a classifier sees at test time (and in SR outputs).
+  """
+  if max_shift <= 0:
+    return images
+  n, h, w, _ = images.shape
+  pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
+  padded = jnp.pad(images, pad, constant_values=-1.0)  # -1: the background in model range.
+  offsets = jax.random.randint(rng, (n, 2), 0, 2 * max_shift + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _train_step(state, batch, rng, *, max_shift, ema_decay, axis_name=AXIS):
   rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  images = input_pipeline.to_model_range(batch['hr'])
+  shift_rng, rng = jax.random.split(rng)
+  images = random_shift(input_pipeline.to_model_range(batch['hr']), shift_rng, max_shift)
 
   def loss_fn(params):
     variables = {'params': params}
@@ -59,7 +80,8 @@ def _train_step(state, batch, rng, *, axis_name=AXIS):
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads, metrics = pmean_once((grads, metrics), axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return state, metrics
+  ema = ema_update(state.ema_params, state.params, ema_decay, state.step)
+  return state.replace(ema_params=ema), metrics
 
 
 def _predict(variables, batch, *, model):
@@ -81,21 +103,31 @@ def accuracy(model, variables, split, batch_size, devices) -> float:
 
 
 def _variables(state):
-  v = {'params': state.params}
+  """The evaluated (and saved) variables: the Polyak average of the parameters."""
+  v = {'params': state.ema_params}
   if state.batch_stats:
     v['batch_stats'] = state.batch_stats
   return v
 
 
+def learning_rate_schedule(config, steps: int):
+  """Linear warm-up to `learning_rate`, then cosine decay to 0 (one cycle over the run)."""
+  c = config.classifier
+  warmup = int(round(c.warmup_fraction * steps))
+  return optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, warmup, max(steps, warmup + 1))
+
+
 def create_state(config, rng, steps):
+  """The classifier's state; `ema_params` (Polyak average of the parameters) is what is saved."""
   model = models.create_classifier(config.classifier.architecture,
                                    config.classifier.dropout_rate, AXIS)
   shape = (1, 28, 28, config.data.channels)
   init_model = models.create_classifier(config.classifier.architecture)
   variables = jax.jit(lambda r: init_model.init(r, jnp.zeros(shape), train=False))(rng)
-  tx = optax.adam(optax.cosine_decay_schedule(config.classifier.learning_rate, max(steps, 1)))
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
+  tx = optax.adam(learning_rate_schedule(config, steps))
+  return GeneratorState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                               batch_stats=variables.get('batch_stats', {}),
+                               ema_params=variables['params'])
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -124,7 +156,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   state = create_state(config, rng, total)
   model = models.create_classifier(config.classifier.architecture)
-  step_fn = jax.pmap(_train_step, axis_name=AXIS, in_axes=(None, 0, None),
+  step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
+                                       ema_decay=config.classifier.ema_decay),
+                     axis_name=AXIS, in_axes=(None, 0, None),
                      out_axes=(None, None), devices=devices)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   progress = writers.Progress(total)

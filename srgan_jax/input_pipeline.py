@@ -88,6 +88,13 @@ class Split:
     return int(self.hr.shape[0])
 
 
+def head(split: Split, n: int) -> Split:
+  """The first `n` examples of a split (0, or n >= its size: the whole split)."""
+  if n <= 0 or n >= split.num_examples:
+    return split
+  return Split(split.hr[:n], split.lr[:n], None if split.labels is None else split.labels[:n])
+
+
 # ----------------------------------------------------------------------------- sources
 
 

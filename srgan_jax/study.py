@@ -13,8 +13,9 @@ setting (1 channel, 7x7 -> 28x28); scale 2 is the seed's exact x2 setting (confi
 Each run lives in ``<workdir>/x<scale>/<arm>/seed<k>/`` and is an ordinary
 ``train.train_and_evaluate`` workdir. The study is resumable: a run whose ``results.json``
 exists is not run again, and a run with a checkpoint but no ``results.json`` resumes from its
-checkpoint. Every evaluation (the curves' points and the final numbers) uses the same
-``EVAL_EXAMPLES`` test images.
+checkpoint. The final numbers of every run use the same ``EVAL_EXAMPLES`` test images, and
+every curve point before the last the first ``CURVE_EXAMPLES`` of them. Compiled steps are
+cached in ``<workdir>/jax_cache``, so a second seed of an arm compiles nothing.
 
 Written to ``<workdir>/`` and copied to ``--publish_dir`` (small files for the README), per
 scale: ``study_x<s>.md`` (the tables, the command, the figures), ``study_x<s>.csv`` (mean and
@@ -70,17 +71,19 @@ class Budget:
 
 
 # Per scale: the same budget for every arm (the 'srresnet' arm spends all of it on the content
-# loss). Sized for about 100 minutes on 2 CPU cores for both scales and two seeds (estimated
-# from the main job's step rates, ~4 pretrain and ~1 GAN steps/s at x4, a quarter of that at
-# x2 with 3 channels and batch 128; not yet timed end to end). Scale it with --steps_scale.
+# loss). Sized for about 90 minutes on 2 CPU cores for both scales, 7 arms and two seeds
+# (x4: ~3.5 pretrain and ~1.5 GAN steps/s; see the README's Results for the measured time).
+# Scale it with --steps_scale.
 BUDGETS = {
-    4: Budget(pretrain_steps=500, num_train_steps=100, eval_every_steps=120),
-    2: Budget(pretrain_steps=150, num_train_steps=30, eval_every_steps=36),
+    4: Budget(pretrain_steps=400, num_train_steps=100, eval_every_steps=100),
+    2: Budget(pretrain_steps=120, num_train_steps=30, eval_every_steps=30),
 }
 DEFAULT_SCALES = (4, 2)
 DEFAULT_SEEDS = (0, 1)
-# Test images of every evaluation (each curve point and the final numbers): all 10k.
+# Test images of the final numbers (all 10k) and of each curve point before the last (the
+# first 2000: a curve point costs a fifth of a full evaluation).
 EVAL_EXAMPLES = 10000
+CURVE_EXAMPLES = 2000
 # Training images of the shared guide classifier and judge (0: all 60k, minus their
 # validation hold-out), at every scale: the judge does not depend on an arm's data.
 CLASSIFIER_TRAIN_EXAMPLES = 0
@@ -231,6 +234,7 @@ def build_config(arm: str, scale: int, seed: int, workdir: str, steps_scale: flo
   config.log_every_steps = max(1, min(config.log_every_steps, budget.eval_every_steps))
   config.seed = seed
   config.data.eval_examples = EVAL_EXAMPLES
+  config.eval.curve_examples = CURVE_EXAMPLES
   config.loss.classifier_workdir = os.path.join(scale_dir(workdir, scale), 'classifier')
   config.eval.judge_workdir = os.path.join(scale_dir(workdir, scale), 'judge')
   if override_fn is not None:
@@ -243,6 +247,8 @@ def classifier_config(scale: int, workdir: str, steps_scale: float = 1.0,
   """The config the shared guide and judge of a scale are trained from (channels of the scale)."""
   config = build_config('srgan', scale, CLASSIFIER_SEED, workdir, steps_scale)
   config.data.train_examples = CLASSIFIER_TRAIN_EXAMPLES
+  # The same classifier recipe as the main job's (configs/mnist_cnn) guide and judge.
+  config.classifier = mnist_cnn.get_config().classifier
   if override_fn is not None:
     config = override_fn(config) or config
   return config
@@ -828,6 +834,9 @@ def main(argv):
   from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   platform.configure_cpu_devices(True)
   from srgan_jax import errors  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(f.workdir),
+                                                              'jax_cache'))
   arms = [a.strip() for a in f.arms.split(',') if a.strip()] if f.arms else None
   try:
     reports = run_study(f.workdir, _ints(f.scales), _ints(f.seeds), arms, f.steps_scale,

@@ -143,6 +143,17 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
   return total, (sr, g_updates['batch_stats'], metrics)
 
 
+def ema_update(ema_params, params, decay, step):
+  """The exponential moving average of parameters after `step` updates.
+
+  With the usual warm-up (TF's ExponentialMovingAverage with num_updates): early on, the
+  average must not stay anchored to the random initialisation of a short run.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
+
+
 def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool,
                    axis_name: Optional[str] = AXIS):
   """One Adam step of the generator; returns (g_state, SR (no gradient), metrics).
@@ -155,13 +166,8 @@ def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool
                                               config=config, adversarial=adversarial)
   grads, metrics = pmean_once((grads, metrics), axis_name)
   new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  # EMA with the usual warm-up (TF's ExponentialMovingAverage with num_updates): early on, the
-  # average must not stay anchored to the random initialisation of a short run.
-  step = jnp.asarray(new_state.step, jnp.float32)
-  decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
-  ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
-                               new_state.params)
-  new_state = new_state.replace(ema_params=ema)
+  new_state = new_state.replace(ema_params=ema_update(g_state.ema_params, new_state.params,
+                                                      config.ema_decay, new_state.step))
   return new_state, jax.lax.stop_gradient(sr), metrics
 
 
@@ -426,10 +432,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoints.save(mngr, step, {'generator': g_state, 'discriminator': d_state},
                      inference_variables(g_state), config)
 
-  def run_eval(step):
+  curve_split = input_pipeline.head(test_split, config.eval.curve_examples)
+
+  def run_eval(step, final):
     g_vars = inference_variables(g_state)
     t0 = time.time()
-    summary = evaluate_lib.evaluate(eval_fn, g_vars, judge_vars, test_split,
+    summary = evaluate_lib.evaluate(eval_fn, g_vars, judge_vars,
+                                    test_split if final else curve_split,
                                     config.eval.batch_size, n_local)
     summary['eval_seconds'] = time.time() - t0
     writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
@@ -477,12 +486,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         'same command.', stop.signal, step, checkpoints.checkpoint_dir(workdir))
         return {'interrupted_at_step': step}
       if step % config.eval_every_steps == 0 or last:
-        summary = run_eval(step)
+        summary = run_eval(step, final=last)
       if step % config.checkpoint_every_steps == 0 or last:
         _mean_metrics(pending)
         save(step)
   if not summary:  # Resumed at the end: evaluate what was restored.
-    summary = run_eval(step)
+    summary = run_eval(step, final=True)
   if primary:
     table = evaluate_lib.results_table(summary)
     with open(os.path.join(workdir, 'results.md'), 'w') as f:

@@ -31,6 +31,15 @@ def validate_config(config, num_devices: int = 1):
     if config.classifier.batch_size % num_devices:
       raise ConfigError(f'config.classifier.batch_size = {config.classifier.batch_size} must be '
                         f'a multiple of the number of devices ({num_devices}).')
+    c = config.classifier
+    if c.num_epochs < 1:
+      raise ConfigError(f'config.classifier.num_epochs = {c.num_epochs} must be >= 1.')
+    for name in ('warmup_fraction', 'ema_decay', 'dropout_rate'):
+      if not 0 <= c[name] < 1:
+        raise ConfigError(f'config.classifier.{name} = {c[name]} must be in [0, 1).')
+    if not 0 <= c.max_shift < 28:
+      raise ConfigError(f'config.classifier.max_shift = {c.max_shift} must be 0 (no shifts) '
+                        f'or a few pixels.')
     return
   _one_of('discriminator.head', config.discriminator.head, DISCRIMINATOR_HEADS)
   _one_of('loss.content', config.loss.content, losses.CONTENT_LOSSES)
@@ -53,6 +62,9 @@ def validate_config(config, num_devices: int = 1):
       raise ConfigError(f'config.{name} = {config[name]} must be > 0.')
   if not 0 <= config.ema_decay < 1:
     raise ConfigError(f'config.ema_decay = {config.ema_decay} must be in [0, 1).')
+  if config.eval.curve_examples < 0:
+    raise ConfigError(f'config.eval.curve_examples = {config.eval.curve_examples} must be >= 0 '
+                      f'(0: every evaluation uses all eval_examples).')
   if config.eval.batch_size % num_devices:
     raise ConfigError(f'config.eval.batch_size = {config.eval.batch_size} must be a multiple of '
                       f'the number of devices ({num_devices}).')
