@@ -10,10 +10,9 @@ ends with one ``summary: key=value ...`` line. The steps timed are the ones trai
 (``train.make_pmapped_steps``), on the real data of ``config.data``; pretrained networks the
 losses need (the guide classifier, VGG19) and the evaluation judge are randomly initialised
 unless given, since the cost of a step does not depend on the values of frozen weights.
-Alternative GAN-step builders (``--variants``, see make_gan_iteration: frozen networks placed
-on the devices once, buffer donation, G+D fused into one call, D's pass over SR shared between
-the two losses, one device only) are timed in turns with the baseline, so that changes to
-train.py can be judged by numbers from one run.
+Alternative GAN iterations (``--variants``, see make_gan_iteration: the seed's two calls, G
+step then D step, or one device only) are timed in turns with the training path, so that
+changes to train.py can be judged by numbers from one run.
 
 FLOPs come from XLA's cost analysis of the compiled steps (on GPU, whose compiled modules hide
 convolutions in cuDNN calls, of the same steps compiled for the CPU). The peak is a
@@ -38,19 +37,17 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-VARIANTS = ('baseline', 'replicate', 'donate', 'fused', 'fused_donate', 'shared',
-            'shared_donate', 'one_device')
+VARIANTS = ('two_steps', 'one_device')
 PREFIX = 'bench: '
 SUMMARY_PREFIX = 'summary: '
 
 # Figures every run prints (the variants and the eval add theirs); tests check these.
 CORE_FIGURES = (
-    'compile_s/pretrain', 'compile_s/generator', 'compile_s/discriminator',
+    'compile_s/pretrain', 'compile_s/gan',
     'pretrain/steps_per_s', 'pretrain/steps_per_s_min', 'pretrain/steps_per_s_max',
     'pretrain/images_per_s',
     'gan/steps_per_s', 'gan/steps_per_s_min', 'gan/steps_per_s_max', 'gan/images_per_s',
-    'flops_per_step/pretrain', 'flops_per_step/generator', 'flops_per_step/discriminator',
-    'flops_per_step/gan',
+    'flops_per_step/pretrain', 'flops_per_step/gan',
     'achieved_gflops/pretrain', 'achieved_gflops/gan',
     'peak_gflops/one_device', 'peak_gflops/all_devices',
     'utilisation_pct/pretrain', 'utilisation_pct/gan',
@@ -73,7 +70,7 @@ class Options:
   eval_runs: int = 1
   judge_workdir: str = ''     # a judge checkpoint; '' = random LeNet (cost only).
   random_vgg: bool = False
-  variants: Sequence[str] = ('baseline',)
+  variants: Sequence[str] = ()
   # FLOPs from XLA:CPU's analysis of the same steps; None: when not running on CPU.
   flops_on_cpu: Optional[bool] = None
   input_pipeline_steps: int = 50
@@ -274,7 +271,7 @@ def make_judge(config, judge_workdir: str, rep: Reporter):
 
 
 # ---------------------------------------------------------------------------------------------
-# Alternative GAN-step builders (same maths as train.make_pmapped_steps).
+# GAN iterations (same maths as train.make_pmapped_steps).
 
 
 def replicate(tree, devices):
@@ -288,166 +285,32 @@ def replicate(tree, devices):
   return jax.device_put(tree, sharding)
 
 
-def _ema_update(config, g_state, new_state):
-  """train.generator_step's EMA of the generator's parameters (with its warm-up)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  step = new_state.step.astype(jnp.float32)
-  decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
-  ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, g_state.ema_params,
-                               new_state.params)
-  return new_state.replace(ema_params=ema)
+def make_gan_iteration(config, devices, variant: str = 'train'):
+  """A function (g_state, d_state, batch, frozen) -> (g_state, d_state, metrics) that consumes
+  (donates) the states it is given.
 
-
-def shared_gan_step(g_state, d_state, batch, frozen, *, config, axis_name=None):
-  """generator_step then discriminator_step in one function, with D's pass over SR run once.
-
-  The same maths as train.generator_step followed by train.discriminator_step: in train mode
-  BatchNorm normalises with the statistics of the batch it is given, so D(SR) in the G step
-  (pre-update D) and in the D step give the same numbers; here it is computed once and
-  differentiated twice (w.r.t. SR for G's loss, w.r.t. D's params for D's loss). D's running
-  statistics are updated HR first, then SR, as in train.discriminator_step. Saves one forward
-  pass of D over the batch per iteration (and the D(HR) pass of the relativistic G loss).
-  The passes that hold BatchNorm all-reduces are chained by optimization barriers, so that no
-  two of them are in flight at once (see train.pmean_once), and gradients and metrics are
-  averaged in one all-reduce. Returns (g_state, d_state, metrics).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from srgan_jax import losses  # pylint: disable=g-import-not-at-top
-  from srgan_jax import train  # pylint: disable=g-import-not-at-top
-  barrier = jax.lax.optimization_barrier
-  hr = input_pipeline.to_model_range(batch['hr'])
-  lr = input_pipeline.to_model_range(batch['lr'])
-
-  # Forward passes, one after the other: G(LR), D(HR), D(SR).
-  def g_forward(params):
-    sr, upd = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
-                               train=True, mutable=['batch_stats'])
-    return sr, upd['batch_stats']
-  sr, g_vjp, g_batch_stats = jax.vjp(g_forward, g_state.params, has_aux=True)
-
-  def d_forward(params, stats, images):
-    out, upd = d_state.apply_fn({'params': params, 'batch_stats': stats}, images, train=True,
-                                mutable=['batch_stats'])
-    return out, upd['batch_stats']
-  sr, hr_in = barrier((sr, hr))
-  (real_logits, real_class), real_vjp, stats = jax.vjp(
-      lambda p: d_forward(p, d_state.batch_stats, hr_in), d_state.params, has_aux=True)
-  real_logits, sr = barrier((real_logits, sr))
-  (fake_logits, fake_class), fake_vjp, stats = jax.vjp(
-      lambda p, x: d_forward(p, stats, x), d_state.params, sr, has_aux=True)
-
-  # The generator's loss as a function of SR and of D's outputs on it.
-  def g_loss(sr, fake_logits, fake_class):
-    criterion = config.loss.vgg.criterion if config.loss.content == 'vgg' else 'mse'
-    content = losses.content_loss(config.loss.content, sr, hr,
-                                  train._content_feature_fn(config, frozen),  # pylint: disable=protected-access
-                                  train._content_layer_weights(config), criterion)  # pylint: disable=protected-access
-    if config.loss.content == 'vgg':
-      content = content * config.loss.vgg.scale
-    total = config.loss.content_weight * content
-    metrics = {'content': content}
-    real = real_logits if config.loss.adversarial == 'relativistic' else None
-    adv = losses.generator_adversarial_loss(config.loss.adversarial, real, fake_logits)
-    total = total + config.loss.adversarial_weight * adv
-    metrics['adversarial'] = adv
-    if config.loss.auxiliary == 'discriminator_head':
-      aux = losses.classification_loss(fake_class, batch['label'])
-      total = total + config.loss.auxiliary_weight * aux
-      metrics['auxiliary'] = aux
-    if config.loss.auxiliary == 'classifier':
-      aux = train.classifier_auxiliary_loss(config, frozen, sr, hr, batch)
-      total = total + config.loss.auxiliary_weight * aux
-      metrics['auxiliary'] = aux
-    metrics['generator'] = total
-    return total, metrics
-  (c_sr, c_fake_logits, c_fake_class), g_metrics = jax.grad(
-      g_loss, argnums=(0, 1, 2), has_aux=True)(sr, fake_logits, fake_class)
-
-  # The discriminator's loss as a function of its outputs on HR and SR.
-  def d_loss(real_logits, real_class, fake_logits):
-    loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
-    metrics = {'discriminator_adversarial': loss}
-    if config.loss.auxiliary == 'discriminator_head':
-      aux = losses.classification_loss(real_class, batch['label'])
-      metrics['discriminator_auxiliary'] = aux
-      loss = loss + aux
-    prob = config.loss.adversarial in ('vanilla', 'relativistic')
-    out = jax.nn.sigmoid if prob else (lambda x: x)
-    metrics.update(discriminator=loss, d_real=jnp.mean(out(real_logits)),
-                   d_fake=jnp.mean(out(fake_logits)))
-    return loss, metrics
-  (d_real_logits, d_real_class, d_fake_logits), d_metrics = jax.grad(
-      d_loss, argnums=(0, 1, 2), has_aux=True)(real_logits, real_class, fake_logits)
-
-  # Backward passes, one after the other: D(SR) for G, D(SR) and D(HR) for D, then G.
-  _, c_sr_through_d = fake_vjp((c_fake_logits, c_fake_class))
-  c_sr_through_d, d_fake_logits = barrier((c_sr_through_d, d_fake_logits))
-  zero_class = None if fake_class is None else jnp.zeros_like(fake_class)
-  d_grads_fake, _ = fake_vjp((d_fake_logits, zero_class))
-  d_grads_fake, d_real_logits = barrier((d_grads_fake, d_real_logits))
-  (d_grads_real,) = real_vjp((d_real_logits, d_real_class))
-  d_grads = jax.tree.map(jnp.add, d_grads_real, d_grads_fake)
-  d_grads, c_sr_total = barrier((d_grads, c_sr + c_sr_through_d))
-  (g_grads,) = g_vjp(c_sr_total)
-
-  g_grads, d_grads, metrics = train.pmean_once((g_grads, d_grads, {**g_metrics, **d_metrics}),
-                                               axis_name)
-  new_g = _ema_update(config, g_state,
-                      g_state.apply_gradients(grads=g_grads, batch_stats=g_batch_stats))
-  new_d = d_state.apply_gradients(grads=d_grads, batch_stats=stats)
-  return new_g, new_d, metrics
-
-
-def make_gan_iteration(config, devices, variant: str):
-  """A function (g_state, d_state, batch, frozen) -> (g_state, d_state, metrics).
-
-  'baseline': train.make_pmapped_steps, G step then D step (two pmapped calls); the frozen
-    networks are passed as train.py passes them (copied to the devices at every call).
-  'replicate': the same, with the frozen networks placed on the devices once.
-  'donate': 'replicate' with the state buffers donated.
-  'fused': G and D steps in one pmapped call (one dispatch, SR stays on the devices).
-  'fused_donate': fused, with both states donated.
-  'shared', 'shared_donate': shared_gan_step (fused, D's pass over SR run once) in one call.
-  'one_device': 'replicate' pmapped over the first device only (the caller gives devices[:1]).
-  The runner replicates the frozen networks for every variant but 'baseline'.
+  'train': train.make_pmapped_steps's GAN iteration (gan_step, one pmapped call), as trained.
+  'two_steps': the seed's iteration as two pmapped calls, train.generator_step then
+    train.discriminator_step (the same maths; D's pass over SR runs twice).
+  'one_device': 'train' pmapped over the first device only (the caller gives devices[:1]).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
-  if variant not in VARIANTS:
+  if variant not in ('train',) + VARIANTS:
     raise ValueError(f'unknown variant {variant!r}: use some of {VARIANTS}')
+  if variant != 'two_steps':
+    return train.make_pmapped_steps(config, devices)[1]
   pmap = functools.partial(jax.pmap, axis_name=train.AXIS, devices=devices)
-  if variant in ('baseline', 'replicate', 'donate', 'one_device'):
-    if variant != 'donate':
-      _, gen, disc = train.make_pmapped_steps(config, devices)
-    else:
-      gen = pmap(functools.partial(train.generator_step, config=config, adversarial=True),
-                 in_axes=(None, None, 0, None), out_axes=(None, 0, None), donate_argnums=(0,))
-      disc = pmap(functools.partial(train.discriminator_step, config=config),
-                  in_axes=(None, 0, 0), out_axes=(None, None), donate_argnums=(0,))
+  gen = pmap(functools.partial(train.generator_step, config=config, adversarial=True),
+             in_axes=(None, None, 0, None), out_axes=(None, 0, None), donate_argnums=(0,))
+  disc = pmap(functools.partial(train.discriminator_step, config=config),
+              in_axes=(None, 0, 0), out_axes=(None, None), donate_argnums=(0,))
 
-    def iteration(g_state, d_state, batch, frozen):
-      g_state, sr, metrics = gen(g_state, d_state, batch, frozen)
-      d_state, d_metrics = disc(d_state, batch, sr)
-      return g_state, d_state, {**metrics, **d_metrics}
-    return iteration
-
-  if variant.startswith('shared'):
-    step = functools.partial(shared_gan_step, config=config, axis_name=train.AXIS)
-  else:
-    def step(g_state, d_state, batch, frozen):
-      g_state, sr, metrics = train.generator_step(g_state, d_state, batch, frozen,
-                                                  config=config, adversarial=True)
-      # The D step after the G step, as in two calls: their all-reduces never overlap.
-      (g_state, sr, metrics), (d_state, batch) = jax.lax.optimization_barrier(
-          ((g_state, sr, metrics), (d_state, batch)))
-      d_state, d_metrics = train.discriminator_step(d_state, batch, sr, config=config)
-      return g_state, d_state, {**metrics, **d_metrics}
-  donate = (0, 1) if variant.endswith('_donate') else ()
-  return pmap(step, in_axes=(None, None, 0, None), out_axes=(None, None, None),
-              donate_argnums=donate)
+  def iteration(g_state, d_state, batch, frozen):
+    g_state, sr, metrics = gen(g_state, d_state, batch, frozen)
+    d_state, d_metrics = disc(d_state, batch, sr)
+    return g_state, d_state, {**metrics, **d_metrics}
+  return iteration
 
 
 def _fresh_copy(tree, devices):
@@ -509,31 +372,25 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   # jax 0.10 compile each step twice: once for the first call, once for the second.
   g_state, d_state = replicate((g_state, d_state), devices)
 
-  # Compile (lower + compile) the three training steps, and their XLA cost analysis.
-  pretrain_step, gen_step, disc_step = train.make_pmapped_steps(config, devices)
+  # Compile (lower + compile) the two training steps, and their XLA cost analysis.
+  pretrain_step, gan_step = train.make_pmapped_steps(config, devices)
   compiled_pre, lo, co = _lower_compile(pretrain_step, g_state, d_state, batch, frozen)
   rep.figure('compile_s/pretrain', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
-  compiled_gen, lo, co = _lower_compile(gen_step, g_state, d_state, batch, frozen)
-  rep.figure('compile_s/generator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
-  _, sr, _ = gen_step(_fresh_copy(g_state, devices), d_state, batch, frozen)
-  compiled_disc, lo, co = _lower_compile(disc_step, d_state, batch, sr)
-  rep.figure('compile_s/discriminator', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
+  compiled_gan, lo, co = _lower_compile(gan_step, g_state, d_state, batch, frozen)
+  rep.figure('compile_s/gan', lo + co, 's', f'lower {lo:.2f} s + compile {co:.2f} s')
   if options.flops_on_cpu if options.flops_on_cpu is not None else devices[0].platform != 'cpu':
     counter = CpuFlopCounter(n)
     why = ('--flops_on_cpu' if devices[0].platform == 'cpu' else
            f'the {devices[0].platform} modules hide convolutions in library calls')
     rep.info('FLOPs: XLA:CPU cost analysis of the same steps on the per-device shapes, times '
              f'{n} devices ({why})')
-    c_pre, c_gen, c_disc = counter.pmapped_steps(config)
+    c_pre, c_gan = counter.pmapped_steps(config)
     flops = {'pretrain': counter.flops(c_pre, g_state, d_state, batch, frozen, batch_args=(2,)),
-             'generator': counter.flops(c_gen, g_state, d_state, batch, frozen, batch_args=(2,)),
-             'discriminator': counter.flops(c_disc, d_state, batch, sr, batch_args=(1, 2))}
+             'gan': counter.flops(c_gan, g_state, d_state, batch, frozen, batch_args=(2,))}
   else:
     counter = None
-    flops = {'pretrain': _flops(compiled_pre, n), 'generator': _flops(compiled_gen, n),
-             'discriminator': _flops(compiled_disc, n)}
-  flops['gan'] = flops['generator'] + flops['discriminator']
-  for name in ('pretrain', 'generator', 'discriminator', 'gan'):
+    flops = {'pretrain': _flops(compiled_pre, n), 'gan': _flops(compiled_gan, n)}
+  for name in ('pretrain', 'gan'):
     rep.figure(f'flops_per_step/{name}', flops[name] / 1e9, 'GFLOP',
                'XLA cost analysis, all devices')
 
@@ -541,8 +398,8 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   # larger is kept: on a shared machine the load in between can halve either).
   peak_before = measure_peak(options.peak_matmul_size, options.peak_runs, devices)
 
-  # Steady state of the pretrain step.
-  state = {'g': g_state}
+  # Steady state of the pretrain step (it consumes the states it is given: a copy).
+  state = {'g': _fresh_copy(g_state, devices)}
 
   def pretrain_once():
     state['g'], _, metrics = pretrain_step(state['g'], d_state, batch, frozen)
@@ -551,10 +408,10 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
                          _time_runs(pretrain_once, options.steps, options.runs, options.warmup),
                          bs)
 
-  # Steady state of the GAN iteration (G step + D step), per variant. All variants are
-  # compiled and warmed up first, then timed in turns (run r of every variant before run r+1)
-  # so that drifting load on a shared machine biases none of them.
-  order = ['baseline'] + [v for v in dict.fromkeys(options.variants) if v != 'baseline']
+  # Steady state of the GAN iteration, per variant. All variants are compiled and warmed up
+  # first, then timed in turns (run r of every variant before run r+1) so that drifting load
+  # on a shared machine biases none of them.
+  order = ['train'] + [v for v in dict.fromkeys(options.variants) if v != 'train']
   if 'one_device' in order and n == 1:
     rep.info('variant one_device skipped: there is only one device')
     order.remove('one_device')
@@ -565,29 +422,29 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
         jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch), len(v_devices))
     iteration = make_gan_iteration(config, v_devices, variant)
     state = {'g': _fresh_copy(g_state, v_devices), 'd': _fresh_copy(d_state, v_devices),
-             'frozen': frozen if variant == 'baseline' else replicate(frozen, v_devices)}
+             'frozen': replicate(frozen, v_devices)}
 
     def once(iteration=iteration, state=state, v_batch=v_batch):
       state['g'], state['d'], metrics = iteration(state['g'], state['d'], v_batch,
                                                   state['frozen'])
       return metrics
     gan_once[variant] = once
-    if variant != 'baseline':
-      if hasattr(iteration, 'lower'):  # One pmapped call: compile it and count its FLOPs.
-        compiled, lo, co = _lower_compile(iteration, state['g'], state['d'], v_batch,
-                                          state['frozen'])
-        rep.figure(f'variant/{variant}/compile_s', lo + co, 's')
-        if counter is None:
-          v_flops = _flops(compiled, len(v_devices))
-        else:
-          v_flops = counter.flops(counter.iteration(config, variant), state['g'], state['d'],
-                                  v_batch, state['frozen'], batch_args=(2,))
-        rep.figure(f'variant/{variant}/flops_per_step', v_flops / 1e9, 'GFLOP',
-                   'XLA cost analysis, all devices')
-      t0 = time.perf_counter()
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
-        jax.block_until_ready(once())
+    if variant == 'one_device':  # One pmapped call on other shapes: compile it, count FLOPs.
+      compiled, lo, co = _lower_compile(iteration, state['g'], state['d'], v_batch,
+                                        state['frozen'])
+      rep.figure(f'variant/{variant}/compile_s', lo + co, 's')
+      if counter is None:
+        v_flops = _flops(compiled, len(v_devices))
+      else:
+        v_flops = counter.flops(counter.iteration(config, variant), state['g'], state['d'],
+                                v_batch, state['frozen'], batch_args=(2,))
+      rep.figure(f'variant/{variant}/flops_per_step', v_flops / 1e9, 'GFLOP',
+                 'XLA cost analysis, all devices')
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
+      jax.block_until_ready(once())
+    if variant != 'train':
       rep.figure(f'variant/{variant}/first_call_s', time.perf_counter() - t0, 's')
   per_step = {v: [] for v in order}
   with warnings.catch_warnings():
@@ -599,12 +456,12 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
         per_step[variant] += _time_runs(gan_once[variant], options.steps, 1, 0)
   gan_seconds = {}
   for variant in order:
-    prefix = 'gan' if variant == 'baseline' else f'variant/{variant}'
+    prefix = 'gan' if variant == 'train' else f'variant/{variant}'
     gan_seconds[variant] = _report_rate(rep, prefix, per_step[variant], bs)
-  sec_gan = gan_seconds['baseline']
+  sec_gan = gan_seconds['train']
   for variant in order[1:]:
     rep.figure(f'variant/{variant}/speedup', sec_gan / gan_seconds[variant], 'x',
-               'vs baseline, timed in turns in this run')
+               'images/s of the variant over the training path\'s, timed in turns')
 
   # Achieved FLOP rate against the measured matmul peak.
   peak_after = measure_peak(options.peak_matmul_size, options.peak_runs, devices)
@@ -660,7 +517,7 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
                'pretrain/images_per_s', 'flops_per_step/gan', 'achieved_gflops/gan',
                'peak_gflops/all_devices', 'utilisation_pct/gan', 'eval/images_per_s',
                'input_pipeline/fraction_of_gan_step', 'memory/peak_rss_mib'] +
-              [f'variant/{v}/speedup' for v in options.variants if v != 'baseline'])
+              [f'variant/{v}/speedup' for v in options.variants if v != 'train'])
   return rep.figures
 
 
@@ -687,7 +544,7 @@ def define_flags():
   flags.DEFINE_integer('eval_runs', Options.eval_runs, 'Timed passes over the test images.')
   flags.DEFINE_string('judge_workdir', '', 'A judge classifier workdir; default: a random LeNet.')
   flags.DEFINE_list('variants', list(Options.variants),
-                    f'GAN-step builders to time (baseline always runs): {", ".join(VARIANTS)}.')
+                    f'GAN iterations to time besides the training path: {", ".join(VARIANTS)}.')
   flags.DEFINE_bool('flops_on_cpu', None, 'Count FLOPs by compiling the steps for the CPU '
                     '(default: only when the devices are not CPUs).')
   flags.DEFINE_integer('input_pipeline_steps', Options.input_pipeline_steps,

@@ -106,12 +106,13 @@ def classifier_auxiliary_loss(config, frozen: Frozen, sr, hr, batch):
   return losses.auxiliary_classifier_loss(sr_logits, labels)
 
 
-def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
-  """l^SR = content + adversarial_weight * l_Gen + auxiliary_weight * l_aux (+ metrics)."""
-  hr = input_pipeline.to_model_range(batch['hr'])
-  lr = input_pipeline.to_model_range(batch['lr'])
-  sr, g_updates = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
-                                   train=True, mutable=['batch_stats'])
+def generator_objective(config, frozen: Frozen, sr, hr, batch, fake=None, real_logits=None):
+  """l^SR = content + adversarial_weight * l_Gen + auxiliary_weight * l_aux, and its terms.
+
+  `fake`: the discriminator's (logits, class logits) on SR, or None while pretraining (content
+  loss, plus the classifier loss when config.loss.auxiliary_during_pretrain). `real_logits`:
+  D on HR, which only the relativistic loss reads.
+  """
   criterion = config.loss.vgg.criterion if config.loss.content == 'vgg' else 'mse'
   content = losses.content_loss(config.loss.content, sr, hr, _content_feature_fn(config, frozen),
                                 _content_layer_weights(config), criterion)
@@ -119,14 +120,8 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
     content = content * config.loss.vgg.scale
   total = config.loss.content_weight * content
   metrics = {'content': content}
-  if adversarial:
-    d_vars = {'params': d_state.params, 'batch_stats': d_state.batch_stats}
-    (fake_logits, fake_class), _ = d_state.apply_fn(d_vars, sr, train=True,
-                                                     mutable=['batch_stats'])
-    real_logits = None
-    if config.loss.adversarial == 'relativistic':
-      fake_logits, hr = jax.lax.optimization_barrier((fake_logits, hr))  # See discriminator_step.
-      (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
+  if fake is not None:
+    fake_logits, fake_class = fake
     adv = losses.generator_adversarial_loss(config.loss.adversarial, real_logits, fake_logits)
     total = total + config.loss.adversarial_weight * adv
     metrics['adversarial'] = adv
@@ -134,12 +129,48 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
       aux = losses.classification_loss(fake_class, batch['label'])
       total = total + config.loss.auxiliary_weight * aux
       metrics['auxiliary'] = aux
-  if config.loss.auxiliary == 'classifier' and (adversarial or
+  if config.loss.auxiliary == 'classifier' and (fake is not None or
                                                 config.loss.auxiliary_during_pretrain):
     aux = classifier_auxiliary_loss(config, frozen, sr, hr, batch)
     total = total + config.loss.auxiliary_weight * aux
     metrics['auxiliary'] = aux
   metrics['generator'] = total
+  return total, metrics
+
+
+def discriminator_objective(config, real_logits, real_class, fake_logits, batch):
+  """l_D: the adversarial loss on HR (real) and SR (fake), plus the AC-GAN class loss on HR.
+
+  The auxiliary *classifier* loss is not here: it does not depend on D's parameters, so adding
+  it to D's loss (as the seed did) would change nothing.
+  """
+  loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
+  metrics = {'discriminator_adversarial': loss}
+  if config.loss.auxiliary == 'discriminator_head':
+    aux = losses.classification_loss(real_class, batch['label'])
+    metrics['discriminator_auxiliary'] = aux
+    loss = loss + aux
+  prob = config.loss.adversarial in ('vanilla', 'relativistic')
+  out = jax.nn.sigmoid if prob else (lambda x: x)
+  metrics.update(discriminator=loss, d_real=jnp.mean(out(real_logits)),
+                 d_fake=jnp.mean(out(fake_logits)))
+  return loss, metrics
+
+
+def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
+  """generator_objective of the generator with `params` on the batch; aux: SR, BN stats, metrics."""
+  hr = input_pipeline.to_model_range(batch['hr'])
+  lr = input_pipeline.to_model_range(batch['lr'])
+  sr, g_updates = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
+                                   train=True, mutable=['batch_stats'])
+  fake = real_logits = None
+  if adversarial:
+    d_vars = {'params': d_state.params, 'batch_stats': d_state.batch_stats}
+    fake, _ = d_state.apply_fn(d_vars, sr, train=True, mutable=['batch_stats'])
+    if config.loss.adversarial == 'relativistic':
+      fake, hr = jax.lax.optimization_barrier((fake, hr))  # See discriminator_step.
+      (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
+  total, metrics = generator_objective(config, frozen, sr, hr, batch, fake, real_logits)
   return total, (sr, g_updates['batch_stats'], metrics)
 
 
@@ -154,20 +185,26 @@ def ema_update(ema_params, params, decay, step):
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
 
 
-def generator_step(g_state, d_state, batch, frozen, *, config, adversarial: bool,
-                   axis_name: Optional[str] = AXIS):
-  """One Adam step of the generator; returns (g_state, SR (no gradient), metrics).
+def _apply_generator_update(config, g_state, grads, batch_stats):
+  new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return new_state.replace(ema_params=ema_update(g_state.ema_params, new_state.params,
+                                                 config.ema_decay, new_state.step))
 
-  With `adversarial=False` this is an SRResNet (content-loss only) step, used to pretrain.
-  Gradients, BN statistics and metrics are averaged over `axis_name` when it is given.
+
+def generator_step(g_state, d_state, batch, frozen: Frozen, *, config, adversarial,
+                   axis_name: Optional[str] = AXIS):
+  """One Adam step of the generator (and its EMA); returns (g_state, SR, metrics).
+
+  With `adversarial=False` this is an SRResNet (content-loss only) step: the pretraining step.
+  With `adversarial=True`, followed by discriminator_step, it is the seed's GAN iteration in two
+  calls (what gan_step computes in one). Gradients, BN statistics and metrics are averaged over
+  `axis_name` when it is given.
   """
   grad_fn = jax.grad(generator_loss, has_aux=True)
   grads, (sr, batch_stats, metrics) = grad_fn(g_state.params, g_state, d_state, batch, frozen,
                                               config=config, adversarial=adversarial)
   grads, metrics = pmean_once((grads, metrics), axis_name)
-  new_state = g_state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  new_state = new_state.replace(ema_params=ema_update(g_state.ema_params, new_state.params,
-                                                      config.ema_decay, new_state.step))
+  new_state = _apply_generator_update(config, g_state, grads, batch_stats)
   return new_state, jax.lax.stop_gradient(sr), metrics
 
 
@@ -189,16 +226,7 @@ def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] =
     variables = {'params': params, 'batch_stats': upd['batch_stats']}
     (fake_logits, _), upd = d_state.apply_fn(variables, fake_input, train=True,
                                              mutable=['batch_stats'])
-    loss = losses.discriminator_loss(config.loss.adversarial, real_logits, fake_logits)
-    metrics = {'discriminator_adversarial': loss}
-    if config.loss.auxiliary == 'discriminator_head':
-      aux = losses.classification_loss(real_class, batch['label'])
-      metrics['discriminator_auxiliary'] = aux
-      loss = loss + aux
-    prob = config.loss.adversarial in ('vanilla', 'relativistic')
-    out = jax.nn.sigmoid if prob else (lambda x: x)
-    metrics.update(discriminator=loss, d_real=jnp.mean(out(real_logits)),
-                   d_fake=jnp.mean(out(fake_logits)))
+    loss, metrics = discriminator_objective(config, real_logits, real_class, fake_logits, batch)
     return loss, (upd['batch_stats'], metrics)
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(d_state.params)
@@ -207,21 +235,87 @@ def discriminator_step(d_state, batch, sr, *, config, axis_name: Optional[str] =
   return new_state, metrics
 
 
-def make_pmapped_steps(config, devices):
-  """The pretrain, generator and discriminator steps, pmapped over `devices`.
+def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
+             axis_name: Optional[str] = AXIS):
+  """One GAN iteration: generator_step then discriminator_step, with D's pass over SR run once.
+
+  The same maths as the two steps (the seed's iteration: D's step sees the SR of the
+  pre-update generator and starts from the pre-update D): in train mode BatchNorm normalises
+  with the statistics of the batch it is given, so D(SR) in the G step and in the D step give
+  the same numbers. Here it is computed once and differentiated twice (w.r.t. SR for G's loss,
+  w.r.t. D's parameters for D's loss), which saves one forward pass of D per iteration (and the
+  D(HR) pass of the relativistic G loss). D's running statistics are updated HR first, then SR.
+  Passes that hold BatchNorm all-reduces are chained by optimization barriers so that no two
+  are in flight at once (see pmean_once); gradients and metrics go in one all-reduce.
+  Returns (g_state, d_state, metrics).
+  """
+  barrier = jax.lax.optimization_barrier
+  hr = input_pipeline.to_model_range(batch['hr'])
+  lr = input_pipeline.to_model_range(batch['lr'])
+
+  # Forward passes, one after the other: G(LR), D(HR), D(SR).
+  def g_forward(params):
+    sr, upd = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
+                               train=True, mutable=['batch_stats'])
+    return sr, upd['batch_stats']
+  sr, g_vjp, g_batch_stats = jax.vjp(g_forward, g_state.params, has_aux=True)
+
+  def d_forward(params, stats, images):
+    out, upd = d_state.apply_fn({'params': params, 'batch_stats': stats}, images, train=True,
+                                mutable=['batch_stats'])
+    return out, upd['batch_stats']
+  sr, hr_in = barrier((sr, hr))
+  (real_logits, real_class), real_vjp, stats = jax.vjp(
+      lambda p: d_forward(p, d_state.batch_stats, hr_in), d_state.params, has_aux=True)
+  real_logits, sr = barrier((real_logits, sr))
+  (fake_logits, fake_class), fake_vjp, stats = jax.vjp(
+      lambda p, x: d_forward(p, stats, x), d_state.params, sr, has_aux=True)
+
+  # Each loss as a function of SR and of D's outputs.
+  relativistic_real = real_logits if config.loss.adversarial == 'relativistic' else None
+  (c_sr, c_fake_logits, c_fake_class), g_metrics = jax.grad(
+      lambda x, fl, fc: generator_objective(config, frozen, x, hr, batch, (fl, fc),
+                                            relativistic_real),
+      argnums=(0, 1, 2), has_aux=True)(sr, fake_logits, fake_class)
+  (d_real_logits, d_real_class, d_fake_logits), d_metrics = jax.grad(
+      lambda rl, rc, fl: discriminator_objective(config, rl, rc, fl, batch),
+      argnums=(0, 1, 2), has_aux=True)(real_logits, real_class, fake_logits)
+
+  # Backward passes, one after the other: D(SR) for G, D(SR) and D(HR) for D, then G.
+  _, c_sr_through_d = fake_vjp((c_fake_logits, c_fake_class))
+  c_sr_through_d, d_fake_logits = barrier((c_sr_through_d, d_fake_logits))
+  zero_class = None if fake_class is None else jnp.zeros_like(fake_class)
+  d_grads_fake, _ = fake_vjp((d_fake_logits, zero_class))
+  d_grads_fake, d_real_logits = barrier((d_grads_fake, d_real_logits))
+  (d_grads_real,) = real_vjp((d_real_logits, d_real_class))
+  d_grads = jax.tree_util.tree_map(jnp.add, d_grads_real, d_grads_fake)
+  d_grads, c_sr_total = barrier((d_grads, c_sr + c_sr_through_d))
+  (g_grads,) = g_vjp(c_sr_total)
+
+  g_grads, d_grads, metrics = pmean_once((g_grads, d_grads, {**g_metrics, **d_metrics}),
+                                         axis_name)
+  new_g = _apply_generator_update(config, g_state, g_grads, g_batch_stats)
+  new_d = d_state.apply_gradients(grads=d_grads, batch_stats=stats)
+  return new_g, new_d, metrics
+
+
+def make_pmapped_steps(config, devices, donate: bool = True):
+  """The pretraining step (generator_step, content loss) and the GAN iteration (gan_step),
+  pmapped over `devices`: (pretrain, gan).
 
   States and frozen networks are broadcast (in_axes None) and come back as one copy
   (out_axes None): gradients and BN statistics are averaged over the devices, so every device
-  holds the same values. Only the batch (and SR, which follows it) is split over devices.
+  holds the same values. Only the batch is split over devices. With `donate`, the states given
+  to a step are consumed (their buffers hold the new states): keep only the returned ones.
   """
   pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
   pretrain = pmap(functools.partial(generator_step, config=config, adversarial=False),
-                  in_axes=(None, None, 0, None), out_axes=(None, 0, None))
-  gen = pmap(functools.partial(generator_step, config=config, adversarial=True),
-             in_axes=(None, None, 0, None), out_axes=(None, 0, None))
-  disc = pmap(functools.partial(discriminator_step, config=config),
-              in_axes=(None, 0, 0), out_axes=(None, None))
-  return pretrain, gen, disc
+                  in_axes=(None, None, 0, None), out_axes=(None, 0, None),
+                  donate_argnums=(0,) if donate else ())
+  gan = pmap(functools.partial(gan_step, config=config),
+             in_axes=(None, None, 0, None), out_axes=(None, None, None),
+             donate_argnums=(0, 1) if donate else ())
+  return pretrain, gan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,9 +339,10 @@ def create_train_states(config, rng, axis_name: Optional[str] = AXIS):
   g_lr = optax.join_schedules(
       [optax.constant_schedule(config.optimizer.pretrain_learning_rate),
        optax.constant_schedule(config.optimizer.learning_rate)], [config.pretrain_steps])
+  # The EMA starts as a copy (own buffers: the steps donate the state's buffers).
   g_state = GeneratorState.create(apply_fn=g_model.apply, params=g_vars['params'], tx=tx(g_lr),
                                   batch_stats=g_vars['batch_stats'],
-                                  ema_params=g_vars['params'])
+                                  ema_params=jax.tree_util.tree_map(jnp.copy, g_vars['params']))
   d_state = TrainState.create(apply_fn=d_model.apply, params=d_vars['params'],
                               tx=tx(config.optimizer.learning_rate),
                               batch_stats=d_vars['batch_stats'])
@@ -413,7 +508,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Over every process's devices, so that gradients are averaged across hosts; each process
   # feeds its local devices with its own shard of the global batch.
   step_devices = distributed.global_devices()
-  pretrain_step, gen_step, disc_step = make_pmapped_steps(config, step_devices)
+  pretrain_step, gan_step_fn = make_pmapped_steps(config, step_devices)
   # Place the states and frozen networks once, replicated on the devices the steps run on: the
   # steps return their states there, and a first call with host arrays would compile each step
   # a second time (measured 3-16 s per step on CPU).
@@ -463,9 +558,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step < config.pretrain_steps:
         g_state, _, metrics = pretrain_step(g_state, d_state, batch, frozen)
       else:
-        g_state, sr, metrics = gen_step(g_state, d_state, batch, frozen)
-        d_state, d_metrics = disc_step(d_state, batch, sr)
-        metrics = {**metrics, **d_metrics}
+        g_state, d_state, metrics = gan_step_fn(g_state, d_state, batch, frozen)
       step += 1
       pending.append((step, metrics))
       last = step == total_steps

@@ -70,12 +70,12 @@ def worker(args):
     # 'global': the steps pmapped over every process's devices (what multi-process training
     # needs); 'local': over jax.local_devices(), as train.train_and_evaluate builds them.
     devices = distributed.global_devices() if mode == 'global' else jax.local_devices()
-    g_state, d_state = states
+    g_state, d_state = jax.tree_util.tree_map(jax.numpy.copy, states)  # The steps donate them.
     if mode == 'global':
       # Placed once on the (global) mesh the steps run on; also avoids a second compilation.
       replicated = NamedSharding(Mesh(np.asarray(devices), (train.AXIS,)), PartitionSpec())
       g_state, d_state = jax.device_put((g_state, d_state), replicated)
-    pretrain_step, gen_step, disc_step = train.make_pmapped_steps(config, devices)
+    pretrain_step, gan_step = train.make_pmapped_steps(config, devices)
     frozen = train.Frozen()
     steps = PRETRAIN_STEPS + GAN_STEPS if mode == 'global' else 1
     for step in range(steps):
@@ -86,8 +86,7 @@ def worker(args):
       if step < PRETRAIN_STEPS:
         g_state, _, _ = pretrain_step(g_state, d_state, batch, frozen)
       else:
-        g_state, sr, _ = gen_step(g_state, d_state, batch, frozen)
-        d_state, _ = disc_step(d_state, batch, sr)
+        g_state, d_state, _ = gan_step(g_state, d_state, batch, frozen)
     out = {}
     _flatten('g/params', g_state.params, out)
     _flatten('g/ema', g_state.ema_params, out)
