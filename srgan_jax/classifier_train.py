@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from srgan_jax import checkpoints
+from srgan_jax import distributed
 from srgan_jax import input_pipeline
 from srgan_jax import losses
 from srgan_jax import models
@@ -134,6 +135,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains a classifier; saves the best-on-validation variables and the test accuracy."""
   devices = jax.local_devices()
   validation.validate_config(config, jax.device_count())
+  # The training step runs over every process's devices (one model for all hosts, each process
+  # feeding its shard of the global batch); evaluation runs on each process's own devices.
+  step_devices = distributed.global_devices()
   input_pipeline.validate_data_config(config.data)
   checkpoints.ensure_writable(workdir)
   models.create_classifier(config.classifier.architecture)  # Fails early on a bad name.
@@ -155,11 +159,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total = per_epoch * config.classifier.num_epochs
   rng = jax.random.PRNGKey(config.seed)
   state = create_state(config, rng, total)
+  replicated = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(step_devices), (AXIS,)), jax.sharding.PartitionSpec())
+  state = jax.device_put(state, replicated)
   model = models.create_classifier(config.classifier.architecture)
   step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
                                        ema_decay=config.classifier.ema_decay),
                      axis_name=AXIS, in_axes=(None, 0, None),
-                     out_axes=(None, None), devices=devices)
+                     out_axes=(None, None), devices=step_devices)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   progress = writers.Progress(total)
   logging.info('Training the %s classifier (%d parameters) for %d epochs in %s.',
@@ -179,7 +186,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         metrics = jax.device_get(metrics)
         writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
         logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
-    val_acc = accuracy(model, _variables(state), val, 1000 // len(devices) * len(devices),
+    # On the host: the state lives on every process's devices, evaluation on this process's.
+    val_acc = accuracy(model, jax.device_get(_variables(state)), val, 1000 // len(devices) * len(devices),
                        devices)
     writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
     logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)

@@ -530,7 +530,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   curve_split = input_pipeline.head(test_split, config.eval.curve_examples)
 
   def run_eval(step, final):
-    g_vars = inference_variables(g_state)
+    # On the host: the state lives on every process's devices, evaluation on this process's.
+    g_vars = jax.device_get(inference_variables(g_state))
     t0 = time.time()
     summary = evaluate_lib.evaluate(eval_fn, g_vars, judge_vars,
                                     test_split if final else curve_split,
