@@ -26,7 +26,6 @@ noisy: compare figures from the same invocation only.
 import dataclasses
 import functools
 import math
-import resource
 import statistics
 import sys
 import time
@@ -508,8 +507,7 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
     rep.figure('eval/seconds', sec, 's', f'{test_split.num_examples} test images')
     rep.figure('eval/images_per_s', test_split.num_examples / sec, 'images/s')
 
-  rep.figure('memory/peak_rss_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'MiB', 'ru_maxrss of this process')
+  rep.figure('memory/peak_rss_mib', train.peak_rss_mib(), 'MiB', 'ru_maxrss of this process')
   bad = [k for k, v in rep.figures.items() if not math.isfinite(v)]
   if bad:
     rep.warning(f'non-finite figures: {bad}')

@@ -8,6 +8,7 @@ what an uninterrupted run would have done.
 
 import functools
 import os
+import resource
 import signal
 import time
 from typing import Any, Optional
@@ -382,6 +383,11 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def peak_rss_mib() -> float:
+  """The peak resident memory of this process so far (Linux ru_maxrss), in MiB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _mean_metrics(pending):
   """Fetches per-step metrics, checks them, and averages them (step, name) -> float."""
   fetched = jax.device_get([m for _, m in pending])
@@ -569,6 +575,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         scalars['steps_per_second'] = config.log_every_steps / max(time.time() - t_log, 1e-9)
         t_log = time.time()
         scalars['stage'] = 0 if step <= config.pretrain_steps else 1
+        scalars['peak_rss_mib'] = peak_rss_mib()
         writer.write_scalars(step, scalars)
         logging.info('%s | %s', progress.update(step),
                      ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())))

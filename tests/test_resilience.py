@@ -38,7 +38,7 @@ TOTAL_STEPS = 16
 SLOW_STEP_SECONDS = 0.3  # Leaves seconds between checkpoints to signal a run in.
 RUN_TIMEOUT = 240
 # Timings and other values that legitimately differ between runs.
-NON_DETERMINISTIC = ('steps_per_second', 'eval/eval_seconds')
+NON_DETERMINISTIC = ('steps_per_second', 'eval/eval_seconds', 'peak_rss_mib')
 # A traceback frame in our code or the runner: an error that escaped as a traceback.
 OUR_FRAME = re.compile(r'^\s*File "[^"]*(srgan_jax|run\.py)', re.M)
 

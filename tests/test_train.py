@@ -30,7 +30,8 @@ def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_con
   steps = [r['step'] for r in records if 'generator' in r]
   assert steps == [2, 4, 6, 8]
   gan = [r for r in records if r.get('stage') == 1]
-  for key in ('content', 'adversarial', 'discriminator', 'd_real', 'd_fake', 'steps_per_second'):
+  for key in ('content', 'adversarial', 'discriminator', 'd_real', 'd_fake', 'steps_per_second',
+              'peak_rss_mib'):
     assert all(np.isfinite(r[key]) for r in gan), key
   assert any('eval/psnr_sr' in r for r in records)
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_8.png'))
