@@ -73,6 +73,7 @@ class Options:
   # FLOPs from XLA:CPU's analysis of the same steps; None: when not running on CPU.
   flops_on_cpu: Optional[bool] = None
   input_pipeline_steps: int = 50
+  breakdown: bool = False     # time each network's pass alone (where the time goes).
 
 
 class Reporter:
@@ -312,6 +313,60 @@ def make_gan_iteration(config, devices, variant: str = 'train'):
   return iteration
 
 
+def breakdown(config, g_state, d_state, batch, frozen, device, options, rep, peak_one):
+  """Where a GAN iteration's time goes: each network's forward + backward pass, on one
+  device's share of the batch, compiled and timed alone (XLA FLOPs, GFLOP/s, share of the
+  one-device matmul peak). Returns {part: seconds per pass}.
+
+  The passes are those the iteration needs: the generator's w.r.t. its parameters; the
+  discriminator's w.r.t. its parameters and its input (it runs on HR and on SR: two passes
+  per iteration); the frozen classifier's and VGG's w.r.t. their input only.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from srgan_jax import models  # pylint: disable=g-import-not-at-top
+  put = lambda tree: jax.device_put(jax.device_get(tree), device)
+  hr = put(input_pipeline.to_model_range(batch['hr'][0]))
+  lr = put(input_pipeline.to_model_range(batch['lr'][0]))
+
+  def train_mode_pass(model, variables, wrt_input):
+    def loss(params, x):
+      out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                           mutable=['batch_stats'])
+      return sum(jnp.sum(o) for o in jax.tree_util.tree_leaves(out))
+    return jax.jit(jax.grad(loss, argnums=(0, 1) if wrt_input else 0))
+
+  def frozen_pass(fn):
+    return jax.jit(jax.grad(lambda params, x: sum(
+        jnp.sum(o) for o in jax.tree_util.tree_leaves(fn(params, x))), argnums=1))
+
+  g_vars = put({'params': g_state.params, 'batch_stats': g_state.batch_stats})
+  d_vars = put({'params': d_state.params, 'batch_stats': d_state.batch_stats})
+  parts = {
+      'generator': (train_mode_pass(models.create_generator(config), g_vars, False),
+                    g_vars['params'], lr),
+      'discriminator': (train_mode_pass(models.create_discriminator(config), d_vars, True),
+                        d_vars['params'], hr)}
+  if frozen.classifier is not None:
+    classify = lambda v, x: frozen.classifier.apply(v, x, train=False)
+    parts['classifier'] = (frozen_pass(classify), put(frozen.classifier_vars), hr)
+  if frozen.vgg_fn is not None:
+    parts['vgg'] = (frozen_pass(frozen.vgg_fn), put(frozen.vgg_params), hr)
+  seconds = {}
+  for name, (fn, params, x) in parts.items():
+    flops = _cost_flops(fn.lower(params, x).compile().cost_analysis())
+    per_pass = statistics.median(_time_runs(lambda fn=fn, p=params, x=x: fn(p, x),
+                                            options.steps, options.runs, options.warmup))
+    seconds[name] = per_pass
+    rep.figure(f'breakdown/{name}/ms', 1e3 * per_pass, 'ms',
+               f'fwd+bwd, one device, batch {x.shape[0]}')
+    rep.figure(f'breakdown/{name}/gflop', flops / 1e9, 'GFLOP')
+    rep.figure(f'breakdown/{name}/utilisation_pct', 100.0 * flops / per_pass / 1e9 / peak_one,
+               '%', f'{flops / per_pass / 1e9:.4g} GFLOP/s of the one-device peak')
+  return seconds
+
+
 def _fresh_copy(tree, devices):
   """A replicated copy of `tree` that a donating step may consume."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -477,6 +532,15 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
     rep.figure(f'utilisation_pct/{name}', 100.0 * achieved / peak, '%',
                'of the measured matmul peak over all devices')
 
+  if options.breakdown:
+    parts = breakdown(config, g_state, d_state, batch, frozen, devices[0], options, rep,
+                      max(peak_before[0], peak_after[0]))
+    # Per iteration, every device runs G once, D twice (HR and SR), the frozen networks once.
+    per_device = parts['generator'] + 2 * parts['discriminator'] + sum(
+        v for k, v in parts.items() if k not in ('generator', 'discriminator'))
+    rep.figure('breakdown/parts_share_of_gan_step_pct', 100.0 * per_device / sec_gan, '%',
+               'the parts timed alone, as run in one iteration, over the pmapped iteration')
+
   # Input pipeline (host work per step) as a fraction of the step time.
   t0 = time.perf_counter()
   for step in range(options.input_pipeline_steps):
@@ -547,6 +611,8 @@ def define_flags():
                     '(default: only when the devices are not CPUs).')
   flags.DEFINE_integer('input_pipeline_steps', Options.input_pipeline_steps,
                        'Batches timed for the input-pipeline cost.')
+  flags.DEFINE_bool('breakdown', Options.breakdown, 'Also time each network\'s forward + '
+                    'backward pass alone on one device (where the time goes).')
 
 
 def main(argv):
@@ -559,7 +625,8 @@ def main(argv):
                     eval=FLAGS.eval, eval_runs=FLAGS.eval_runs,
                     judge_workdir=FLAGS.judge_workdir, random_vgg=FLAGS.random_vgg,
                     variants=tuple(FLAGS.variants), flops_on_cpu=FLAGS.flops_on_cpu,
-                    input_pipeline_steps=FLAGS.input_pipeline_steps)
+                    input_pipeline_steps=FLAGS.input_pipeline_steps,
+                    breakdown=FLAGS.breakdown)
   run(FLAGS.config, options)
 
 

@@ -106,7 +106,7 @@ def command_line_run():
       [sys.executable, '-m', 'srgan_jax.benchmark', '--config=configs/seed_x2_rgb.py',
        *TINY, '--config.loss.content=vgg', '--random_vgg', '--config.loss.auxiliary=classifier',
        '--steps=1', '--runs=5', '--peak_matmul_size=64', '--variants=two_steps',
-       '--input_pipeline_steps=5'],
+       '--input_pipeline_steps=5', '--breakdown'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   yield proc
   if proc.poll() is None:
@@ -122,7 +122,9 @@ def test_command_line_prints_every_figure(command_line_run):
   v = 'variant/two_steps'
   expected = list(benchmark.CORE_FIGURES) + list(benchmark.EVAL_FIGURES) + [
       f'{v}/{k}' for k in ('steps_per_s', 'steps_per_s_min', 'steps_per_s_max',
-                           'images_per_s', 'speedup', 'first_call_s')]
+                           'images_per_s', 'speedup', 'first_call_s')] + [
+      f'breakdown/{part}/{k}' for part in ('generator', 'discriminator', 'classifier', 'vgg')
+      for k in ('ms', 'gflop', 'utilisation_pct')] + ['breakdown/parts_share_of_gan_step_pct']
   figures = _check_figures(text, expected)
   assert 'info: 2 cpu devices' in text
   assert 'WARNING: VGG19 with RANDOM weights' in text
