@@ -119,7 +119,8 @@ def learning_rate_schedule(config, steps: int):
 
 
 def create_state(config, rng, steps):
-  """The classifier's state; `ema_params` (Polyak average of the parameters) is what is saved."""
+  """The classifier's state: a TrainState with the Polyak average of its parameters
+  (`ema_params`, what is evaluated and saved), like the generator's."""
   model = models.create_classifier(config.classifier.architecture,
                                    config.classifier.dropout_rate, AXIS)
   shape = (1, 28, 28, config.data.channels)
@@ -187,8 +188,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
         logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
     # On the host: the state lives on every process's devices, evaluation on this process's.
-    val_acc = accuracy(model, jax.device_get(_variables(state)), val, 1000 // len(devices) * len(devices),
-                       devices)
+    val_acc = accuracy(model, jax.device_get(_variables(state)), val,
+                       1000 // len(devices) * len(devices), devices)
     writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
     logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)
     if val_acc > best_acc:

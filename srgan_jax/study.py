@@ -791,7 +791,8 @@ def study_markdown(scale, rows, refs, missing, config, classifiers, command, arm
       f'training images; an evaluation every {config.eval_every_steps} steps on the first '
       f'{config.eval.curve_examples or config.data.eval_examples or 10000} MNIST test images '
       f'(the curves, but their last point) and at the end on the first '
-      f'{config.data.eval_examples or 10000} (the tables, the curves\' last point). Seeds: {", ".join(map(str, seeds_done))} (mean ± sample std over seeds). '
+      f'{config.data.eval_examples or 10000} (the tables, the curves\' last point). '
+      f'Seeds: {", ".join(map(str, seeds_done))} (mean ± sample std over seeds). '
       f'Shared by every arm: the guide CNN (test accuracy {acc(classifiers.get("guide"))}) and '
       f'the judge LeNet (test accuracy {acc(classifiers.get("judge"))}), which no loss sees.',
       '',
