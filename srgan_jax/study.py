@@ -378,6 +378,7 @@ def run_study(workdir: str, scales: Sequence[int] = DEFAULT_SCALES,
   Returns:
     scale -> the report of that scale (see `report_scale`).
   """
+  import jax  # pylint: disable=g-import-not-at-top
   scales = [int(s) for s in scales]
   seeds = [int(s) for s in seeds]
   arms = _parse_arms(arms)
@@ -397,6 +398,10 @@ def run_study(workdir: str, scales: Sequence[int] = DEFAULT_SCALES,
         logging.info('Study x%d: run %d/%d: %s seed %d in %s', scale, i + 1, total, arm, seed,
                      path)
         run_one(build_config(arm, scale, seed, workdir, steps_scale, override_fn), path)
+        # Each run compiles its own steps; drop them, or a long study exhausts the memory
+        # XLA:CPU maps for compiled code (seen: "LLVM compilation error: Cannot allocate
+        # memory" and a crash after ~24 runs). The persistent cache still serves seed 2.
+        jax.clear_caches()
     reports[scale] = report_scale(workdir, scale, seeds, arms, steps_scale, publish_dir,
                                   override_fn, command)
   return reports
