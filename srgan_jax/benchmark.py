@@ -275,14 +275,10 @@ def make_judge(config, judge_workdir: str, rep: Reporter):
 
 
 def replicate(tree, devices):
-  """`tree` placed once on every device of the pmap mesh (the sharding pmap's outputs with
-  out_axes=None have), so that calls see the same input sharding from the first step on."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  """`tree` placed once on every device of the pmap mesh (distributed.replicate)."""
+  from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
-  sharding = NamedSharding(Mesh(np.asarray(devices), (train.AXIS,)), PartitionSpec())
-  return jax.device_put(tree, sharding)
+  return distributed.replicate(tree, devices, train.AXIS)
 
 
 def make_gan_iteration(config, devices, variant: str = 'train'):

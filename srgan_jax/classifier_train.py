@@ -160,9 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total = per_epoch * config.classifier.num_epochs
   rng = jax.random.PRNGKey(config.seed)
   state = create_state(config, rng, total)
-  replicated = jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.asarray(step_devices), (AXIS,)), jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
+  state = distributed.replicate(state, step_devices, AXIS)
   model = models.create_classifier(config.classifier.architecture)
   step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
                                        ema_decay=config.classifier.ema_decay),

@@ -162,6 +162,18 @@ def global_devices():
   return [d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)]
 
 
+def replicate(tree, devices, axis_name: str = 'batch'):
+  """`tree` placed once on every device of the pmap mesh over `devices` (the sharding that
+  pmap's outputs with out_axes=None have), so that a pmapped step sees the same input sharding
+  from its first call on and compiles once; for several processes, `devices` is
+  global_devices()."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), (axis_name,)),
+                                        jax.sharding.PartitionSpec())
+  return jax.device_put(tree, sharding)
+
+
 def sync(name: str) -> None:
   """Barrier across processes (a no-op in a single process)."""
   import jax  # pylint: disable=g-import-not-at-top
