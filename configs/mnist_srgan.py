@@ -26,9 +26,10 @@ def get_config():
   config.optimizer.b2 = 0.999
   config.batch_size = 64
   # Budget: minutes on a 2-core CPU (the paper: 10^6 SRResNet + 2x10^5 SRGAN iterations).
-  config.pretrain_steps = 1000
+  config.pretrain_steps = 1600
   config.num_train_steps = 200
-  config.eval_every_steps = 400
+  config.eval_every_steps = 800
+  config.eval.curve_examples = 2000          # the evals during training; the last uses all.
   config.checkpoint_every_steps = 200
   config.ema_decay = 0.99  # an average over ~100 steps suits a run of ~10^3 steps.
   config.eval.judge_workdir = ''             # PSNR/SSIM only; mnist_cnn adds the judge.

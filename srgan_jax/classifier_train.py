@@ -40,6 +40,7 @@ def role_config(config, role: str):
   c.task = 'classifier'
   if role == 'judge':
     c.classifier.architecture = 'lenet'
+    c.classifier.num_epochs = config.eval.judge_epochs
     c.seed = config.seed + JUDGE_SEED_OFFSET
   return c
 
@@ -168,7 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      out_axes=(None, None), devices=step_devices)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   progress = writers.Progress(total)
-  logging.info('Training the %s classifier (%d parameters) for %d epochs in %s.',
+  logging.info('Training the %s classifier (%d parameters) for %d epoch(s) in %s.',
                config.classifier.architecture, models.count_params(state.params),
                config.classifier.num_epochs, workdir)
   best_acc, best_vars, best_epoch = -1.0, None, 0

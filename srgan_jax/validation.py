@@ -62,6 +62,8 @@ def validate_config(config, num_devices: int = 1):
       raise ConfigError(f'config.{name} = {config[name]} must be > 0.')
   if not 0 <= config.ema_decay < 1:
     raise ConfigError(f'config.ema_decay = {config.ema_decay} must be in [0, 1).')
+  if config.eval.judge_epochs < 1:
+    raise ConfigError(f'config.eval.judge_epochs = {config.eval.judge_epochs} must be >= 1.')
   if config.eval.curve_examples < 0:
     raise ConfigError(f'config.eval.curve_examples = {config.eval.curve_examples} must be >= 0 '
                       f'(0: every evaluation uses all eval_examples).')

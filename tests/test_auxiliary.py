@@ -25,6 +25,7 @@ def one_command_run(tmp_path_factory):
   cnn = mnist_cnn.get_config()
   config.loss = cnn.loss
   config.eval.judge_workdir = cnn.eval.judge_workdir
+  config.eval.judge_epochs = 2  # the judge's own budget; the guide keeps classifier.num_epochs.
   workdir = str(tmp_path_factory.mktemp('cnn'))
   summary = train.train_and_evaluate(config, workdir)
   return config, workdir, summary
@@ -44,7 +45,7 @@ def test_one_command_trains_classifier_and_judge_first(one_command_run):
 
 
 def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_run):
-  _, workdir, _ = one_command_run
+  config, workdir, _ = one_command_run
   guide, guide_vars, extra = classifier_train.load(os.path.join(workdir, 'classifier'))
   judge, judge_vars, _ = classifier_train.load(os.path.join(workdir, 'judge'))
   assert 0.0 <= extra['test_accuracy'] <= 1.0
@@ -53,6 +54,8 @@ def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_r
   _, saved_guide, _ = checkpoints.read_config(os.path.join(workdir, 'classifier'))
   _, saved_judge, _ = checkpoints.read_config(os.path.join(workdir, 'judge'))
   assert saved_guide['seed'] != saved_judge['seed']
+  assert saved_guide['classifier']['num_epochs'] == config.classifier.num_epochs == 1
+  assert saved_judge['classifier']['num_epochs'] == config.eval.judge_epochs == 2
   # The restored variables are the ones whose test accuracy was recorded (same test images).
   split = input_pipeline.load_split(make_tiny_config(), 'test')
   acc = classifier_train.accuracy(guide, guide_vars, split, 32, jax.local_devices()[:1])

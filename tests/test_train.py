@@ -94,6 +94,7 @@ def test_pmap_over_4_devices_equals_1_device(tiny_config):
     ('data.channels', 2, 'data.channels'),
     ('batch_size', 6, 'multiple of the number of devices'),
     ('ema_decay', 1.0, 'ema_decay'),
+    ('eval.judge_epochs', 0, 'eval.judge_epochs'),
 ])
 def test_bad_config_values_fail_before_any_work(tmp_path, field, value, match):
   config = make_tiny_config(**{field: value})
