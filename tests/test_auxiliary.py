@@ -31,6 +31,18 @@ def one_command_run(tmp_path_factory):
   return config, workdir, summary
 
 
+def test_mnist_cnn_is_mnist_srgan_plus_the_classifier_loss():
+  from configs import mnist_cnn, mnist_srgan  # pylint: disable=g-import-not-at-top
+  from srgan_jax import study  # pylint: disable=g-import-not-at-top
+  cnn = mnist_cnn.get_config()
+  diff = study._diff(mnist_srgan.get_config().to_dict(), cnn.to_dict())
+  # The SRGAN itself (networks, losses, optimizer, budget) is mnist_srgan's; only the guide's
+  # loss, the judge and the guide's epochs are added.
+  assert diff == {'loss.auxiliary': 'classifier', 'eval.judge_workdir': 'judge',
+                  'classifier.num_epochs': 1}
+  assert (cnn.loss.auxiliary_weight, cnn.loss.auxiliary_labels) == (0.1, 'true')
+
+
 def test_one_command_trains_classifier_and_judge_first(one_command_run):
   config, workdir, summary = one_command_run
   assert checkpoints.has_checkpoint(os.path.join(workdir, 'classifier'))

@@ -76,6 +76,12 @@ def test_configs_share_budget_and_networks_and_x2_is_the_seed_setting(tmp_path):
   assert configs['acgan', 2].loss.auxiliary == 'discriminator_head'
   assert configs['perceptual', 2].loss.content == 'classifier'
   assert configs['srgan', 4].loss.adversarial == 'lsgan'
+  # The study's protocol, whatever the main job's configs choose: the guide's loss from the
+  # first step (as in the seed), and the published guide's 2 epochs.
+  for arm in ('cnn_0.001', 'cnn_0.1', 'cnn_pseudo', 'perceptual'):
+    assert configs[arm, 4].loss.auxiliary_during_pretrain, arm
+  assert not configs['acgan', 4].loss.auxiliary_during_pretrain
+  assert study.classifier_config(4, workdir).classifier.num_epochs == study.CLASSIFIER_EPOCHS == 2
   with pytest.raises(study.StudyError):
     study.build_config('nope', 4, 0, workdir)
 
