@@ -1,6 +1,7 @@
 """The pretrained classifier, the auxiliary classifier loss, the AC-GAN head and the judge."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +149,21 @@ def test_classifier_for_another_channel_count_is_a_clear_error(one_command_run, 
   with pytest.raises(checkpoints.CheckpointError, match='data.channels') as e:
     train.train_and_evaluate(config, str(tmp_path / 'rgb'))
   assert 'classifier' in str(e.value)
+
+
+def test_classifier_checkpoint_with_missing_files_is_a_clear_error(one_command_run, tmp_path):
+  _, workdir, _ = one_command_run
+  broken = tmp_path / 'classifier'
+  shutil.copytree(os.path.join(workdir, 'classifier'), broken)
+  for step_dir in (broken / 'checkpoints').iterdir():
+    shutil.rmtree(step_dir / 'model')  # the weights are gone; config and metadata remain.
+  config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.classifier_workdir':
+                               str(broken), 'eval.judge_workdir': ''})
+  run = tmp_path / 'run'
+  with pytest.raises(checkpoints.CheckpointError, match='No usable checkpoint') as e:
+    train.train_and_evaluate(config, str(run))
+  assert str(broken) in str(e.value) and 'Delete the directory' in str(e.value)
+  assert not (run / 'checkpoints').exists()  # raised before any SRGAN work.
 
 
 def test_labels_needed_but_missing_is_a_clear_error(tmp_path, monkeypatch):
