@@ -19,7 +19,7 @@ def get_config():
   config.loss.auxiliary_during_pretrain = False
   config.loss.classifier_workdir = 'classifier'
   config.eval.judge_workdir = 'judge'
-  # One epoch of the guide (~99.0%; configs/classifier.py trains 3 for >= 99.3%) keeps the
-  # one-command job (guide + judge + SRGAN) under 15 minutes on 2 CPU cores.
+  # One epoch of the guide (98.88% test accuracy in 160 s; configs/classifier.py trains 3 for
+  # >= 99.3%) keeps the one-command job (guide + judge + SRGAN) under 15 minutes on 2 CPU cores.
   config.classifier.num_epochs = 1
   return config

@@ -252,7 +252,8 @@ def classifier_config(scale: int, workdir: str, steps_scale: float = 1.0,
   """The config the shared guide and judge of a scale are trained from (channels of the scale)."""
   config = build_config('srgan', scale, CLASSIFIER_SEED, workdir, steps_scale)
   config.data.train_examples = CLASSIFIER_TRAIN_EXAMPLES
-  # The same classifier recipe as the main job's (configs/mnist_cnn) guide and judge.
+  # The main job's (configs/mnist_cnn) classifier recipe, with the guide's epochs of the
+  # published study (the main job trains its guide for fewer to fit its time budget).
   config.classifier = mnist_cnn.get_config().classifier
   config.classifier.num_epochs = CLASSIFIER_EPOCHS
   if override_fn is not None:

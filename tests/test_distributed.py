@@ -45,7 +45,6 @@ def worker(args):
   from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
   from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
   joined = distributed.initialize(
       f'127.0.0.1:{args.port}' if args.num_processes > 1 else None,
@@ -73,8 +72,7 @@ def worker(args):
     g_state, d_state = jax.tree_util.tree_map(jax.numpy.copy, states)  # The steps donate them.
     if mode == 'global':
       # Placed once on the (global) mesh the steps run on; also avoids a second compilation.
-      replicated = NamedSharding(Mesh(np.asarray(devices), (train.AXIS,)), PartitionSpec())
-      g_state, d_state = jax.device_put((g_state, d_state), replicated)
+      g_state, d_state = distributed.replicate((g_state, d_state), devices, train.AXIS)
     pretrain_step, gan_step = train.make_pmapped_steps(config, devices)
     frozen = train.Frozen()
     steps = PRETRAIN_STEPS + GAN_STEPS if mode == 'global' else 1
