@@ -12,7 +12,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from srgan_jax import classifier_train
 from srgan_jax import distributed
+from srgan_jax import errors
+from srgan_jax import platform
+from srgan_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
@@ -21,23 +25,22 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/
 flags.mark_flags_as_required(['config', 'workdir'])
 distributed.define_flags()
 
-
-def _quiet_orbax(record) -> bool:
-  """Keeps Orbax's per-save INFO chatter out of the training log (warnings still show)."""
-  return record.levelno >= logging.converter.STANDARD_WARNING or 'orbax' not in record.pathname
+TASKS = {'srgan': train.train_and_evaluate, 'classifier': classifier_train.train_and_evaluate}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  from srgan_jax import platform  # pylint: disable=g-import-not-at-top
+  platform.quiet_orbax_logs()
+  # Both before the first JAX computation (importing jax starts no backend).
   platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
-  distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
-  from srgan_jax import errors  # pylint: disable=g-import-not-at-top
-  from srgan_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
+    task = FLAGS.config.task
+    if task not in TASKS:
+      raise errors.ConfigError(f'config.task = {task!r} is not supported; use one of '
+                               f'{list(TASKS)}.')
+    TASKS[task](FLAGS.config, FLAGS.workdir)
   except errors.USER_ERRORS as e:
     logging.error('%s: %s', type(e).__name__, e)
     sys.exit(1)

@@ -10,15 +10,16 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 never becomes the latest checkpoint.
 """
 
-import json
 import os
 from typing import Any, Optional
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from srgan_jax import config_utils
+from srgan_jax.errors import CheckpointError
 
 ITEMS = ('state', 'model', 'config', 'extra')
 
@@ -31,32 +32,12 @@ ARCHITECTURE_FIELDS = (
 )
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that is missing, unusable or made for another architecture."""
-
-
-def config_to_dict(config) -> dict:
-  """A JSON-safe dict of a ConfigDict (tuples become lists)."""
-  return json.loads(config.to_json())
-
-
-def dict_to_config(d: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(d)
-
-
-def _get(d: dict, dotted: str):
-  for key in dotted.split('.'):
-    if not isinstance(d, dict) or key not in d:
-      return None
-    d = d[key]
-  return d
-
-
 def architecture_mismatches(saved: dict, current: dict) -> list:
   """Names the architecture fields whose values differ between two config dicts."""
   out = []
   for field in ARCHITECTURE_FIELDS:
-    a, b = _get(saved, field), _get(current, field)
+    a = config_utils.get_field(saved, field, None)
+    b = config_utils.get_field(current, field, None)
     if isinstance(a, (list, tuple)):
       a = list(a)
     if isinstance(b, (list, tuple)):
@@ -92,8 +73,10 @@ def manager(workdir: str, keep: Optional[int] = None, read_only: bool = False):
 
 
 def has_checkpoint(workdir: str) -> bool:
-  d = checkpoint_dir(workdir)
-  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+  """Whether `workdir` holds at least one finished checkpoint (Orbax's view of it)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return False
+  return manager(workdir, read_only=True).latest_step() is not None
 
 
 def save(mngr, step: int, state: Any, model: Any, config, extra: Optional[dict] = None):
@@ -104,7 +87,7 @@ def save(mngr, step: int, state: Any, model: Any, config, extra: Optional[dict] 
     mngr.delete(step)
   args = ocp.args.Composite(
       state=ocp.args.StandardSave(state), model=ocp.args.StandardSave(model),
-      config=ocp.args.JsonSave(config_to_dict(config)),
+      config=ocp.args.JsonSave(config_utils.config_to_dict(config)),
       extra=ocp.args.JsonSave(extra or {}))
   mngr.save(step, args=args, force=True)
   mngr.wait_until_finished()
@@ -165,7 +148,7 @@ def _restore_latest(workdir, step, make_args, raw=False):
 
 
 def check_compatible(saved_config: dict, config, workdir: str):
-  diffs = architecture_mismatches(saved_config, config_to_dict(config))
+  diffs = architecture_mismatches(saved_config, config_utils.config_to_dict(config))
   if diffs:
     raise CheckpointError(
         f'The checkpoint in {checkpoint_dir(workdir)!r} was made with a different '

@@ -21,16 +21,17 @@ import optax
 
 from srgan_jax import checkpoints
 from srgan_jax import distributed
+from srgan_jax import image_ops
+from srgan_jax import inference
 from srgan_jax import input_pipeline
 from srgan_jax import losses
 from srgan_jax import models
+from srgan_jax import state as state_lib
 from srgan_jax import validation
 from srgan_jax import writers
-from srgan_jax.train import GeneratorState
-from srgan_jax.train import ema_update
-from srgan_jax.train import pmean_once
+from srgan_jax.errors import ConfigError
 
-AXIS = 'batch'
+AXIS = state_lib.AXIS
 JUDGE_SEED_OFFSET = 1000
 
 
@@ -67,7 +68,7 @@ def random_shift(images, rng, max_shift: int):
 def _train_step(state, batch, rng, *, max_shift, ema_decay, axis_name=AXIS):
   rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   shift_rng, rng = jax.random.split(rng)
-  images = random_shift(input_pipeline.to_model_range(batch['hr']), shift_rng, max_shift)
+  images = random_shift(image_ops.to_model_range(batch['hr']), shift_rng, max_shift)
 
   def loss_fn(params):
     variables = {'params': params}
@@ -80,14 +81,12 @@ def _train_step(state, batch, rng, *, max_shift, ema_decay, axis_name=AXIS):
     return loss, (updates.get('batch_stats', state.batch_stats), {'loss': loss, 'accuracy': acc})
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads, metrics = pmean_once((grads, metrics), axis_name)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  ema = ema_update(state.ema_params, state.params, ema_decay, state.step)
-  return state.replace(ema_params=ema), metrics
+  grads, metrics = state_lib.pmean_once((grads, metrics), axis_name)
+  return state_lib.apply_averaged_gradients(state, grads, batch_stats, ema_decay), metrics
 
 
 def _predict(variables, batch, *, model):
-  logits, _ = model.apply(variables, input_pipeline.to_model_range(batch['hr']), train=False)
+  logits, _ = model.apply(variables, image_ops.to_model_range(batch['hr']), train=False)
   return jnp.argmax(logits, -1) == batch['label']
 
 
@@ -124,11 +123,10 @@ def create_state(config, rng, steps):
   (`ema_params`, what is evaluated and saved), like the generator's."""
   model = models.create_classifier(config.classifier.architecture,
                                    config.classifier.dropout_rate, AXIS)
-  shape = (1, 28, 28, config.data.channels)
-  init_model = models.create_classifier(config.classifier.architecture)
-  variables = jax.jit(lambda r: init_model.init(r, jnp.zeros(shape), train=False))(rng)
+  variables = models.init_classifier(models.create_classifier(config.classifier.architecture),
+                                     rng, config.data.channels)
   tx = optax.adam(learning_rate_schedule(config, steps))
-  return GeneratorState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+  return state_lib.AveragedTrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                                batch_stats=variables.get('batch_stats', {}),
                                ema_params=variables['params'])
 
@@ -140,17 +138,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The training step runs over every process's devices (one model for all hosts, each process
   # feeding its shard of the global batch); evaluation runs on each process's own devices.
   step_devices = distributed.global_devices()
-  input_pipeline.validate_data_config(config.data)
   checkpoints.ensure_writable(workdir)
-  models.create_classifier(config.classifier.architecture)  # Fails early on a bad name.
   full = input_pipeline.load_split(config, 'train')
   test = input_pipeline.load_split(config, 'test')
   if full.labels is None:
-    raise validation.ConfigError(f'Dataset {config.data.name!r} has no labels to train a '
+    raise ConfigError(f'Dataset {config.data.name!r} has no labels to train a '
                                  f'classifier on.')
   n_val = config.classifier.validation_examples
   if not 0 < n_val < full.num_examples:
-    raise validation.ConfigError(
+    raise ConfigError(
         f'config.classifier.validation_examples = {n_val} must be between 1 and the number of '
         f'training examples - 1 ({full.num_examples - 1}).')
   train = input_pipeline.Split(full.hr[:-n_val], full.lr[:-n_val], full.labels[:-n_val])
@@ -205,30 +201,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
-def load(workdir: str, expected_config=None):
-  """(model, variables, extra) of the classifier saved in `workdir`.
-
-  With `expected_config`, a checkpoint made for another architecture or channel count is an
-  error that names the path and what to do.
-  """
-  _, saved, extra = checkpoints.read_config(workdir)
-  saved_cfg = checkpoints.dict_to_config(saved)
-  if expected_config is not None:
-    diffs = [d for d in checkpoints.architecture_mismatches(
-        saved, checkpoints.config_to_dict(expected_config))
-             if d.split(':')[0] in ('task', 'data.channels', 'classifier.architecture')]
-    if diffs:
-      raise checkpoints.CheckpointError(
-          f'The classifier checkpoint in {checkpoints.checkpoint_dir(workdir)!r} does not fit '
-          f'this run:\n  ' + '\n  '.join(diffs) + f'\nDelete {workdir!r} to retrain it (it is '
-          f'trained automatically when missing), or point the config at another directory.')
-  model = models.create_classifier(saved_cfg.classifier.architecture)
-  shape = (1, 28, 28, saved_cfg.data.channels)
-  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
-  _, restored = checkpoints.restore(workdir, {'model': template})
-  return model, restored['model'], restored['extra']
-
-
 def load_or_train(config, workdir: str, role: str):
   """The classifier for `role` from `workdir`, trained there first when it is missing."""
   cfg = role_config(config, role)
@@ -236,7 +208,7 @@ def load_or_train(config, workdir: str, role: str):
     logging.info('No %s classifier in %s: training it first (%s, seed %d).', role, workdir,
                  cfg.classifier.architecture, cfg.seed)
     train_and_evaluate(cfg, workdir)
-  model, variables, extra = load(workdir, cfg)
+  model, variables, extra = inference.restore_classifier(workdir, cfg)
   logging.info('Loaded the %s classifier from %s (test accuracy %s).', role, workdir,
                extra.get('test_accuracy'))
   return model, variables

@@ -29,16 +29,16 @@ from typing import Optional
 
 from absl import flags
 from absl import logging
+import jax
+import numpy as np
+
+from srgan_jax.errors import DistributedConfigError
 
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
 ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 ENV_CPU_COLLECTIVES = 'JAX_CPU_COLLECTIVES_IMPLEMENTATION'
 DEFAULT_CPU_COLLECTIVES = 'gloo'
-
-
-class DistributedConfigError(ValueError):
-  """Inconsistent multi-process settings; the message names the flag or variable to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,6 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   this process's id. Without a coordinator this is a no-op returning False. Calling it again
   after a successful call is a no-op returning True.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   settings = resolve(coordinator_address, num_processes, process_id)
   if settings is None:
     return False
@@ -158,7 +157,6 @@ def global_devices():
   the global batch (input_pipeline.batch_indices(..., process_index, process_count)) lands on
   its own devices, in the same order as in a single-process run.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   return [d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)]
 
 
@@ -167,16 +165,6 @@ def replicate(tree, devices, axis_name: str = 'batch'):
   pmap's outputs with out_axes=None have), so that a pmapped step sees the same input sharding
   from its first call on and compiles once; for several processes, `devices` is
   global_devices()."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), (axis_name,)),
                                         jax.sharding.PartitionSpec())
   return jax.device_put(tree, sharding)
-
-
-def sync(name: str) -> None:
-  """Barrier across processes (a no-op in a single process)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srgan_jax import image_ops
 from srgan_jax import images as images_lib
 from srgan_jax import input_pipeline
 from srgan_jax import metrics
@@ -21,14 +22,14 @@ ROWS = ('hr', 'bicubic', 'sr')
 
 def _eval_step(g_vars, judge_vars, batch, *, generator, judge, scale, crop_border):
   """Per-example metrics for one (padded) batch; pure, so it can be pmapped."""
-  hr = input_pipeline.to_model_range(batch['hr'])
-  lr = input_pipeline.to_model_range(batch['lr'])
+  hr = image_ops.to_model_range(batch['hr'])
+  lr = image_ops.to_model_range(batch['lr'])
   images = {
       'hr': hr,
-      'bicubic': jnp.clip(input_pipeline.upsample_bicubic(lr, scale), -1.0, 1.0),
+      'bicubic': image_ops.upsample_bicubic(lr, scale),
       'sr': generator.apply(g_vars, lr, train=False),
   }
-  unit = {k: input_pipeline.to_unit_range(v) for k, v in images.items()}
+  unit = {k: image_ops.to_unit_range(v) for k, v in images.items()}
   out = {}
   for row in ('bicubic', 'sr'):
     out[f'psnr_{row}'] = metrics.psnr(unit[row], unit['hr'], crop_border)
@@ -99,9 +100,9 @@ def sample_grid(generator, g_vars, split, num_images: int, scale: int,
   if indices is None:
     indices = np.arange(min(num_images, split.num_examples))
   batch = input_pipeline.get_batch(split, indices)
-  lr = input_pipeline.to_model_range(batch['lr'])
+  lr = image_ops.to_model_range(batch['lr'])
   sr = generator.apply(g_vars, lr, train=False)
-  bicubic = jnp.clip(input_pipeline.upsample_bicubic(lr, scale), -1, 1)
-  to_unit = lambda x: np.asarray(input_pipeline.to_unit_range(x))
+  bicubic = image_ops.upsample_bicubic(lr, scale)
+  to_unit = lambda x: np.asarray(image_ops.to_unit_range(x))
   hr = batch['hr'].astype(np.float32) / 255.0
   return images_lib.sr_comparison_grid(hr, to_unit(bicubic), to_unit(sr))

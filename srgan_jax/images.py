@@ -7,11 +7,10 @@ Grids are uint8 HxWx3 (grey tiled to RGB) so they go straight to PNG or TensorBo
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 from PIL import Image
+
+from srgan_jax import files
 
 DEFAULT_ZOOM = 3  # 28px MNIST digits are tiny on screen.
 
@@ -93,20 +92,5 @@ def sr_comparison_grid(hr, bicubic, sr, pad: int = 2, zoom: int = DEFAULT_ZOOM,
 
 def save_png(path, array) -> None:
   """Writes an image array (see ``to_uint8_rgb``) as PNG atomically; creates parent dirs."""
-  path = os.fspath(path)
   image = Image.fromarray(to_uint8_rgb(array))
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                             dir=directory)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      image.save(f, format='PNG')
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a PNG is for everyone to look at.
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.remove(tmp)
-    except OSError:
-      pass
-    raise
+  files.atomic_write(path, lambda f: image.save(f, format='PNG'))

@@ -41,11 +41,13 @@ import ml_collections
 import numpy as np
 
 from srgan_jax import checkpoints
-from srgan_jax import input_pipeline
+from srgan_jax import config_utils
+from srgan_jax import image_ops
 from srgan_jax import models
+from srgan_jax.errors import CheckpointError
 
 FLOAT_TOLERANCE = 1e-3
-CLASSIFIER_SIZE = 28
+CLASSIFIER_SIZE = models.CLASSIFIER_IMAGE_SIZE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,12 +128,12 @@ def _to_nhwc(images, channels: int, what: str) -> tuple[np.ndarray, _Layout]:
 
 
 def _to_model_range(x, channels: int):
-  """uint8 [0, 255] (exactly as training: input_pipeline.to_model_range) or float [0, 1]
+  """uint8 [0, 255] (exactly as training: image_ops.to_model_range) or float [0, 1]
   -> float32 [-1, 1] with `channels` channels (grey tiled to RGB); inside jit."""
   if x.shape[-1] != channels:
     x = jnp.broadcast_to(x, x.shape[:-1] + (channels,))
   if x.dtype == jnp.uint8:
-    return input_pipeline.to_model_range(x)
+    return image_ops.to_model_range(x)
   return x.astype(jnp.float32) * 2.0 - 1.0
 
 
@@ -214,7 +216,7 @@ class Upscaler:
 
     def apply(variables, x):
       sr = model.apply(variables, _to_model_range(x, model.channels), train=False)  # tanh
-      return jnp.clip(input_pipeline.to_unit_range(sr), 0.0, 1.0)
+      return jnp.clip(image_ops.to_unit_range(sr), 0.0, 1.0)
     self._apply = jax.jit(apply)
 
   def __repr__(self):
@@ -250,21 +252,21 @@ def load_generator(workdir: str, step: Optional[int] = None) -> Upscaler:
 
   Restores the latest usable checkpoint (an unreadable one is skipped with a warning), or
   exactly `step`. The architecture is read from the checkpoint's saved config, never from a
-  config file. Raises checkpoints.CheckpointError when there is no usable checkpoint or it is
+  config file. Raises CheckpointError when there is no usable checkpoint or it is
   not a generator's.
   """
   _, saved, _ = checkpoints.read_config(workdir, step)
   if saved.get('task', 'srgan') != 'srgan':
-    raise checkpoints.CheckpointError(
+    raise CheckpointError(
         f'The checkpoint in {checkpoints.checkpoint_dir(workdir)!r} is a {saved.get("task")!r} '
         f'checkpoint, not a generator; use load_classifier({workdir!r}).')
-  config = checkpoints.dict_to_config(saved)
+  config = config_utils.dict_to_config(saved)
   model = models.create_generator(config)
   template = _generator_template(model, config.data.channels)
   restored_step, restored = checkpoints.restore(workdir, {'model': template}, step=step)
   # The saved config of the checkpoint actually restored (the same architecture: a workdir
   # never changes it), e.g. when the latest one was unusable.
-  config = checkpoints.dict_to_config(restored['config'])
+  config = config_utils.dict_to_config(restored['config'])
   return Upscaler(model, restored['model'], config, restored_step)
 
 
@@ -305,17 +307,38 @@ class Classifier:
     return np.argmax(self.logits(images, batch_size), axis=-1).astype(np.int32)
 
 
-def load_classifier(workdir: str) -> Classifier:
-  """The classifier saved in `workdir` (e.g. an SRGAN run's 'judge' or 'classifier' dir).
+CLASSIFIER_FIELDS = ('task', 'data.channels', 'classifier.architecture')
 
-  Uses classifier_train.load, which imports the training modules (srgan_jax.train, optax):
-  heavier than load_generator, which needs none of them.
+
+def restore_classifier(workdir: str, expected_config=None):
+  """(flax module, variables, extra facts) of the classifier saved in `workdir`.
+
+  With `expected_config`, a checkpoint made for another architecture or channel count is a
+  CheckpointError that names the path and what to do.
   """
-  from srgan_jax import classifier_train  # pylint: disable=g-import-not-at-top
   _, saved, _ = checkpoints.read_config(workdir)
   if saved.get('task') != 'classifier':
-    raise checkpoints.CheckpointError(
+    raise CheckpointError(
         f'The checkpoint in {checkpoints.checkpoint_dir(workdir)!r} is a {saved.get("task")!r} '
         f'checkpoint, not a classifier; use load_generator({workdir!r}).')
-  model, variables, extra = classifier_train.load(workdir)
-  return Classifier(model, variables, checkpoints.dict_to_config(saved), extra)
+  if expected_config is not None:
+    diffs = [d for d in checkpoints.architecture_mismatches(
+        saved, config_utils.config_to_dict(expected_config))
+             if d.split(':')[0] in CLASSIFIER_FIELDS]
+    if diffs:
+      raise CheckpointError(
+          f'The classifier checkpoint in {checkpoints.checkpoint_dir(workdir)!r} does not fit '
+          f'this run:\n  ' + '\n  '.join(diffs) + f'\nDelete {workdir!r} to retrain it (it is '
+          f'trained automatically when missing), or point the config at another directory.')
+  config = config_utils.dict_to_config(saved)
+  model = models.create_classifier(config.classifier.architecture)
+  template = models.classifier_template(model, config.data.channels)
+  _, restored = checkpoints.restore(workdir, {'model': template})
+  return model, restored['model'], restored['extra']
+
+
+def load_classifier(workdir: str) -> Classifier:
+  """The classifier saved in `workdir` (e.g. an SRGAN run's 'judge' or 'classifier' dir)."""
+  model, variables, extra = restore_classifier(workdir)
+  _, saved, _ = checkpoints.read_config(workdir)
+  return Classifier(model, variables, config_utils.dict_to_config(saved), extra)

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import optax
 
 CONTENT_LOSSES = ('mse', 'l1', 'vgg', 'classifier')
-ADVERSARIAL_LOSSES = ('vanilla', 'lsgan', 'hinge', 'relativistic')
 AUXILIARY_LOSSES = ('none', 'classifier', 'discriminator_head')
 AUXILIARY_LABELS = ('true', 'pseudo')
 
@@ -64,42 +63,47 @@ def _bce(logits, target: float):
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
-def discriminator_loss(name: str, real_logits, fake_logits):
-  """The discriminator's adversarial loss for one batch of real and one of fake logits.
+def _relativistic(real_logits, fake_logits, real_target: float):
+  """Relativistic average BCE: is real (fake) more real than the average fake (real)?"""
+  return (_bce(real_logits - jnp.mean(fake_logits), real_target)
+          + _bce(fake_logits - jnp.mean(real_logits), 1.0 - real_target)) / 2
 
-  'vanilla': BCE (Goodfellow et al. 2014; SRGAN paper); 'lsgan': least squares with targets 1/0
-  (Mao et al. 2017; the seed's nn.MSELoss on D's output); 'hinge': max(0, 1 - D(x)) +
-  max(0, 1 + D(G(z))); 'relativistic': relativistic average BCE (ESRGAN, Wang et al. 2018).
-  """
-  if name == 'vanilla':
-    return _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
-  if name == 'lsgan':
-    return mse(real_logits, 1.0) + mse(fake_logits, 0.0)
-  if name == 'hinge':
-    return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
-  if name == 'relativistic':
-    return (_bce(real_logits - jnp.mean(fake_logits), 1.0)
-            + _bce(fake_logits - jnp.mean(real_logits), 0.0)) / 2
-  raise ValueError(f'Unknown adversarial loss {name!r}: use one of {ADVERSARIAL_LOSSES}.')
+
+# name -> (the discriminator's loss, the generator's loss), each of (real_logits, fake_logits).
+# 'vanilla': BCE (Goodfellow et al. 2014; SRGAN paper), with the non-saturating -log D(G(z))
+# for the generator. 'lsgan': least squares with targets 1/0 (Mao et al. 2017; the seed's
+# nn.MSELoss on D's output). 'hinge': max(0, 1 - D(x)) + max(0, 1 + D(G(z))), and -D(G(z)).
+# 'relativistic': relativistic average BCE (ESRGAN, Wang et al. 2018), where the generator also
+# pushes real images to look less real than fakes (real logits are constants for it).
+_ADVERSARIAL = {
+    'vanilla': (lambda real, fake: _bce(real, 1.0) + _bce(fake, 0.0),
+                lambda real, fake: _bce(fake, 1.0)),
+    'lsgan': (lambda real, fake: mse(real, 1.0) + mse(fake, 0.0),
+              lambda real, fake: mse(fake, 1.0)),
+    'hinge': (lambda real, fake: jnp.mean(jax.nn.relu(1.0 - real))
+              + jnp.mean(jax.nn.relu(1.0 + fake)),
+              lambda real, fake: -jnp.mean(fake)),
+    'relativistic': (lambda real, fake: _relativistic(real, fake, 1.0),
+                     lambda real, fake: _relativistic(jax.lax.stop_gradient(real), fake, 0.0)),
+}
+ADVERSARIAL_LOSSES = tuple(_ADVERSARIAL)
+
+
+def _adversarial(name: str):
+  if name not in _ADVERSARIAL:
+    raise ValueError(f'Unknown adversarial loss {name!r}: use one of {ADVERSARIAL_LOSSES}.')
+  return _ADVERSARIAL[name]
+
+
+def discriminator_loss(name: str, real_logits, fake_logits):
+  """The discriminator's adversarial loss l_D on a batch of real and one of fake logits."""
+  return _adversarial(name)[0](real_logits, fake_logits)
 
 
 def generator_adversarial_loss(name: str, real_logits, fake_logits):
-  """The generator's adversarial loss l^SR_Gen: make D call SR real.
-
-  'vanilla' uses the non-saturating -log D(G(z)) of the paper. `real_logits` are only used by
-  'relativistic', where the generator also pushes real images to look less real than fakes.
-  """
-  if name == 'vanilla':
-    return _bce(fake_logits, 1.0)
-  if name == 'lsgan':
-    return mse(fake_logits, 1.0)
-  if name == 'hinge':
-    return -jnp.mean(fake_logits)
-  if name == 'relativistic':
-    real_logits = jax.lax.stop_gradient(real_logits)
-    return (_bce(real_logits - jnp.mean(fake_logits), 0.0)
-            + _bce(fake_logits - jnp.mean(real_logits), 1.0)) / 2
-  raise ValueError(f'Unknown adversarial loss {name!r}: use one of {ADVERSARIAL_LOSSES}.')
+  """The generator's adversarial loss l^SR_Gen: make D call SR real. `real_logits` are read
+  by 'relativistic' only (None is fine for the others)."""
+  return _adversarial(name)[1](real_logits, fake_logits)
 
 
 # ---------------------------------------------------------------------------------------------

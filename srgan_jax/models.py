@@ -14,6 +14,9 @@ import jax.numpy as jnp
 
 
 MAX_MATMUL_PATCH = 3 * 3 * 512
+DISCRIMINATOR_HEADS = ('dense', 'patch')
+CLASSIFIER_IMAGE_SIZE = 28  # The MNIST classifiers (guide and judge) see 28x28 digits.
+CLASSIFIER_FEATURE_LAYERS = ('conv1', 'conv2', 'conv3', 'dense1', 'dense2')
 
 
 class Conv(nn.Module):
@@ -176,7 +179,8 @@ class Discriminator(nn.Module):
     elif self.head == 'patch':
       logits = Conv(1, 3, implementation=self.conv)(x).reshape(n, -1)
     else:
-      raise ValueError(f"Unknown discriminator head {self.head!r}: use 'dense' or 'patch'.")
+      raise ValueError(f'Unknown discriminator head {self.head!r}: use one of '
+                       f'{DISCRIMINATOR_HEADS}.')
     class_logits = None
     if self.num_classes:
       class_logits = nn.Dense(self.num_classes, name='class_head')(x.reshape(n, -1))
@@ -263,6 +267,17 @@ def create_classifier(architecture: str, dropout_rate: float = 0.5, axis_name=No
     raise ValueError(f'Unknown classifier architecture {architecture!r}: use one of '
                      f'{sorted(CLASSIFIER_ARCHITECTURES)}.')
   return CLASSIFIER_ARCHITECTURES[architecture](dropout_rate=dropout_rate, axis_name=axis_name)
+
+
+def init_classifier(module, rng, channels: int):
+  """The variables of a classifier module for `channels`-channel 28x28 images (jitted init)."""
+  shape = (1, CLASSIFIER_IMAGE_SIZE, CLASSIFIER_IMAGE_SIZE, channels)
+  return jax.jit(lambda r: module.init(r, jnp.zeros(shape), train=False))(rng)
+
+
+def classifier_template(module, channels: int):
+  """The shapes and dtypes of init_classifier's variables, computing nothing."""
+  return jax.eval_shape(lambda: init_classifier(module, jax.random.PRNGKey(0), channels))
 
 
 def count_params(params) -> int:

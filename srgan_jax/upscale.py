@@ -21,6 +21,12 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+from PIL import Image
+
+from srgan_jax import inference
+from srgan_jax import platform
+from srgan_jax.errors import CheckpointError
+from srgan_jax.errors import UpscaleError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoints hold the generator.')
@@ -30,10 +36,6 @@ flags.mark_flag_as_required('workdir')
 
 USAGE = ('usage: python -m srgan_jax.upscale --workdir=RUN_DIR INPUT.png OUTPUT.png\n'
          '       python -m srgan_jax.upscale --workdir=RUN_DIR INPUT_DIR OUTPUT_DIR')
-
-
-class UpscaleError(Exception):
-  """A problem the user can fix; reported as a message, without a traceback."""
 
 
 def _is_png(name: str) -> bool:
@@ -66,7 +68,6 @@ def _plan(src: str, dst: str) -> list:
 
 def _read(path: str, channels: int):
   """(uint8 array (H, W) or (H, W, 3), note or None) of a PNG for a `channels` network."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as img:
       img.load()
@@ -95,7 +96,6 @@ def _palette_is_grey(img) -> bool:
 
 
 def _write(path: str, array) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   directory = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(directory, exist_ok=True)
@@ -107,11 +107,9 @@ def _write(path: str, array) -> None:
 def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256):
   """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler)."""
   plan = _plan(src, dst)
-  from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from srgan_jax import inference  # pylint: disable=g-import-not-at-top
   try:
     up = inference.load_generator(workdir, step)
-  except checkpoints.CheckpointError as e:
+  except CheckpointError as e:
     raise UpscaleError(str(e)) from None
   images = []
   for path, _ in plan:
@@ -143,7 +141,7 @@ def main(argv):
     raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
   if FLAGS.batch_size <= 0:
     raise app.UsageError(f'--batch_size must be positive; got {FLAGS.batch_size}.')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
   try:
     written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size)
   except UpscaleError as e:
@@ -151,11 +149,6 @@ def main(argv):
   where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
   print(f'Upscaled {len(written)} image(s) x{up.scale} with the generator at step {up.step} of '
         f'{FLAGS.workdir}: {where}')
-
-
-def _quiet_orbax(record) -> bool:
-  """Drops Orbax's chatter (INFO, and its read-only warnings); our own warnings still show."""
-  return record.levelno >= logging.converter.STANDARD_ERROR or 'orbax' not in record.pathname
 
 
 if __name__ == '__main__':

@@ -25,15 +25,18 @@ are pure.
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from typing import Mapping, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from srgan_jax import files
+from srgan_jax.errors import VGGWeightsError
 
 # (channels, convolutions) of the five stages; a 2x2 max-pool separates consecutive stages.
 _STAGES = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -68,10 +71,6 @@ TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 PREPROCESSINGS = ('torch', 'caffe')
-
-
-class VGGWeightsError(ValueError):
-  """A VGG19 weights file is missing, of an unknown format, or does not hold VGG19."""
 
 
 def _layer_prefix(layers: Sequence[str]) -> tuple:
@@ -152,27 +151,19 @@ def make_feature_fn(layers: Sequence[str], before_activation: bool = False,
   return fn
 
 
-def vgg_feature_loss(params, sr, hr, layer_weights: Mapping[str, float], criterion: str = 'mse',
-                     before_activation: bool = False, preprocessing: str = 'torch',
-                     resize_to: int = 0):
-  """sum_l w_l * mean(criterion(phi_l(sr) - phi_l(hr))) over the VGG19 layers l.
-
-  Gradients flow to `sr` only: the HR features are constants and the VGG params are frozen.
-  SR and HR go through separate passes so that no backward pass runs over the HR half.
-  """
-  if criterion == 'mse':
-    distance = jnp.square
-  elif criterion == 'l1':
-    distance = jnp.abs
+def load_feature_extractor(vgg_config):
+  """(params, feature fn) of the VGG19 content loss of `config.loss.vgg`, with the params only
+  up to the deepest layer it reads."""
+  layers = list(vgg_config.layers)
+  if vgg_config.random_weights_for_benchmark:
+    logging.warning('VGG19 with RANDOM weights: only for benchmarks, never for results.')
+    params, preprocessing = random_vgg19_params(jax.random.PRNGKey(0), layers), 'torch'
   else:
-    raise ValueError(f"criterion must be 'mse' or 'l1'; got {criterion!r}.")
-  layer_weights = dict(layer_weights)
-  features = make_feature_fn(tuple(layer_weights), before_activation, preprocessing, resize_to)
-  params = jax.lax.stop_gradient(params)
-  sr_features = features(params, sr)
-  hr_features = jax.lax.stop_gradient(features(params, hr))
-  return sum(weight * jnp.mean(distance(sr_features[name] - hr_features[name]))
-             for name, weight in layer_weights.items())
+    params, preprocessing = load_vgg19_params(resolve_weights(vgg_config.weights),
+                                              required_layers=layers)
+  fn = make_feature_fn(layers, vgg_config.before_activation, preprocessing,
+                       vgg_config.resize_to)
+  return subset_params(params, layers), fn
 
 
 def random_vgg19_params(key, layers: Optional[Sequence[str]] = None) -> dict:
@@ -339,22 +330,16 @@ def load_vgg19_params(path, required_layers: Optional[Sequence[str]] = None):
 
 
 def _download(url: str, target: str) -> None:
-  """url -> target via a temporary file in the same directory, so no half-written target."""
-  directory = os.path.dirname(target)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.part')
-  try:
+  """url -> target, checked against the Keras file's MD5; never a half-written target."""
+  def stream(out):
     md5 = hashlib.md5()
-    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=10) as response:
       while chunk := response.read(1 << 20):
         md5.update(chunk)
         out.write(chunk)
     if md5.hexdigest() != KERAS_MD5:
       raise VGGWeightsError(f'Downloaded {url} has MD5 {md5.hexdigest()}, expected {KERAS_MD5}.')
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.atomic_write(target, stream)
 
 
 def resolve_weights(path: str, cache_dir: Optional[str] = None) -> str:

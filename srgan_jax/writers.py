@@ -1,4 +1,4 @@
-"""Metric logging: a JSON-lines file plus TensorBoard events, and a progress line.
+"""Metric logging: a JSON-lines file plus TensorBoard events, and a progress line with an ETA.
 
 ``MetricWriter`` writes every scalar record twice: one JSON object per line to
 ``workdir/metrics.jsonl`` (easy to read back with ``read_metrics`` for plots and tests, and
@@ -19,6 +19,10 @@ import os
 import time
 
 import numpy as np
+import tensorboardX
+
+from srgan_jax import files
+from srgan_jax import images as images_lib
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -58,12 +62,16 @@ def json_line(record: dict) -> str:
 
 
 def write_json(path, data: dict) -> None:
-  """Writes a JSON file atomically (a temporary file, then a rename)."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({k: _json_value(_to_python(v)) for k, v in data.items()}, f, indent=2,
-              allow_nan=False)
-  os.replace(tmp, path)
+  """Writes a dict of scalars as a JSON file, atomically; non-finite floats become null."""
+  files.write_json(path, {k: _json_value(_to_python(v)) for k, v in data.items()})
+
+
+def truncate_metrics_after(workdir, step: int) -> None:
+  """Drops the metrics.jsonl records logged after `step` (a resumed run logs them again)."""
+  path = os.path.join(os.fspath(workdir), METRICS_FILE)
+  if os.path.exists(path):
+    kept = [r for r in read_metrics(workdir) if r.get('step', 0) <= step]
+    files.atomic_write(path, ''.join(json_line(r) for r in kept))
 
 
 class MetricWriter:
@@ -78,8 +86,7 @@ class MetricWriter:
       return
     os.makedirs(self.workdir, exist_ok=True)
     self._file = open(os.path.join(self.workdir, METRICS_FILE), 'a', encoding='utf-8')
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = SummaryWriter(logdir=os.path.join(self.workdir, TENSORBOARD_DIR))
+    self._tb = tensorboardX.SummaryWriter(logdir=os.path.join(self.workdir, TENSORBOARD_DIR))
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -96,15 +103,9 @@ class MetricWriter:
     """``images``: name -> uint8 HxWx3 (HxW / HxWx1 and floats in [0, 1] also accepted)."""
     if not self.enabled:
       return
-    from srgan_jax.images import to_uint8_rgb  # pylint: disable=import-outside-toplevel
     for name, image in images.items():
-      self._tb.add_image(str(name), to_uint8_rgb(image), global_step=int(step),
+      self._tb.add_image(str(name), images_lib.to_uint8_rgb(image), global_step=int(step),
                          dataformats='HWC')
-
-  def write_text(self, step: int, name: str, markdown: str) -> None:
-    if not self.enabled:
-      return
-    self._tb.add_text(str(name), str(markdown), global_step=int(step))
 
   def flush(self) -> None:
     if not self.enabled:
