@@ -1,0 +1,82 @@
+"""steps.gan_step (one call, D's pass over SR shared) computes what the seed's two steps compute."""
+
+import functools
+
+import jax
+import numpy as np
+
+from conftest import make_tiny_config
+from srgan_jax import distributed
+from srgan_jax import input_pipeline
+from srgan_jax import steps
+from srgan_jax import train
+from srgan_jax.state import AXIS
+
+NUM_STEPS = 2
+BN_MOMENTUM = 0.9  # models._batch_norm's (PyTorch's 0.1).
+
+
+def _two_steps(g_state, d_state, batch, frozen, *, config):
+  """The seed's GAN iteration: generator_step, then discriminator_step on its SR."""
+  g_state, sr, metrics = steps.generator_step(g_state, d_state, batch, frozen, config=config,
+                                              adversarial=True)
+  d_state, d_metrics = steps.discriminator_step(d_state, batch, sr, config=config)
+  return g_state, d_state, {**metrics, **d_metrics}
+
+
+def _train(config, iteration, states):
+  """NUM_STEPS iterations from `states`: ({network: variables}, last metrics), on the host."""
+  devices = jax.local_devices()
+  split = input_pipeline.load_split(config, 'train')
+  g_state, d_state = distributed.replicate(states, devices, AXIS)
+  for step in range(NUM_STEPS):
+    idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
+                                       split.num_examples)
+    batch = input_pipeline.shard(input_pipeline.get_batch(split, idx), len(devices))
+    g_state, d_state, metrics = iteration(g_state, d_state, batch, steps.Frozen())
+  return jax.device_get((
+      {'generator': (g_state.params, g_state.ema_params, g_state.batch_stats),
+       'discriminator': (d_state.params, d_state.batch_stats)}, metrics))
+
+
+def _tolerance(name: str, learning_rate: float) -> float:
+  """The atol of one variable after NUM_STEPS steps with Adam at `learning_rate`.
+
+  A conv bias right before BatchNorm has a zero gradient up to rounding, which Adam scales to
+  about +-lr per step: any change in the order of float operations moves it, by up to 2 lr per
+  step between two runs. BatchNorm's output does not depend on it, but its running mean does:
+  step k's batch mean (after k updates) enters with weight (1 - momentum) or less, so the means
+  differ by up to (1 - momentum) * 2 lr * (0 + 1 + ... + NUM_STEPS - 1). Everything else must
+  agree to rounding.
+  """
+  atol = 1e-4
+  if "['bias']" in name and 'Conv' in name:
+    return atol + 2 * learning_rate * NUM_STEPS
+  if "['mean']" in name:
+    return atol + (1 - BN_MOMENTUM) * learning_rate * NUM_STEPS * (NUM_STEPS - 1)
+  return atol
+
+
+def test_gan_step_matches_the_two_steps():
+  # Relativistic + AC-GAN head: every branch of steps.gan_step that reads D's outputs.
+  config = make_tiny_config(**{'loss.adversarial': 'relativistic',
+                               'loss.auxiliary': 'discriminator_head'})
+  assert config.pretrain_steps >= NUM_STEPS  # G's steps below run at the pretraining rate.
+  learning_rates = {'generator': config.optimizer.pretrain_learning_rate,
+                    'discriminator': config.optimizer.learning_rate}
+  states = train.create_train_states(config, jax.random.PRNGKey(0))
+  devices = jax.local_devices()
+  two_steps = jax.pmap(functools.partial(_two_steps, config=config), axis_name=AXIS,
+                       devices=devices, in_axes=(None, None, 0, None), out_axes=None)
+  base_vars, base_metrics = _train(config, two_steps, states)
+  variables, metrics = _train(
+      config, steps.make_pmapped_steps(config, devices, donate=False)[1], states)
+  assert metrics.keys() == base_metrics.keys()
+  for k in metrics:
+    np.testing.assert_allclose(metrics[k], base_metrics[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for network, learning_rate in learning_rates.items():
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(variables[network]),
+                            jax.tree_util.tree_leaves(base_vars[network])):
+      name = network + jax.tree_util.keystr(path)
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=_tolerance(name, learning_rate),
+                                 err_msg=name)
