@@ -122,9 +122,6 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 # ---------------------------------------------------------------------------------------------
 # Flags for main.py.
 
-FLAG_NAMES = ('coordinator_address', 'num_processes', 'process_id')
-
-
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines --coordinator_address, --num_processes and --process_id (once)."""
   if 'coordinator_address' in flag_values:

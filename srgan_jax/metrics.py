@@ -3,11 +3,9 @@
 What:
   * ``psnr`` / ``ssim``: per-image full-reference fidelity of super-resolved (SR) images
     against the high-resolution (HR) originals, for NHWC float batches in [0, 1].
-  * ``frechet_distance`` / ``feature_statistics`` / ``digit_fid`` / ``FeatureMoments``: the
-    project's "digit-FID", the Fréchet distance between Gaussians fitted to a judge
-    classifier's penultimate-layer features of SR images and of HR images (the FID recipe of
+  * ``frechet_distance`` / ``FeatureMoments``: the project's "digit-FID", the Fréchet
+    distance between Gaussians fitted to a judge classifier's penultimate-layer features of SR images and of HR images (the FID recipe of
     Heusel et al. 2017 with an MNIST classifier in place of Inception).
-  * ``accuracy``: top-1 accuracy of logits against integer labels (judge accuracy on SR).
 
 Why:
   PSNR/SSIM are the numbers the SRGAN paper reports, and they reward blurry averages; the
@@ -81,11 +79,6 @@ def ssim(a, b, crop_border: int = 0):
       k1=SSIM_K1, k2=SSIM_K2)
 
 
-def accuracy(logits, labels):
-  """Mean top-1 accuracy of ``logits`` (N, C) against integer ``labels`` (N,)."""
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
 # --------------------------------------------------------------------------------------
 # Fréchet distance ("digit-FID").
 
@@ -128,24 +121,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   value = (diff @ diff + np.trace(sigma1) + np.trace(sigma2)
            - 2.0 * trace_sqrt_product(sigma1, sigma2))
   return float(max(value, 0.0))
-
-
-def feature_statistics(features):
-  """(mu, sigma) of (N, D) features in float64; sigma = np.cov(rowvar=False) (unbiased)."""
-  f = np.asarray(features, np.float64)
-  f = f.reshape(f.shape[0], -1)
-  if f.shape[0] < 2:
-    raise ValueError('need at least 2 feature vectors for a covariance')
-  return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
-
-
-def digit_fid(features_a, features_b) -> float:
-  """Fréchet distance between Gaussians fitted to two (N, D) feature sets.
-
-  The project's "digit-FID": features are the judge classifier's penultimate activations of
-  SR images (a) and HR images (b).
-  """
-  return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
 
 
 class FeatureMoments:

@@ -277,9 +277,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      inference_variables(g_state), config)
 
   pending = []
-  step = logged_step = run.start_step
+  step = run.start_step
   summary = {}
-  t_log = time.time()
   with _StopRequest() as stop:
     while step < total_steps:
       idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
@@ -296,14 +295,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or last or stop.signal:
         scalars = _mean_metrics(pending)
         pending = []
-        now = time.time()
-        scalars['steps_per_second'] = (step - logged_step) / max(now - t_log, 1e-9)
-        t_log, logged_step = now, step
+        line = progress.update(step)
+        scalars['steps_per_second'] = progress.interval_rate or 0.0
         scalars['stage'] = 0 if step <= config.pretrain_steps else 1
         scalars['peak_rss_mib'] = peak_rss_mib()
         writer.write_scalars(step, scalars)
-        logging.info('%s | %s', progress.update(step),
-                     ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
+        logging.info('%s | %s', line, ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
       if stop.signal:
         save(step)
         writer.close()

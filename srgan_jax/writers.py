@@ -107,14 +107,6 @@ class MetricWriter:
       self._tb.add_image(str(name), images_lib.to_uint8_rgb(image), global_step=int(step),
                          dataformats='HWC')
 
-  def flush(self) -> None:
-    if not self.enabled:
-      return
-    if self._file is not None:
-      self._file.flush()
-    if self._tb is not None:
-      self._tb.flush()
-
   def close(self) -> None:
     if not self.enabled:
       return
@@ -125,12 +117,6 @@ class MetricWriter:
       self._tb.close()
       self._tb = None
     self.enabled = False
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -175,7 +161,9 @@ class Progress:
   """Progress line: ``step 150/2000 (7.5%) 12.3 steps/s, ETA 2m31s``.
 
   The rate is an exponential moving average of per-update rates (``smoothing`` weight on
-  the newest), seeded by the first measured interval since construction.
+  the newest), seeded by the first measured interval since construction. ``interval_rate``
+  is the rate of the last interval alone: the steps actually run since the previous update
+  (a short last interval, or the first after a resume) over its time.
   """
 
   def __init__(self, total_steps: int, start_step: int = 0, smoothing: float = 0.3,
@@ -187,6 +175,7 @@ class Progress:
     self._last_time = clock()
     self._last_step = self.start_step
     self.rate = None  # steps per second.
+    self.interval_rate = None
 
   def update(self, step: int) -> str:
     step = int(step)
@@ -194,7 +183,7 @@ class Progress:
     dt = now - self._last_time
     ds = step - self._last_step
     if dt > 0 and ds > 0:
-      inst = ds / dt
+      inst = self.interval_rate = ds / dt
       self.rate = inst if self.rate is None else (
           self.smoothing * inst + (1 - self.smoothing) * self.rate)
       self._last_time, self._last_step = now, step

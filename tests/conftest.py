@@ -15,6 +15,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
 
@@ -41,11 +42,7 @@ def make_tiny_config(**overrides):
   config.classifier.validation_examples = 64
   config.cpu_devices_per_core = False
   for key, value in overrides.items():
-    target = config
-    *path, last = key.split('.')
-    for part in path:
-      target = target[part]
-    target[last] = value
+    config_utils.set_field(config, key, value)
   return config
 
 

@@ -8,11 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import mnist_cnn
+from configs import mnist_srgan
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
+from srgan_jax import config_utils
+from srgan_jax import errors
+from srgan_jax import image_ops
+from srgan_jax import inference
 from srgan_jax import input_pipeline
 from srgan_jax import losses
 from srgan_jax import models
+from srgan_jax import state as state_lib
+from srgan_jax import steps
 from srgan_jax import train
 from srgan_jax import validation
 from tests.conftest import make_tiny_config
@@ -21,7 +29,6 @@ from tests.conftest import make_tiny_config
 @pytest.fixture(scope='module')
 def one_command_run(tmp_path_factory):
   """configs/mnist_cnn.py shrunk: no classifier or judge yet, so both are trained first."""
-  from configs import mnist_cnn  # pylint: disable=g-import-not-at-top
   config = make_tiny_config()
   cnn = mnist_cnn.get_config()
   config.loss = cnn.loss
@@ -33,10 +40,8 @@ def one_command_run(tmp_path_factory):
 
 
 def test_mnist_cnn_is_mnist_srgan_plus_the_classifier_loss():
-  from configs import mnist_cnn, mnist_srgan  # pylint: disable=g-import-not-at-top
-  from srgan_jax import study  # pylint: disable=g-import-not-at-top
   cnn = mnist_cnn.get_config()
-  diff = study._diff(mnist_srgan.get_config().to_dict(), cnn.to_dict())
+  diff = config_utils.diff(mnist_srgan.get_config().to_dict(), cnn.to_dict())
   # The SRGAN itself (networks, losses, optimizer, budget) is mnist_srgan's; only the guide's
   # loss, the judge and the guide's epochs are added.
   assert diff == {'loss.auxiliary': 'classifier', 'eval.judge_workdir': 'judge',
@@ -59,8 +64,8 @@ def test_one_command_trains_classifier_and_judge_first(one_command_run):
 
 def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_run):
   config, workdir, _ = one_command_run
-  guide, guide_vars, extra = classifier_train.load(os.path.join(workdir, 'classifier'))
-  judge, judge_vars, _ = classifier_train.load(os.path.join(workdir, 'judge'))
+  guide, guide_vars, extra = inference.restore_classifier(os.path.join(workdir, 'classifier'))
+  judge, judge_vars, _ = inference.restore_classifier(os.path.join(workdir, 'judge'))
   assert 0.0 <= extra['test_accuracy'] <= 1.0
   assert isinstance(guide, models.Classifier) and isinstance(judge, models.LeNetJudge)
   assert jax.tree_util.tree_structure(guide_vars) != jax.tree_util.tree_structure(judge_vars)
@@ -78,7 +83,7 @@ def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_r
 def _frozen_classifier(config, seed=0):
   model = models.create_classifier('seed_cnn')
   variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, config.data.channels)))
-  return train.Frozen(classifier=model, classifier_vars=variables)
+  return steps.Frozen(classifier=model, classifier_vars=variables)
 
 
 def _batch(n=8, seed=0):
@@ -94,11 +99,11 @@ def test_auxiliary_gradient_reaches_generator_and_classifier_stays_fixed():
   frozen = _frozen_classifier(config)
   before = jax.device_get(frozen.classifier_vars)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
-  grads, (_, _, metrics) = jax.grad(train.generator_loss, has_aux=True)(
+  grads, (_, _, metrics) = jax.grad(steps.generator_loss, has_aux=True)(
       g_state.params, g_state, d_state, _batch(), frozen, config=config, adversarial=False)
   norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads))
   assert norm > 0 and float(metrics['auxiliary']) > 0
-  new_g, _, _ = train.generator_step(g_state, d_state, _batch(), frozen, config=config,
+  new_g, _, _ = steps.generator_step(g_state, d_state, _batch(), frozen, config=config,
                                      adversarial=False, axis_name=None)
   assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
       jax.tree_util.tree_leaves(new_g.params), jax.tree_util.tree_leaves(g_state.params)))
@@ -113,9 +118,9 @@ def test_pseudo_labels_are_the_classifier_argmax_on_hr():
   frozen = _frozen_classifier(config)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
   batch = _batch()
-  loss, (sr, _, _) = train.generator_loss(g_state.params, g_state, d_state, batch, frozen,
+  loss, (sr, _, _) = steps.generator_loss(g_state.params, g_state, d_state, batch, frozen,
                                           config=config, adversarial=False)
-  hr = input_pipeline.to_model_range(batch['hr'])
+  hr = image_ops.to_model_range(batch['hr'])
   hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr)
   sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr)
   expected = losses.auxiliary_classifier_loss(sr_logits, jnp.argmax(hr_logits, -1))
@@ -128,11 +133,11 @@ def test_acgan_discriminator_head_losses():
   config = make_tiny_config(**{'loss.auxiliary': 'discriminator_head'})
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
   batch = _batch()
-  _, (sr, _, metrics) = train.generator_loss(g_state.params, g_state, d_state, batch,
-                                             train.Frozen(), config=config, adversarial=True)
+  _, (sr, _, metrics) = steps.generator_loss(g_state.params, g_state, d_state, batch,
+                                             steps.Frozen(), config=config, adversarial=True)
   # Chance-level cross-entropy at initialisation is about log(10).
   assert 0.5 < float(metrics['auxiliary']) < 10
-  _, d_metrics = train.discriminator_step(d_state, batch, sr, config=config, axis_name=None)
+  _, d_metrics = steps.discriminator_step(d_state, batch, sr, config=config, axis_name=None)
   assert float(d_metrics['discriminator']) == pytest.approx(
       float(d_metrics['discriminator_adversarial'] + d_metrics['discriminator_auxiliary']),
       rel=1e-5)
@@ -146,7 +151,7 @@ def test_classifier_for_another_channel_count_is_a_clear_error(one_command_run, 
   config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'data.channels': 3,
                                'loss.classifier_workdir': os.path.join(workdir, 'classifier'),
                                'eval.judge_workdir': ''})
-  with pytest.raises(checkpoints.CheckpointError, match='data.channels') as e:
+  with pytest.raises(errors.CheckpointError, match='data.channels') as e:
     train.train_and_evaluate(config, str(tmp_path / 'rgb'))
   assert 'classifier' in str(e.value)
 
@@ -160,7 +165,7 @@ def test_classifier_checkpoint_with_missing_files_is_a_clear_error(one_command_r
   config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'loss.classifier_workdir':
                                str(broken), 'eval.judge_workdir': ''})
   run = tmp_path / 'run'
-  with pytest.raises(checkpoints.CheckpointError, match='No usable checkpoint') as e:
+  with pytest.raises(errors.CheckpointError, match='No usable checkpoint') as e:
     train.train_and_evaluate(config, str(run))
   assert str(broken) in str(e.value) and 'Delete the directory' in str(e.value)
   assert not (run / 'checkpoints').exists()  # raised before any SRGAN work.
@@ -175,7 +180,7 @@ def test_labels_needed_but_missing_is_a_clear_error(tmp_path, monkeypatch):
 
   monkeypatch.setattr(input_pipeline, 'load_split', unlabelled)
   config = make_tiny_config(**{'loss.auxiliary': 'discriminator_head'})
-  with pytest.raises(validation.ConfigError, match='labels'):
+  with pytest.raises(errors.ConfigError, match='labels'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -200,10 +205,10 @@ def test_classifier_recipe_schedule_and_polyak_average():
   assert float(schedule(10)) == pytest.approx(1e-2)
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
   # The Polyak average follows the parameters, more slowly than they move.
-  ema = train.ema_update({'w': jnp.zeros(())}, {'w': jnp.ones(())}, 0.99, 1000)
+  ema = state_lib.ema_update({'w': jnp.zeros(())}, {'w': jnp.ones(())}, 0.99, 1000)
   assert float(ema['w']) == pytest.approx(0.01)
   # Early on the warm-up keeps it from staying anchored at the initialisation.
-  assert float(train.ema_update({'w': jnp.zeros(())}, {'w': jnp.ones(())}, 0.99, 0)['w']) == (
+  assert float(state_lib.ema_update({'w': jnp.zeros(())}, {'w': jnp.ones(())}, 0.99, 0)['w']) == (
       pytest.approx(0.9))
 
 
@@ -211,5 +216,5 @@ def test_classifier_recipe_schedule_and_polyak_average():
                                          ('max_shift', -1), ('num_epochs', 0)])
 def test_bad_classifier_recipe_is_a_clear_error(field, value):
   config = make_tiny_config(**{'task': 'classifier', f'classifier.{field}': value})
-  with pytest.raises(validation.ConfigError, match=f'classifier.{field}'):
+  with pytest.raises(errors.ConfigError, match=f'classifier.{field}'):
     validation.validate_config(config, 1)

@@ -43,7 +43,10 @@ def worker(args):
   os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.local_devices}'
   import jax  # pylint: disable=g-import-not-at-top
   from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from srgan_jax import state  # pylint: disable=g-import-not-at-top
+  from srgan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
 
   joined = distributed.initialize(
@@ -65,34 +68,29 @@ def worker(args):
       lr=rng.integers(0, 256, (n, 28 // scale, 28 // scale, 1), dtype=np.uint8),
       labels=rng.integers(0, 10, (n,)).astype(np.int32))
   states = train.create_train_states(config, jax.random.PRNGKey(config.seed))
-  for mode in args.modes.split(','):
-    # 'global': the steps pmapped over every process's devices (what multi-process training
-    # needs); 'local': over jax.local_devices(), as train.train_and_evaluate builds them.
-    devices = distributed.global_devices() if mode == 'global' else jax.local_devices()
-    g_state, d_state = jax.tree_util.tree_map(jax.numpy.copy, states)  # The steps donate them.
-    if mode == 'global':
-      # Placed once on the (global) mesh the steps run on; also avoids a second compilation.
-      g_state, d_state = distributed.replicate((g_state, d_state), devices, train.AXIS)
-    pretrain_step, gan_step = train.make_pmapped_steps(config, devices)
-    frozen = train.Frozen()
-    steps = PRETRAIN_STEPS + GAN_STEPS if mode == 'global' else 1
-    for step in range(steps):
-      idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
-                                         split.num_examples, jax.process_index(),
-                                         jax.process_count())
-      batch = input_pipeline.shard(input_pipeline.get_batch(split, idx), jax.local_device_count())
-      if step < PRETRAIN_STEPS:
-        g_state, _, _ = pretrain_step(g_state, d_state, batch, frozen)
-      else:
-        g_state, d_state, _ = gan_step(g_state, d_state, batch, frozen)
-    out = {}
-    _flatten('g/params', g_state.params, out)
-    _flatten('g/ema', g_state.ema_params, out)
-    _flatten('g/batch_stats', g_state.batch_stats, out)
-    _flatten('d/params', d_state.params, out)
-    _flatten('d/batch_stats', d_state.batch_stats, out)
-    np.savez(os.path.join(args.out, f'{mode}_p{args.process_id}.npz'), **out)
-  distributed.sync('done')
+  # The steps pmapped over every process's devices (what multi-process training needs), the
+  # states placed once on that global mesh, as train.train_and_evaluate does.
+  devices = distributed.global_devices()
+  g_state, d_state = distributed.replicate(states, devices, state.AXIS)
+  pretrain_step, gan_step = steps_lib.make_pmapped_steps(config, devices)
+  frozen = steps_lib.Frozen()
+  for step in range(PRETRAIN_STEPS + GAN_STEPS):
+    idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
+                                       split.num_examples, jax.process_index(),
+                                       jax.process_count())
+    batch = input_pipeline.shard(input_pipeline.get_batch(split, idx), jax.local_device_count())
+    if step < PRETRAIN_STEPS:
+      g_state, _, _ = pretrain_step(g_state, d_state, batch, frozen)
+    else:
+      g_state, d_state, _ = gan_step(g_state, d_state, batch, frozen)
+  out = {}
+  _flatten('g/params', g_state.params, out)
+  _flatten('g/ema', g_state.ema_params, out)
+  _flatten('g/batch_stats', g_state.batch_stats, out)
+  _flatten('d/params', d_state.params, out)
+  _flatten('d/batch_stats', d_state.batch_stats, out)
+  np.savez(os.path.join(args.out, f'p{args.process_id}.npz'), **out)
+  multihost_utils.sync_global_devices('done')
   print('worker done', args.process_id, flush=True)
 
 
@@ -104,7 +102,6 @@ def _parse(argv):
   p.add_argument('--num_processes', type=int, default=1)
   p.add_argument('--process_id', type=int, default=0)
   p.add_argument('--local_devices', type=int, default=1)
-  p.add_argument('--modes', default='global')
   return p.parse_args(argv)
 
 
@@ -159,35 +156,25 @@ def runs(tmp_path_factory):
   """One 2-process job (1 device each) and one single process with 2 devices, run together."""
   out = str(tmp_path_factory.mktemp('distributed'))
   port = _free_port()
-  procs = [_start(out, port=port, num_processes=2, process_id=i, local_devices=1,
-                  modes='global,local') for i in range(2)]
+  procs = [_start(out, port=port, num_processes=2, process_id=i, local_devices=1)
+           for i in range(2)]
   single = str(tmp_path_factory.mktemp('single'))
-  procs.append(_start(single, num_processes=1, process_id=0, local_devices=2, modes='global'))
+  procs.append(_start(single, num_processes=1, process_id=0, local_devices=2))
   _finish(procs)
-  return {'global_p0': _load(os.path.join(out, 'global_p0.npz')),
-          'global_p1': _load(os.path.join(out, 'global_p1.npz')),
-          'local_p0': _load(os.path.join(out, 'local_p0.npz')),
-          'local_p1': _load(os.path.join(out, 'local_p1.npz')),
-          'single': _load(os.path.join(single, 'global_p0.npz'))}
+  return {'p0': _load(os.path.join(out, 'p0.npz')), 'p1': _load(os.path.join(out, 'p1.npz')),
+          'single': _load(os.path.join(single, 'p0.npz'))}
 
 
 def test_two_processes_match_one_process(runs):
-  for p in ('global_p0', 'global_p1'):
+  for p in ('p0', 'p1'):
     diff = _max_diff(runs[p], runs['single'])
     assert diff <= 1e-5, f'{p} differs from the single-process run by {diff}'
-  assert _max_diff(runs['global_p0'], runs['global_p1']) == 0.0
-
-
-def test_pmap_over_local_devices_does_not_sync_processes(runs):
-  """Why the steps need the global devices: with jax.local_devices() (what train.py passes),
-  jax 0.10's pmap mesh holds this process's devices only, so its pmean never crosses
-  processes: after one pretrain step on their halves of the batch, the two processes already
-  disagree (a global pmean would leave them bit-identical, as the 'global' run shows)."""
-  assert _max_diff(runs['local_p0'], runs['local_p1'], 'g/batch_stats') > 1e-4
+  assert _max_diff(runs['p0'], runs['p1']) == 0.0
 
 
 def test_resolve_reads_env_and_validates(monkeypatch):
   from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
+  from srgan_jax import errors  # pylint: disable=g-import-not-at-top
   for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
                distributed.ENV_PROCESS_ID):
     monkeypatch.delenv(name, raising=False)
@@ -199,19 +186,19 @@ def test_resolve_reads_env_and_validates(monkeypatch):
   assert distributed.resolve() == distributed.Settings('host:1234', 4, 3)
   # Arguments win over the environment.
   assert distributed.resolve('other:1', 2, 0) == distributed.Settings('other:1', 2, 0)
-  with pytest.raises(distributed.DistributedConfigError, match='process_id'):
+  with pytest.raises(errors.DistributedConfigError, match='process_id'):
     distributed.resolve(process_id=4)
   monkeypatch.setenv(distributed.ENV_PROCESS_ID, 'x')
-  with pytest.raises(distributed.DistributedConfigError, match='JAX_PROCESS_ID'):
+  with pytest.raises(errors.DistributedConfigError, match='JAX_PROCESS_ID'):
     distributed.resolve()
   monkeypatch.delenv(distributed.ENV_COORDINATOR)
   monkeypatch.delenv(distributed.ENV_PROCESS_ID)
-  with pytest.raises(distributed.DistributedConfigError, match='coordinator'):
+  with pytest.raises(errors.DistributedConfigError, match='coordinator'):
     distributed.resolve()  # 4 processes but no coordinator.
-  with pytest.raises(distributed.DistributedConfigError, match='HOST:PORT'):
+  with pytest.raises(errors.DistributedConfigError, match='HOST:PORT'):
     distributed.resolve('nohost', 2, 0)
   monkeypatch.delenv(distributed.ENV_NUM_PROCESSES)
-  with pytest.raises(distributed.DistributedConfigError, match='missing'):
+  with pytest.raises(errors.DistributedConfigError, match='missing'):
     distributed.resolve('h:1', None, 0)
 
 

@@ -15,6 +15,8 @@ from PIL import Image
 import pytest
 
 from srgan_jax import checkpoints
+from srgan_jax import errors
+from srgan_jax import image_ops
 from srgan_jax import inference
 from srgan_jax import input_pipeline
 from srgan_jax import models
@@ -59,8 +61,8 @@ def _expected_sr(trained, lr_uint8):
       os.path.join(trained.workdir, 'checkpoints', '4', 'state'))
   variables = train.inference_variables(types.SimpleNamespace(**state['generator']))
   model = models.create_generator(trained.config)
-  fn = jax.jit(lambda v, x: jnp.clip(input_pipeline.to_unit_range(
-      model.apply(v, input_pipeline.to_model_range(x), train=False)), 0.0, 1.0))
+  fn = jax.jit(lambda v, x: jnp.clip(image_ops.to_unit_range(
+      model.apply(v, image_ops.to_model_range(x), train=False)), 0.0, 1.0))
   return np.asarray(fn(variables, lr_uint8[..., None])), variables
 
 
@@ -129,11 +131,11 @@ def test_load_generator_in_a_fresh_process_reproduces_training(trained, tmp_path
 
 def test_load_generator_steps_and_errors(trained, tmp_path):
   assert inference.load_generator(trained.workdir, step=2).step == 2
-  with pytest.raises(checkpoints.CheckpointError, match=r'No checkpoint at step 3.*\[2, 4\]'):
+  with pytest.raises(errors.CheckpointError, match=r'No checkpoint at step 3.*\[2, 4\]'):
     inference.load_generator(trained.workdir, step=3)
-  with pytest.raises(checkpoints.CheckpointError, match='No checkpoint in'):
+  with pytest.raises(errors.CheckpointError, match='No checkpoint in'):
     inference.load_generator(str(tmp_path / 'nothing'))
-  with pytest.raises(checkpoints.CheckpointError, match='not a generator.*load_classifier'):
+  with pytest.raises(errors.CheckpointError, match='not a generator.*load_classifier'):
     inference.load_generator(os.path.join(trained.workdir, 'judge'))
 
 
@@ -306,5 +308,5 @@ def test_load_classifier_predicts_hr_digits(trained):
   np.testing.assert_array_equal(judge.predict(hr / 255.0), labels)
   with pytest.raises(ValueError, match='must be 28x28'):
     judge.predict(trained.lr)
-  with pytest.raises(checkpoints.CheckpointError, match='not a classifier.*load_generator'):
+  with pytest.raises(errors.CheckpointError, match='not a classifier.*load_generator'):
     inference.load_classifier(trained.workdir)

@@ -62,7 +62,15 @@ def test_generator_output_shape_and_range(scale, channels):
   variables = _init(g, lr.shape)
   sr = g.apply(variables, lr, train=False)
   assert sr.shape == (2, 28, 28, channels)
-  assert float(jnp.max(jnp.abs(sr))) <= 1.0
+  # SR lives in [-1, 1] like HR: a final bias of +-8 saturates the tanh near +-1, not at 8.
+  last = max((k for k in variables['params'] if k.startswith('Conv_')),
+             key=lambda k: int(k.split('_')[1]))
+  for bias in (8.0, -8.0):
+    params = {**variables['params'], last: {**variables['params'][last],
+                                            'bias': jnp.full((channels,), bias)}}
+    out = g.apply({**variables, 'params': params}, lr, train=False)
+    assert 0.9 < float(jnp.min(jnp.abs(out))) and float(jnp.max(jnp.abs(out))) <= 1.0
+    assert float(jnp.sign(out).mean()) == np.sign(bias)
   # Paper generator: no BN after the upsampling convs.
   n_stages = int(np.log2(scale))
   assert _num_batch_norms(variables) == 2 * 1 + 1

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srgan_jax import errors
+from srgan_jax import losses
 from srgan_jax import vgg
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -172,7 +174,7 @@ def test_pth(full_files, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, vgg.load_vgg19_params(paths['npz'])[0])
   else:
     path.write_bytes(b'not read')
-    with pytest.raises(vgg.VGGWeightsError, match='torch is not installed') as e:
+    with pytest.raises(errors.VGGWeightsError, match='torch is not installed') as e:
       vgg.load_vgg19_params(path)
     assert 'np.savez' in str(e.value) and '.npz' in str(e.value)
 
@@ -184,7 +186,7 @@ def test_keras_layouts_and_required_layers(tmp_path, layout):
   write_keras_h5(path, weights, layout)
   params, _ = vgg.load_vgg19_params(path, required_layers=['conv2_2'])
   jax.tree.map(np.testing.assert_array_equal, params, weights)
-  with pytest.raises(vgg.VGGWeightsError, match=r"conv3_1.*block3_conv1"):
+  with pytest.raises(errors.VGGWeightsError, match=r"conv3_1.*block3_conv1"):
     vgg.load_vgg19_params(path)
 
 
@@ -211,7 +213,7 @@ def test_npz_preprocessing_entry(tmp_path):
 
 
 def test_missing_file_names_the_file_to_get(tmp_path):
-  with pytest.raises(vgg.VGGWeightsError) as e:
+  with pytest.raises(errors.VGGWeightsError) as e:
     vgg.load_vgg19_params(tmp_path / 'nope.h5')
   message = str(e.value)
   assert 'nope.h5' in message and vgg.KERAS_URL in message
@@ -221,34 +223,34 @@ def test_missing_file_names_the_file_to_get(tmp_path):
 def test_unknown_extension(tmp_path):
   path = tmp_path / 'vgg19.bin'
   path.write_bytes(b'')
-  with pytest.raises(vgg.VGGWeightsError, match=r"unknown VGG19 weights format '\.bin'"):
+  with pytest.raises(errors.VGGWeightsError, match=r"unknown VGG19 weights format '\.bin'"):
     vgg.load_vgg19_params(path)
 
 
 def test_wrong_layer_names(tmp_path):
   npz = tmp_path / 'w.npz'
   np.savez(npz, **{'block1_conv1/kernel': np.zeros((3, 3, 3, 64), np.float32)})
-  with pytest.raises(vgg.VGGWeightsError, match=r"lacks VGG19 layers \['conv1_1'\]") as e:
+  with pytest.raises(errors.VGGWeightsError, match=r"lacks VGG19 layers \['conv1_1'\]") as e:
     vgg.load_vgg19_params(npz, ['conv1_1'])
   assert 'block1_conv1/kernel' in str(e.value)  # What the file holds.
   h5 = tmp_path / 'w.h5'
   with h5py.File(h5, 'w') as f:
     f.create_group('conv1_1')['kernel:0'] = np.zeros((3, 3, 3, 64), np.float32)
-  with pytest.raises(vgg.VGGWeightsError, match=r"lacks VGG19 layers \['conv1_1'\].*block1_conv1"):
+  with pytest.raises(errors.VGGWeightsError, match=r"lacks VGG19 layers \['conv1_1'\].*block1_conv1"):
     vgg.load_vgg19_params(h5, ['conv1_1'])
 
 
 def test_missing_layers_are_all_named(tmp_path):
   path = tmp_path / 'w.npz'
   write_npz(path, random_weights(4, vgg.LAYER_NAMES[:2]))
-  with pytest.raises(vgg.VGGWeightsError, match=r"\['conv2_1', 'conv2_2'\]"):
+  with pytest.raises(errors.VGGWeightsError, match=r"\['conv2_1', 'conv2_2'\]"):
     vgg.load_vgg19_params(path, required_layers=['conv2_2'])
 
 
 def test_kernel_without_bias(tmp_path):
   path = tmp_path / 'w.npz'
   np.savez(path, **{'conv1_1/kernel': np.zeros((3, 3, 3, 64), np.float32)})
-  with pytest.raises(vgg.VGGWeightsError, match="conv1_1 needs both 'conv1_1/kernel' and"):
+  with pytest.raises(errors.VGGWeightsError, match="conv1_1 needs both 'conv1_1/kernel' and"):
     vgg.load_vgg19_params(path, ['conv1_1'])
 
 
@@ -258,21 +260,21 @@ def test_wrong_shapes(tmp_path):
   path = tmp_path / 'w.npz'
   write_npz(path, weights)
   expected = r'conv2_1 kernel has shape \(3, 3, 64, 64\), expected \(3, 3, 64, 128\)'
-  with pytest.raises(vgg.VGGWeightsError, match=expected):
+  with pytest.raises(errors.VGGWeightsError, match=expected):
     vgg.load_vgg19_params(path, required_layers=['conv1_2'])
   h5 = tmp_path / 'w.h5'
   weights = random_weights(5, ['conv1_1'])
   weights['conv1_1']['bias'] = np.zeros((32,), np.float32)
   write_keras_h5(h5, weights)
   expected = r'conv1_1 bias has shape \(32,\), expected \(64,\)'
-  with pytest.raises(vgg.VGGWeightsError, match=expected):
+  with pytest.raises(errors.VGGWeightsError, match=expected):
     vgg.load_vgg19_params(h5, ['conv1_1'])
 
 
 def test_unknown_npz_preprocessing(tmp_path):
   path = tmp_path / 'w.npz'
   write_npz(path, random_weights(6, ['conv1_1']), preprocessing=np.array('tf'))
-  with pytest.raises(vgg.VGGWeightsError, match="'preprocessing' must be one of"):
+  with pytest.raises(errors.VGGWeightsError, match="'preprocessing' must be one of"):
     vgg.load_vgg19_params(path, ['conv1_1'])
 
 
@@ -287,13 +289,13 @@ def test_resolve_explicit_path(tmp_path):
   path = tmp_path / 'w.npz'
   path.write_bytes(b'')
   assert vgg.resolve_weights(str(path)) == str(path)
-  with pytest.raises(vgg.VGGWeightsError, match='config.loss.vgg.weights'):
+  with pytest.raises(errors.VGGWeightsError, match='config.loss.vgg.weights'):
     vgg.resolve_weights(str(tmp_path / 'missing.npz'))
 
 
 def test_resolve_empty_offline_names_url_and_config_field(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', offline)
-  with pytest.raises(vgg.VGGWeightsError) as e:
+  with pytest.raises(errors.VGGWeightsError) as e:
     vgg.resolve_weights('', cache_dir=str(tmp_path))
   message = str(e.value)
   assert vgg.KERAS_URL in message and 'config.loss.vgg.weights' in message
@@ -318,7 +320,7 @@ def test_resolve_empty_downloads_once_atomically(tmp_path, monkeypatch):
 
   monkeypatch.setattr(urllib.request, 'urlopen', urlopen)
   cache = tmp_path / 'cache'
-  with pytest.raises(vgg.VGGWeightsError, match='MD5'):  # Corrupt download: nothing kept.
+  with pytest.raises(errors.VGGWeightsError, match='MD5'):  # Corrupt download: nothing kept.
     vgg.resolve_weights('', cache_dir=str(cache))
   assert os.listdir(cache) == []
   monkeypatch.setattr(vgg, 'KERAS_MD5', hashlib.md5(payload).hexdigest())
@@ -389,7 +391,7 @@ def test_full_params_tree_and_subset_give_the_same_features(full_files):
   assert list(subset) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2']
   x = images(2)
   assert_features_close(raw_features(params, x), raw_features(subset, x))
-  with pytest.raises(vgg.VGGWeightsError, match='conv3_1'):
+  with pytest.raises(errors.VGGWeightsError, match='conv3_1'):
     vgg.subset_params(subset, ['conv3_1'])
 
 
@@ -425,13 +427,18 @@ def loss_params():
   return vgg.random_vgg19_params(jax.random.key(2), EARLY)
 
 
+def _vgg_loss(params, sr, hr, weights, criterion='mse', **feature_kwargs):
+  """The VGG content loss as the training step computes it (losses.content_loss)."""
+  fn = vgg.make_feature_fn(tuple(weights), **feature_kwargs)
+  return losses.content_loss('vgg', sr, hr, lambda x: fn(params, x), weights, criterion)
+
+
 @pytest.mark.parametrize('criterion', ['mse', 'l1'])
 def test_loss_zero_for_identical_positive_for_different(loss_params, criterion):
   weights = {'conv1_2': 0.5, 'conv2_2': 2.0}
   hr, sr = images(5), images(6)
-  same = vgg.vgg_feature_loss(loss_params, hr, hr, weights, criterion)
-  assert float(same) == 0.0
-  loss = vgg.vgg_feature_loss(loss_params, sr, hr, weights, criterion)
+  assert float(_vgg_loss(loss_params, hr, hr, weights, criterion)) == 0.0
+  loss = _vgg_loss(loss_params, sr, hr, weights, criterion)
   assert float(loss) > 0.0
   features = vgg.make_feature_fn(EARLY)
   f_sr, f_hr = features(loss_params, sr), features(loss_params, hr)
@@ -442,10 +449,9 @@ def test_loss_zero_for_identical_positive_for_different(loss_params, criterion):
 
 def test_loss_gradients_reach_sr_only(loss_params):
   hr, sr = images(7), images(8)
-  kwargs = dict(layer_weights={'conv2_2': 1.0}, before_activation=True, preprocessing='caffe')
-  grads = jax.grad(lambda p, s, h: vgg.vgg_feature_loss(p, s, h, **kwargs),
-                   argnums=(0, 1, 2))(loss_params, sr, hr)
-  param_grads, sr_grad, hr_grad = grads
+  kwargs = dict(before_activation=True, preprocessing='caffe')
+  sr_grad, hr_grad = jax.grad(
+      lambda s, h: _vgg_loss(loss_params, s, h, {'conv2_2': 1.0}, **kwargs),
+      argnums=(0, 1))(sr, hr)
   assert np.all(np.isfinite(sr_grad)) and np.any(sr_grad != 0.0)
   assert not np.any(hr_grad)
-  assert all(not np.any(g) for g in jax.tree.leaves(param_grads))

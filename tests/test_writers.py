@@ -1,4 +1,4 @@
-"""Tests for srgan_jax.images and srgan_jax.writers."""
+"""Tests for srgan_jax.images, srgan_jax.writers and srgan_jax.files."""
 
 import json
 import math
@@ -7,8 +7,11 @@ import os
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import pytest
 
-from srgan_jax import images, writers
+from srgan_jax import files
+from srgan_jax import images
+from srgan_jax import writers
 
 
 def test_make_grid_shape_dtype():
@@ -46,8 +49,6 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   w.write_scalars(1, {'loss': jnp.float32(0.5), 'psnr': np.float64(20.0), 'n': np.int32(3)})
   w.write_scalars(2, {'loss': float('nan'), 'inf': np.inf})
   w.write_images(2, {'grid': np.zeros((8, 8, 3), np.uint8)})
-  w.write_text(2, 'config', '**hello**')
-  w.flush()
   w.close()
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
   recs = [json.loads(line) for line in lines]
@@ -62,8 +63,6 @@ def test_metric_writer_disabled_is_noop(tmp_path):
   w = writers.MetricWriter(tmp_path / 'x', enabled=False)
   w.write_scalars(1, {'a': 1.0})
   w.write_images(1, {'g': np.zeros((4, 4, 3), np.uint8)})
-  w.write_text(1, 't', 'x')
-  w.flush()
   w.close()
   assert not (tmp_path / 'x').exists()
 
@@ -82,5 +81,38 @@ def test_progress_line():
   line = p.update(150)
   assert line.startswith('step 150/2000 (7.5%) 15.0 steps/s')
   assert 'ETA 2m03s' in line
+  # A short interval (3 steps in 2 s, e.g. the last one) is measured on its own steps.
+  t[0] += 2.0
+  p.update(153)
+  assert p.interval_rate == pytest.approx(1.5)
+  # After a resume at step 800, the first interval counts from 800.
+  resumed = writers.Progress(2000, start_step=800, clock=lambda: t[0])
+  t[0] += 4.0
+  resumed.update(810)
+  assert resumed.interval_rate == pytest.approx(2.5)
   assert writers.format_duration(3725) == '1h02m05s'
   assert writers.format_duration(math.inf) == '?'
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+  path = tmp_path / 'sub' / 'results.json'
+  files.write_json(path, {'psnr': 20.0})
+  assert files.read_json(path) == {'psnr': 20.0}
+
+  def broken(f):
+    f.write(b'{"psnr": 2')
+    raise OSError('disk full')
+  with pytest.raises(OSError, match='disk full'):
+    files.atomic_write(path, broken)
+  assert files.read_json(path) == {'psnr': 20.0}
+  assert os.listdir(path.parent) == ['results.json']  # No temporary file left behind.
+  assert files.read_json(tmp_path / 'missing.json') is None
+
+
+def test_truncate_metrics_after_drops_later_records(tmp_path):
+  w = writers.MetricWriter(tmp_path)
+  for step in (2, 4, 6):
+    w.write_scalars(step, {'loss': 1.0 / step})
+  w.close()
+  writers.truncate_metrics_after(tmp_path, 4)
+  assert [r['step'] for r in writers.read_metrics(tmp_path)] == [2, 4]

@@ -1,0 +1,214 @@
+"""Training of the MNIST classifiers: the guide of the auxiliary loss, and the judge.
+
+- The guide (`config.classifier.architecture`, the seed's CNN) steers the generator through the
+  auxiliary classifier loss and the classifier-feature content loss.
+- The judge (a LeNet, another seed and data order) only measures how recognisable SR digits
+  are; it is never used in any loss, so a generator cannot game it.
+Both are trained on the training split minus a held-out validation set (which picks the best
+epoch) and report accuracy on the test split. Each is cached in its own workdir.
+"""
+
+import copy
+import functools
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from srgan_jax import checkpoints
+from srgan_jax import distributed
+from srgan_jax import image_ops
+from srgan_jax import inference
+from srgan_jax import input_pipeline
+from srgan_jax import losses
+from srgan_jax import models
+from srgan_jax import state as state_lib
+from srgan_jax import validation
+from srgan_jax import writers
+from srgan_jax.errors import ConfigError
+
+AXIS = state_lib.AXIS
+JUDGE_SEED_OFFSET = 1000
+
+
+def role_config(config, role: str):
+  """The classifier config for `role` ('guide' or 'judge') derived from an SRGAN config."""
+  c = copy.deepcopy(config)
+  c.task = 'classifier'
+  if role == 'judge':
+    c.classifier.architecture = 'lenet'
+    c.classifier.num_epochs = config.eval.judge_epochs
+    c.seed = config.seed + JUDGE_SEED_OFFSET
+  return c
+
+
+def random_shift(images, rng, max_shift: int):
+  """Each image translated by up to `max_shift` pixels in x and y (background filled in).
+
+  The classic MNIST augmentation: digits are centred by their centre of mass, so small shifts
+  are the variation a classifier sees at test time (and in SR outputs).
+  """
+  if max_shift <= 0:
+    return images
+  n, h, w, _ = images.shape
+  pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
+  padded = jnp.pad(images, pad, constant_values=-1.0)  # -1: the background in model range.
+  offsets = jax.random.randint(rng, (n, 2), 0, 2 * max_shift + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _train_step(state, batch, rng, *, max_shift, ema_decay, axis_name=AXIS):
+  rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  shift_rng, rng = jax.random.split(rng)
+  images = random_shift(image_ops.to_model_range(batch['hr']), shift_rng, max_shift)
+
+  def loss_fn(params):
+    variables = {'params': params}
+    if state.batch_stats:
+      variables['batch_stats'] = state.batch_stats
+    (logits, _), updates = state.apply_fn(variables, images, train=True,
+                                          mutable=['batch_stats'], rngs={'dropout': rng})
+    loss = losses.classification_loss(logits, batch['label'])
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, (updates.get('batch_stats', state.batch_stats), {'loss': loss, 'accuracy': acc})
+
+  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, metrics = state_lib.pmean_once((grads, metrics), axis_name)
+  return state_lib.apply_averaged_gradients(state, grads, batch_stats, ema_decay), metrics
+
+
+def _predict(variables, batch, *, model):
+  logits, _ = model.apply(variables, image_ops.to_model_range(batch['hr']), train=False)
+  return jnp.argmax(logits, -1) == batch['label']
+
+
+def accuracy(model, variables, split, batch_size, devices) -> float:
+  """Top-1 accuracy of a classifier on a split."""
+  predict = jax.pmap(functools.partial(_predict, model=model), in_axes=(None, 0),
+                     devices=devices)
+  correct = total = 0
+  for batch in input_pipeline.eval_batches(split, batch_size):
+    mask = batch.pop('mask')
+    out = np.asarray(predict(variables, input_pipeline.shard(batch, len(devices))))
+    correct += int(out.reshape(-1)[mask].sum())
+    total += int(mask.sum())
+  return correct / total
+
+
+def _variables(state):
+  """The evaluated (and saved) variables: the Polyak average of the parameters."""
+  v = {'params': state.ema_params}
+  if state.batch_stats:
+    v['batch_stats'] = state.batch_stats
+  return v
+
+
+def learning_rate_schedule(config, steps: int):
+  """Linear warm-up to `learning_rate`, then cosine decay to 0 (one cycle over the run)."""
+  c = config.classifier
+  warmup = int(round(c.warmup_fraction * steps))
+  return optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, warmup, max(steps, warmup + 1))
+
+
+def create_state(config, rng, steps):
+  """The classifier's state: a TrainState with the Polyak average of its parameters
+  (`ema_params`, what is evaluated and saved), like the generator's."""
+  model = models.create_classifier(config.classifier.architecture,
+                                   config.classifier.dropout_rate, AXIS)
+  variables = models.init_classifier(models.create_classifier(config.classifier.architecture),
+                                     rng, config.data.channels)
+  tx = optax.adam(learning_rate_schedule(config, steps))
+  return state_lib.AveragedTrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                               batch_stats=variables.get('batch_stats', {}),
+                               ema_params=variables['params'])
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains a classifier; saves the best-on-validation variables and the test accuracy."""
+  devices = jax.local_devices()
+  validation.validate_config(config, jax.device_count())
+  # The training step runs over every process's devices (one model for all hosts, each process
+  # feeding its shard of the global batch); evaluation runs on each process's own devices.
+  step_devices = distributed.global_devices()
+  checkpoints.ensure_writable(workdir)
+  full = input_pipeline.load_split(config, 'train')
+  test = input_pipeline.load_split(config, 'test')
+  if full.labels is None:
+    raise ConfigError(f'Dataset {config.data.name!r} has no labels to train a '
+                                 f'classifier on.')
+  n_val = config.classifier.validation_examples
+  if not 0 < n_val < full.num_examples:
+    raise ConfigError(
+        f'config.classifier.validation_examples = {n_val} must be between 1 and the number of '
+        f'training examples - 1 ({full.num_examples - 1}).')
+  train = input_pipeline.Split(full.hr[:-n_val], full.lr[:-n_val], full.labels[:-n_val])
+  val = input_pipeline.Split(full.hr[-n_val:], full.lr[-n_val:], full.labels[-n_val:])
+
+  bs = config.classifier.batch_size
+  per_epoch = input_pipeline.steps_per_epoch(train.num_examples, bs)
+  total = per_epoch * config.classifier.num_epochs
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_state(config, rng, total)
+  state = distributed.replicate(state, step_devices, AXIS)
+  model = models.create_classifier(config.classifier.architecture)
+  step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
+                                       ema_decay=config.classifier.ema_decay),
+                     axis_name=AXIS, in_axes=(None, 0, None),
+                     out_axes=(None, None), devices=step_devices)
+  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  progress = writers.Progress(total)
+  logging.info('Training the %s classifier (%d parameters) for %d epoch(s) in %s.',
+               config.classifier.architecture, models.count_params(state.params),
+               config.classifier.num_epochs, workdir)
+  best_acc, best_vars, best_epoch = -1.0, None, 0
+  t0 = time.time()
+  step = 0
+  for epoch in range(1, config.classifier.num_epochs + 1):
+    for _ in range(per_epoch):
+      idx = input_pipeline.batch_indices(config.seed, step, bs, train.num_examples,
+                                         jax.process_index(), jax.process_count())
+      batch = input_pipeline.shard(input_pipeline.get_batch(train, idx), len(devices))
+      state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+      step += 1
+      if step % 100 == 0:
+        metrics = jax.device_get(metrics)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
+        logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
+    # On the host: the state lives on every process's devices, evaluation on this process's.
+    val_acc = accuracy(model, jax.device_get(_variables(state)), val,
+                       1000 // len(devices) * len(devices), devices)
+    writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
+    logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)
+    if val_acc > best_acc:
+      best_acc, best_vars, best_epoch = val_acc, jax.device_get(_variables(state)), epoch
+  test_acc = accuracy(model, best_vars, test, 1000 // len(devices) * len(devices), devices)
+  results = {'test_accuracy': test_acc, 'validation_accuracy': best_acc,
+             'best_epoch': best_epoch, 'train_seconds': time.time() - t0}
+  writer.write_scalars(step, {f'final/{k}': v for k, v in results.items()})
+  writer.close()
+  mngr = checkpoints.manager(workdir, keep=1)
+  checkpoints.save(mngr, step, jax.device_get(state), best_vars, config, extra=results)
+  logging.info('Classifier %s: test accuracy %.4f (best epoch %d, %.0f s).',
+               config.classifier.architecture, test_acc, best_epoch, results['train_seconds'])
+  return results
+
+
+def load_or_train(config, workdir: str, role: str):
+  """The classifier for `role` from `workdir`, trained there first when it is missing."""
+  cfg = role_config(config, role)
+  if not checkpoints.has_checkpoint(workdir):
+    logging.info('No %s classifier in %s: training it first (%s, seed %d).', role, workdir,
+                 cfg.classifier.architecture, cfg.seed)
+    train_and_evaluate(cfg, workdir)
+  model, variables, extra = inference.restore_classifier(workdir, cfg)
+  logging.info('Loaded the %s classifier from %s (test accuracy %s).', role, workdir,
+               extra.get('test_accuracy'))
+  return model, variables

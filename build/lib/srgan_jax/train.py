@@ -1,0 +1,319 @@
+"""SRGAN training: train states, then the loop that pretrains, trains, evaluates and saves.
+
+Order, as in flax examples/imagenet: create the states -> the frozen networks ->
+train_and_evaluate. The steps themselves are the pure functions of steps.py; the data at step k
+is a pure function of (seed, k); so a run resumed from a checkpoint repeats exactly what an
+uninterrupted run would have done.
+"""
+
+import dataclasses
+import os
+import resource
+import signal
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from srgan_jax import checkpoints
+from srgan_jax import classifier_train
+from srgan_jax import distributed
+from srgan_jax import evaluate as evaluate_lib
+from srgan_jax import files
+from srgan_jax import images as images_lib
+from srgan_jax import input_pipeline
+from srgan_jax import models
+from srgan_jax import state as state_lib
+from srgan_jax import steps
+from srgan_jax import validation
+from srgan_jax import vgg
+from srgan_jax import writers
+from srgan_jax.errors import ConfigError
+from srgan_jax.errors import NonFiniteError
+
+MNIST_SIZE = 28
+
+
+# ---------------------------------------------------------------------------------------------
+# State.
+
+
+def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
+                        axis_name: Optional[str] = state_lib.AXIS):
+  """Initial generator and discriminator TrainStates (Adam, paper/seed hyper-parameters) for
+  HR images of hr_size x hr_size (the dense discriminator head depends on it)."""
+  g_model = models.create_generator(config, axis_name)
+  d_model = models.create_discriminator(config, axis_name)
+  lr_size = hr_size // config.data.scale
+  g_rng, d_rng = jax.random.split(rng)
+  lr = jnp.zeros((1, lr_size, lr_size, config.data.channels))
+  hr = jnp.zeros((1, hr_size, hr_size, config.data.channels))
+  # Initialise without an axis name (no pmap here); the structure is the same.
+  g_vars = jax.jit(lambda r: models.create_generator(config).init(r, lr, train=False))(g_rng)
+  d_vars = jax.jit(lambda r: models.create_discriminator(config).init(r, hr, train=False))(d_rng)
+  tx = lambda lr: optax.adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
+  # The generator's steps count from 0 through pretraining (SRResNet) and the GAN stage.
+  g_lr = optax.join_schedules(
+      [optax.constant_schedule(config.optimizer.pretrain_learning_rate),
+       optax.constant_schedule(config.optimizer.learning_rate)], [config.pretrain_steps])
+  # The EMA starts as a copy (own buffers: the steps donate the state's buffers).
+  g_state = state_lib.AveragedTrainState.create(
+      apply_fn=g_model.apply, params=g_vars['params'], tx=tx(g_lr),
+      batch_stats=g_vars['batch_stats'],
+      ema_params=jax.tree_util.tree_map(jnp.copy, g_vars['params']))
+  d_state = state_lib.TrainState.create(apply_fn=d_model.apply, params=d_vars['params'],
+                                        tx=tx(config.optimizer.learning_rate),
+                                        batch_stats=d_vars['batch_stats'])
+  return g_state, d_state
+
+
+def inference_variables(g_state) -> dict:
+  """The generator variables used for evaluation and saved for inference (EMA when on)."""
+  return {'params': g_state.ema_params, 'batch_stats': g_state.batch_stats}
+
+
+def resolve_path(workdir: str, path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def prepare_frozen(config, workdir) -> steps.Frozen:
+  """Loads (training first when missing) the networks the losses need."""
+  frozen = steps.Frozen()
+  if config.loss.content == 'vgg':
+    params, fn = vgg.load_feature_extractor(config.loss.vgg)
+    frozen = frozen.replace(vgg_params=params, vgg_fn=fn)
+  if validation.needs_guide(config):
+    model, variables = classifier_train.load_or_train(
+        config, resolve_path(workdir, config.loss.classifier_workdir), role='guide')
+    frozen = frozen.replace(classifier=model, classifier_vars=variables)
+  return frozen
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _StopRequest:
+  """Turns SIGTERM / Ctrl-C into a flag the loop checks after each step (then saves, exits)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def peak_rss_mib() -> float:
+  """The peak resident memory of this process so far (Linux ru_maxrss), in MiB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _mean_metrics(pending):
+  """Fetches per-step metrics, checks them, and averages them (step, name) -> float."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    for name, value in metrics.items():
+      if not np.isfinite(value):
+        raise NonFiniteError(
+            f'Training diverged: loss term {name!r} is {float(value)} at step {step}. That state '
+            f'was not saved; the latest checkpoint is from before it. Lower '
+            f'config.optimizer.learning_rate or the loss weights and run the same command again.')
+  out = {}
+  for metrics in fetched:
+    for name, value in metrics.items():
+      out[name] = out.get(name, 0.0) + float(value) / len(fetched)
+  return out
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop works with, prepared (and checked) before any training step."""
+  config: Any
+  workdir: str
+  train_split: input_pipeline.Split
+  test_split: input_pipeline.Split
+  frozen: steps.Frozen
+  judge: Any
+  judge_vars: Any
+  g_state: Any
+  d_state: Any
+  start_step: int
+
+  @property
+  def primary(self) -> bool:
+    return jax.process_index() == 0
+
+
+def _prepare(config, workdir: str) -> _Run:
+  """Checks the config, data and workdir, loads (or trains) the frozen networks and the judge,
+  and restores the latest checkpoint when there is one."""
+  validation.validate_config(config, jax.device_count())
+  checkpoints.ensure_writable(workdir)
+  resuming = checkpoints.has_checkpoint(workdir)
+  if resuming:
+    _, saved_config, _ = checkpoints.read_config(workdir)
+    checkpoints.check_compatible(saved_config, config, workdir)
+  train_split = input_pipeline.load_split(config, 'train')
+  test_split = input_pipeline.load_split(config, 'test')
+  if config.eval.judge_workdir and test_split.labels is None:
+    raise ConfigError(
+        f'The judge needs test labels and {config.data.name!r} has none; set '
+        f'--config.eval.judge_workdir="" to evaluate PSNR/SSIM only.')
+  if validation.needs_labels(config) and train_split.labels is None:
+    raise ConfigError(
+        f'config.loss.auxiliary = {config.loss.auxiliary!r} with true labels needs a labelled '
+        f'dataset, and {config.data.name!r} has none; use loss.auxiliary_labels="pseudo" or '
+        f'loss.auxiliary="none".')
+
+  frozen = prepare_frozen(config, workdir)
+  judge = judge_vars = None
+  if config.eval.judge_workdir:
+    judge, judge_vars = classifier_train.load_or_train(
+        config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
+
+  g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed),
+                                         hr_size=train_split.hr.shape[1])
+  logging.info('Devices: %s', jax.local_devices())
+  logging.info('Parameters: generator %d, discriminator %d',
+               models.count_params(g_state.params), models.count_params(d_state.params))
+  start_step = 0
+  if resuming:
+    start_step, restored = checkpoints.restore(
+        workdir, {'state': {'generator': g_state, 'discriminator': d_state}})
+    g_state, d_state = restored['state']['generator'], restored['state']['discriminator']
+    logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
+                 checkpoints.checkpoint_dir(workdir))
+    if jax.process_index() == 0:
+      writers.truncate_metrics_after(workdir, start_step)
+  return _Run(config, workdir, train_split, test_split, frozen, judge, judge_vars, g_state,
+              d_state, start_step)
+
+
+class _Evaluator:
+  """Evaluations during and after training: metrics, a sample grid, both logged."""
+
+  def __init__(self, run: _Run, writer: writers.MetricWriter):
+    config = run.config
+    self.run, self.writer = run, writer
+    self.generator = models.create_generator(config)
+    self.eval_fn = evaluate_lib.make_eval_fn(self.generator, run.judge, config.data.scale,
+                                             config.eval.crop_border, jax.local_devices())
+    self.curve_split = input_pipeline.head(run.test_split, config.eval.curve_examples)
+
+  def __call__(self, step: int, g_state, final: bool) -> dict:
+    run, config = self.run, self.run.config
+    # On the host: the state lives on every process's devices, evaluation on this process's.
+    g_vars = jax.device_get(inference_variables(g_state))
+    t0 = time.time()
+    summary = evaluate_lib.evaluate(self.eval_fn, g_vars, run.judge_vars,
+                                    run.test_split if final else self.curve_split,
+                                    config.eval.batch_size, jax.local_device_count())
+    summary['eval_seconds'] = time.time() - t0
+    self.writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
+    grid = evaluate_lib.sample_grid(self.generator, g_vars, run.test_split,
+                                    config.eval.num_sample_images, config.data.scale)
+    if run.primary:
+      images_lib.save_png(os.path.join(run.workdir, 'samples', f'step_{step}.png'), grid)
+    self.writer.write_images(step, {'samples': grid})
+    logging.info('Eval at step %d:\n%s', step, evaluate_lib.results_table(summary))
+    return summary
+
+
+def _write_results(run: _Run, step: int, summary: dict) -> None:
+  if run.primary:
+    table = evaluate_lib.results_table(summary)
+    files.atomic_write(os.path.join(run.workdir, 'results.md'),
+                       f'# Results at step {step}\n\n{table}\n')
+    writers.write_json(os.path.join(run.workdir, 'results.json'), {'step': step, **summary})
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains an SRGAN (pretraining the generator first), evaluates and checkpoints it.
+
+  Re-running on the same workdir resumes from the latest usable checkpoint. Returns the final
+  evaluation summary (PSNR, SSIM, judge accuracy, digit-FID of HR, bicubic and SR), or
+  {'interrupted_at_step': k} when SIGTERM / Ctrl-C stopped it (after saving step k).
+  """
+  run = _prepare(config, workdir)
+  # Over every process's devices, so that gradients are averaged across hosts; each process
+  # feeds its local devices with its own shard of the global batch.
+  step_devices = distributed.global_devices()
+  pretrain_step, gan_step = steps.make_pmapped_steps(config, step_devices)
+  # Place the states and frozen networks once, replicated on the devices the steps run on: the
+  # steps return their states there, and a first call with host arrays would compile each step
+  # a second time (measured 3-16 s per step on CPU).
+  g_state, d_state, frozen = distributed.replicate((run.g_state, run.d_state, run.frozen),
+                                                   step_devices, state_lib.AXIS)
+  run.g_state = run.d_state = run.frozen = None  # The replicated copies are the live ones.
+  writer = writers.MetricWriter(workdir, enabled=run.primary)
+  evaluator = _Evaluator(run, writer)
+  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  total_steps = config.pretrain_steps + config.num_train_steps
+  progress = writers.Progress(total_steps, run.start_step)
+  n_local = jax.local_device_count()
+
+  def save(step):
+    if not checkpoints.all_finite((g_state.params, d_state.params)):
+      raise NonFiniteError(f'Parameters are not finite at step {step}; not saving them.')
+    checkpoints.save(mngr, step, {'generator': g_state, 'discriminator': d_state},
+                     inference_variables(g_state), config)
+
+  pending = []
+  step = run.start_step
+  summary = {}
+  with _StopRequest() as stop:
+    while step < total_steps:
+      idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
+                                         run.train_split.num_examples, jax.process_index(),
+                                         jax.process_count())
+      batch = input_pipeline.shard(input_pipeline.get_batch(run.train_split, idx), n_local)
+      if step < config.pretrain_steps:
+        g_state, _, metrics = pretrain_step(g_state, d_state, batch, frozen)
+      else:
+        g_state, d_state, metrics = gan_step(g_state, d_state, batch, frozen)
+      step += 1
+      pending.append((step, metrics))
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last or stop.signal:
+        scalars = _mean_metrics(pending)
+        pending = []
+        line = progress.update(step)
+        scalars['steps_per_second'] = progress.interval_rate or 0.0
+        scalars['stage'] = 0 if step <= config.pretrain_steps else 1
+        scalars['peak_rss_mib'] = peak_rss_mib()
+        writer.write_scalars(step, scalars)
+        logging.info('%s | %s', line, ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
+      if stop.signal:
+        save(step)
+        writer.close()
+        logging.warning('Stopped by %s at step %d; checkpoint saved in %s. Resume with the '
+                        'same command.', stop.signal, step, checkpoints.checkpoint_dir(workdir))
+        return {'interrupted_at_step': step}
+      if step % config.eval_every_steps == 0 or last:
+        summary = evaluator(step, g_state, final=last)
+      if step % config.checkpoint_every_steps == 0 or last:
+        _mean_metrics(pending)  # A non-finite step since the last log is never saved.
+        save(step)
+  if not summary:  # Resumed at the end: evaluate what was restored.
+    summary = evaluator(step, g_state, final=True)
+  _write_results(run, step, summary)
+  writer.close()
+  return summary

@@ -1,0 +1,155 @@
+"""Upscales PNG images with a trained generator, from its checkpoint alone.
+
+  python -m srgan_jax.upscale --workdir=runs/mnist_cnn digit.png digit_x4.png
+  python -m srgan_jax.upscale --workdir=runs/mnist_cnn lr_digits/ sr_digits/
+
+The second form upscales every *.png directly inside the input directory (not its
+subdirectories) and writes them under the same names into the output directory, which is
+created. An output path that is an existing directory receives `<input name>` when the input is
+a single file.
+
+Greyscale PNGs give greyscale PNGs; colour PNGs give colour PNGs for a 3-channel generator,
+and are converted to greyscale (with a note) for a greyscale generator. Transparency is
+dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one message and
+exit code 1.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+from PIL import Image
+
+from srgan_jax import inference
+from srgan_jax import platform
+from srgan_jax.errors import CheckpointError
+from srgan_jax.errors import UpscaleError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoints hold the generator.')
+flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest usable one).')
+flags.DEFINE_integer('batch_size', 256, 'Images upscaled at once.')
+flags.mark_flag_as_required('workdir')
+
+USAGE = ('usage: python -m srgan_jax.upscale --workdir=RUN_DIR INPUT.png OUTPUT.png\n'
+         '       python -m srgan_jax.upscale --workdir=RUN_DIR INPUT_DIR OUTPUT_DIR')
+
+
+def _is_png(name: str) -> bool:
+  return name.lower().endswith('.png') and not name.startswith('.')
+
+
+def _plan(src: str, dst: str) -> list:
+  """[(input path, output path)] for a file or a directory of PNGs."""
+  if os.path.abspath(src) == os.path.abspath(dst):
+    raise UpscaleError(f'The output {dst!r} is the input; choose another output path so the '
+                       f'input images are not overwritten.')
+  if os.path.isdir(src):
+    if os.path.exists(dst) and not os.path.isdir(dst):
+      raise UpscaleError(f'The input {src!r} is a directory, so the output must be one too; '
+                         f'{dst!r} is a file.')
+    names = sorted(n for n in os.listdir(src)
+                   if _is_png(n) and os.path.isfile(os.path.join(src, n)))
+    if not names:
+      raise UpscaleError(f'No .png files in {src!r}.')
+    return [(os.path.join(src, n), os.path.join(dst, n)) for n in names]
+  if not os.path.exists(src):
+    raise UpscaleError(f'No such file or directory: {src!r}.')
+  if os.path.isdir(dst):
+    dst = os.path.join(dst, os.path.basename(src))
+    if os.path.abspath(src) == os.path.abspath(dst):
+      raise UpscaleError(f'Writing into {os.path.dirname(dst)!r} would overwrite the input '
+                         f'{src!r}; choose another output path.')
+  return [(src, dst)]
+
+
+def _read(path: str, channels: int):
+  """(uint8 array (H, W) or (H, W, 3), note or None) of a PNG for a `channels` network."""
+  try:
+    with Image.open(path) as img:
+      img.load()
+      mode = img.mode
+      if mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        raise UpscaleError(f'Cannot use {path!r}: {mode} ({"16-bit" if "16" in mode else "32-bit"}'
+                           f') images are not supported; save it as an 8-bit PNG.')
+      note = None
+      if mode in ('L', 'LA', '1') or (mode == 'P' and _palette_is_grey(img)):
+        img = img.convert('L')
+      else:
+        img = img.convert('RGB')
+        if channels == 1:
+          img = img.convert('L')
+          note = f'{path}: colour image converted to greyscale for this greyscale generator.'
+      return np.asarray(img, dtype=np.uint8), note
+  except UpscaleError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (PIL raises many kinds)
+    raise UpscaleError(f'Cannot read image {path!r}: {e}') from None
+
+
+def _palette_is_grey(img) -> bool:
+  x = np.asarray(img.convert('RGB'))
+  return bool((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all())
+
+
+def _write(path: str, array) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format='PNG')  # uint8: L or RGB
+  except OSError as e:
+    raise UpscaleError(f'Cannot write {path!r}: {e.strerror or e}') from None
+
+
+def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256):
+  """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler)."""
+  plan = _plan(src, dst)
+  try:
+    up = inference.load_generator(workdir, step)
+  except CheckpointError as e:
+    raise UpscaleError(str(e)) from None
+  images = []
+  for path, _ in plan:
+    array, note = _read(path, up.channels)
+    if note:
+      print(f'Note: {note}', file=sys.stderr)
+    images.append(array)
+  # Images of the same size and layout are upscaled together.
+  groups = {}
+  for i, array in enumerate(images):
+    groups.setdefault(array.shape, []).append(i)
+  outputs = [None] * len(images)
+  for indices in groups.values():
+    try:
+      sr = up.upscale(np.stack([images[i] for i in indices]), batch_size=batch_size)
+    except ValueError as e:
+      raise UpscaleError(f'Cannot upscale {plan[indices[0]][0]!r}: {e}') from None
+    for i, out in zip(indices, sr):
+      outputs[i] = out
+  written = []
+  for (_, out_path), out in zip(plan, outputs):
+    _write(out_path, out)
+    written.append(out_path)
+  return written, up
+
+
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
+  if FLAGS.batch_size <= 0:
+    raise app.UsageError(f'--batch_size must be positive; got {FLAGS.batch_size}.')
+  platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
+  try:
+    written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size)
+  except UpscaleError as e:
+    sys.exit(f'Error: {e}')
+  where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
+  print(f'Upscaled {len(written)} image(s) x{up.scale} with the generator at step {up.step} of '
+        f'{FLAGS.workdir}: {where}')
+
+
+if __name__ == '__main__':
+  app.run(main)

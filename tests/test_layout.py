@@ -1,0 +1,125 @@
+"""The house rules, checked: imports point one way, and the package installs and runs alone.
+
+TIERS is the layout table of the README: a module may import the package's modules of lower
+tiers only, at the top of the file. So there is no cycle, the Colab path (inference) pulls in
+no training code, and the library never imports configs/, experiments/ or benchmarks/, which
+sit above it with main.py.
+"""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = 'srgan_jax'
+
+TIERS = (
+    # Shared basics: no import from the package.
+    ('errors', 'files', 'config_utils', 'platform', 'safe_pickle'),
+    # Training state and pixels.
+    ('state', 'image_ops', 'images', 'metrics', 'distributed'),
+    # The parts: data sources, networks, losses, checkpoints, logs.
+    ('sources', 'models', 'losses', 'vgg', 'checkpoints', 'writers'),
+    # What a config may say.
+    ('validation',),
+    # Data in memory, the pure training steps, inference from a checkpoint.
+    ('input_pipeline', 'steps', 'inference'),
+    # Evaluation, the classifiers' trainer, the upscaling command.
+    ('evaluate', 'classifier_train', 'upscale'),
+    # The SRGAN trainer.
+    ('train',),
+)
+TIER = {name: i for i, names in enumerate(TIERS) for name in names}
+ABOVE_THE_LIBRARY = ('configs', 'experiments', 'benchmarks', 'main', 'tests')
+
+
+def _modules():
+  return sorted(p.stem for p in (ROOT / PACKAGE).glob('*.py') if p.stem != '__init__')
+
+
+def _imports(name):
+  """(module imported, line, at top level?) for every import in srgan_jax/<name>.py."""
+  tree = ast.parse((ROOT / PACKAGE / f'{name}.py').read_text())
+  top = {id(node) for node in tree.body}
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      targets = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      targets = [node.module]
+      if node.module == PACKAGE:
+        targets = [f'{PACKAGE}.{alias.name}' for alias in node.names]
+    else:
+      continue
+    for target in targets:
+      out.append((target, node.lineno, id(node) in top))
+  return out
+
+
+def _package_imports(name):
+  return {t.split('.')[1] for t, _, _ in _imports(name) if t.startswith(PACKAGE + '.')}
+
+
+def test_every_module_has_a_tier():
+  assert set(_modules()) == set(TIER), 'add the new module to TIERS (and the README table)'
+
+
+@pytest.mark.parametrize('name', sorted(TIER))
+def test_imports_point_down_and_sit_at_the_top(name):
+  for target, line, at_top in _imports(name):
+    root = target.split('.')[0]
+    assert root not in ABOVE_THE_LIBRARY, f'{name}.py:{line} imports {target}, above the library'
+    if root != PACKAGE:
+      continue
+    dep = target.split('.')[1]
+    assert at_top, f'{name}.py:{line} imports {target} inside a function'
+    assert TIER[dep] < TIER[name], (
+        f'{name}.py:{line} imports {dep}, which is not in a lower tier '
+        f'({name}: tier {TIER[name]}, {dep}: tier {TIER[dep]})')
+
+
+def test_the_colab_path_pulls_in_no_training_code():
+  seen, todo = set(), ['inference']
+  while todo:
+    name = todo.pop()
+    if name not in seen:
+      seen.add(name)
+      todo.extend(_package_imports(name))
+  assert not seen & {'train', 'classifier_train', 'steps', 'state', 'losses', 'evaluate'}, seen
+
+
+def test_installed_package_runs_from_another_directory(tmp_path):
+  """`pip install .` puts the library, the configs and the experiment commands in place: the
+  documented entry points work outside the checkout."""
+  venv = tmp_path / 'venv'
+  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)],
+                 check=True)
+  python = str(venv / 'bin' / 'python')
+  # The dependencies come from the system site-packages; the build uses its setuptools (no
+  # build isolation: no network needed).
+  install = subprocess.run(
+      [python, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
+       str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+  assert install.returncode == 0, install.stderr[-3000:]
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  code = ('import srgan_jax, experiments.study.__main__, benchmarks.__main__, configs.mnist_cnn\n'
+          'from srgan_jax.inference import load_generator\n'
+          'print(srgan_jax.__file__)')
+  out = subprocess.run([python, '-c', code], capture_output=True, text=True, cwd=elsewhere,
+                       env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert str(ROOT) not in out.stdout and 'site-packages' in out.stdout
+  for command in (['-m', 'srgan_jax.upscale', '--help'], ['-m', 'experiments.study', '--help'],
+                  ['-m', 'benchmarks', '--help']):
+    run = subprocess.run([python, *command], capture_output=True, text=True, cwd=elsewhere,
+                         env=env)
+    text = run.stdout + run.stderr
+    # absl prints the usage and its flags for --help, and exits with 1.
+    assert run.returncode in (0, 1) and 'Traceback' not in text, (command, text[-2000:])
+    assert '--workdir' in text or '--config' in text, (command, text[-2000:])
