@@ -1,0 +1,133 @@
+"""benchmarks.compare: lines parse, the JAX side times each step, the torch side is the seed's.
+
+The PyTorch tests skip without torch (as in CI, where it is not installed).
+"""
+
+import io
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import compare
+from configs import mnist_srgan
+from srgan_jax import models
+from srgan_jax import vgg
+import test_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _jax_count(module, shape) -> int:
+  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+  return models.count_params(variables['params'])
+
+
+def test_lines_parse_back():
+  text = '\n'.join([
+      'info: cpu: Some CPU',
+      compare.format_line('cnn', 300.0, 150.0, 'images/s'),
+      compare.format_line('gan', 50.0, None, 'no torch'),
+  ])
+  assert compare.parse_lines(text) == {
+      'cnn': {'jax': 300.0, 'torch': 150.0, 'ratio': 2.0},
+      'gan': {'jax': 50.0, 'torch': None, 'ratio': None}}
+
+
+def test_gan_config_is_the_seeds_loss():
+  config = compare.gan_config(16)
+  assert (config.data.scale, config.data.channels, config.batch_size) == (2, 3, 16)
+  assert config.loss.content == 'vgg' and config.loss.vgg.random_weights_for_benchmark
+  assert dict(config.loss.vgg.layers) == {'conv3_4': 1.0} and config.loss.vgg.criterion == 'l1'
+  assert (config.loss.adversarial, config.loss.adversarial_weight) == ('lsgan', 1e-3)
+  assert compare.gan_config().batch_size == 128  # seed_x2_rgb's.
+
+
+def test_jax_side_times_every_step():
+  """A tiny run of the JAX side alone (the 4 test devices, batch 4: one image per device)."""
+  out = io.StringIO()
+  options = compare.Options(steps=1, runs=2, warmup=0, torch=False,
+                            batches={name: 4 for name in compare.STEPS})
+  results = compare.run(options, out)
+  text = out.getvalue()
+  assert set(results) == set(compare.STEPS), text
+  assert compare.parse_lines(text) == results
+  for name, values in results.items():
+    assert values['jax'] > 0 and math.isfinite(values['jax']), (name, text)
+    assert values['torch'] is None and values['ratio'] is None
+  assert f'jax {jax.__version__}' in text and '4 cpu host devices' in text
+  assert 'info: cpu: ' in text and 'batch 4' in text
+
+
+def test_unknown_step_raises():
+  with pytest.raises(ValueError, match='which'):
+    compare.run(compare.Options(which=('cnn', 'vgg'), torch=False), io.StringIO())
+
+
+def test_torch_networks_are_the_seeds():
+  pytest.importorskip('torch')
+  from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  config = mnist_srgan.get_config()
+  cases = [  # (PyTorch module, the seed's count, the srgan-jax module, its input shape)
+      (ref.Classifier(), None, models.Classifier(), (1, 28, 28, 1)),
+      (ref.Generator(4, 1, 4), test_models.seed_generator_params(1, 4, 2),
+       models.create_generator(config), (1, 7, 7, 1)),
+      (ref.Generator(2, 3, 4), test_models.seed_generator_params(3, 4, 1),
+       models.Generator(2, 3, 4, upsample_batch_norm=True), (1, 14, 14, 3)),
+      (ref.Discriminator(3), test_models.seed_discriminator_params(3),
+       models.create_discriminator(config), (1, 28, 28, 3)),
+  ]
+  for torch_module, seed_count, jax_module, shape in cases:
+    count = ref.count_params(torch_module)
+    assert count == _jax_count(jax_module, shape), type(torch_module).__name__
+    assert seed_count is None or count == seed_count
+  vgg_count = sum(math.prod(k) + math.prod(b) for name, (k, b) in vgg.LAYER_SHAPES.items()
+                  if vgg.LAYER_NAMES.index(name) <= vgg.LAYER_NAMES.index('conv3_4'))
+  features = ref.VGG19Features()
+  assert ref.count_params(features) == vgg_count
+  assert not any(p.requires_grad for p in features.parameters())  # Frozen.
+  with torch.no_grad():
+    assert features(torch.zeros(2, 3, 28, 28)).shape == (2, 256, 7, 7)  # relu3_4.
+    assert ref.Generator(4, 1, 4)(torch.zeros(2, 1, 7, 7)).shape == (2, 1, 28, 28)
+    assert ref.Discriminator(3)(torch.zeros(2, 3, 28, 28)).shape == (2, 1, 2, 2)  # Patches.
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_torch_steps_train(channels_last):
+  pytest.importorskip('torch')
+  from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  for name, step in ref.make_steps(ref.STEPS, {n: 2 for n in ref.STEPS}, channels_last).items():
+    before = [[p.detach().clone() for p in m.parameters()] for m in step.trained]
+    assert math.isfinite(float(step())), name
+    for module, old in zip(step.trained, before):  # Adam stepped every trained network.
+      changed = [not torch.equal(a, b) for a, b in zip(old, module.parameters())]
+      assert all(changed), (name, type(module).__name__, changed.count(False))
+    assert ref.time_run(step, 1) > 0
+  with pytest.raises(ValueError, match='unknown'):
+    ref.make_steps(['vgg'], {})
+
+
+def test_command_line_times_both_sides():
+  """`python -m benchmarks.compare` with its PyTorch server: one line per step, ratio jax/torch."""
+  pytest.importorskip('torch')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',
+       '--runs=2', '--warmup=0', '--cnn_batch=4', '--generator_batch=2'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = compare.parse_lines(proc.stdout)
+  assert set(results) == {'cnn', 'generator'}, proc.stdout
+  for values in results.values():
+    assert values['jax'] > 0 and values['torch'] > 0, proc.stdout
+    assert values['ratio'] == pytest.approx(values['jax'] / values['torch'], rel=0.01)
+  threads = len(os.sched_getaffinity(0))
+  assert f'threads={threads} layout=channels_last' in proc.stdout, proc.stdout
+  assert '2 cpu host devices' in proc.stdout
