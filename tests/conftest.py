@@ -11,11 +11,18 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_xla_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
+# more compile time than they save on tiny networks run for a few steps (measured: about half
+# the time of compile-bound tests). Subprocesses started by tests inherit it.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')  # tuning
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
 
@@ -49,3 +56,20 @@ def make_tiny_config(**overrides):
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
+
+
+@pytest.fixture(scope='session')
+def one_command_run(tmp_path_factory):
+  """configs/mnist_cnn.py shrunk: no classifier or judge yet, so both are trained first.
+
+  Shared by the test files (a session fixture): its guide and judge also serve the tests that
+  only need a trained classifier. Returns (config, workdir, summary); do not modify the workdir.
+  """
+  config = make_tiny_config()
+  cnn = mnist_cnn.get_config()
+  config.loss = cnn.loss
+  config.eval.judge_workdir = cnn.eval.judge_workdir
+  config.eval.judge_epochs = 2  # the judge's own budget; the guide keeps classifier.num_epochs.
+  workdir = str(tmp_path_factory.mktemp('cnn'))
+  summary = train.train_and_evaluate(config, workdir)
+  return config, workdir, summary

@@ -26,19 +26,6 @@ from srgan_jax import validation
 from tests.conftest import make_tiny_config
 
 
-@pytest.fixture(scope='module')
-def one_command_run(tmp_path_factory):
-  """configs/mnist_cnn.py shrunk: no classifier or judge yet, so both are trained first."""
-  config = make_tiny_config()
-  cnn = mnist_cnn.get_config()
-  config.loss = cnn.loss
-  config.eval.judge_workdir = cnn.eval.judge_workdir
-  config.eval.judge_epochs = 2  # the judge's own budget; the guide keeps classifier.num_epochs.
-  workdir = str(tmp_path_factory.mktemp('cnn'))
-  summary = train.train_and_evaluate(config, workdir)
-  return config, workdir, summary
-
-
 def test_mnist_cnn_is_mnist_srgan_plus_the_classifier_loss():
   cnn = mnist_cnn.get_config()
   diff = config_utils.diff(mnist_srgan.get_config().to_dict(), cnn.to_dict())

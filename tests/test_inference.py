@@ -1,4 +1,5 @@
-"""srgan_jax.inference and the upscale CLI, on a tiny generator and judge trained once here."""
+"""srgan_jax.inference and the upscale CLI, on a tiny generator trained once here and the
+session's judge."""
 
 import os
 import subprocess
@@ -27,22 +28,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_LR = 16
 
 
-def _config():
+def _config(judge_workdir):
   # Pretraining only (the generator is all inference needs), a checkpoint at steps 2 and 4; an
   # EMA decay that makes the EMA parameters differ from both the initial and the raw ones.
   return make_tiny_config(pretrain_steps=4, num_train_steps=0, checkpoint_every_steps=2,
                           eval_every_steps=100, ema_decay=0.5,
-                          **{'eval.judge_workdir': 'judge'})
+                          **{'eval.judge_workdir': judge_workdir})
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A workdir with a tiny SRGAN generator (and its LeNet judge in workdir/judge)."""
+def trained(tmp_path_factory, one_command_run):
+  """A workdir with a tiny SRGAN generator, judged by the session's LeNet judge."""
   workdir = str(tmp_path_factory.mktemp('inference') / 'run')
-  config = _config()
+  config = _config(os.path.join(one_command_run[1], 'judge'))
   train.train_and_evaluate(config, workdir)
   test = input_pipeline.load_split(config, 'test')
-  return types.SimpleNamespace(workdir=workdir, config=config, lr=test.lr[:NUM_LR, ..., 0],
+  return types.SimpleNamespace(workdir=workdir, judge=config.eval.judge_workdir, config=config,
+                               lr=test.lr[:NUM_LR, ..., 0],
                                hr=test.hr, labels=test.labels)
 
 
@@ -136,7 +138,7 @@ def test_load_generator_steps_and_errors(trained, tmp_path):
   with pytest.raises(errors.CheckpointError, match='No checkpoint in'):
     inference.load_generator(str(tmp_path / 'nothing'))
   with pytest.raises(errors.CheckpointError, match='not a generator.*load_classifier'):
-    inference.load_generator(os.path.join(trained.workdir, 'judge'))
+    inference.load_generator(trained.judge)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_upscale_cli(trained, upscaler, tmp_path):
 
 
 def test_load_classifier_predicts_hr_digits(trained):
-  judge = inference.load_classifier(os.path.join(trained.workdir, 'judge'))
+  judge = inference.load_classifier(trained.judge)
   assert judge.architecture == 'lenet' and judge.channels == 1
   hr = trained.hr  # uint8 (64, 28, 28, 1): the test digits the judge was scored on.
   labels = judge.predict(hr, batch_size=24)

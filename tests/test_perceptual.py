@@ -72,9 +72,11 @@ def test_missing_vgg_weights_fail_before_training(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
-def test_classifier_feature_content_loss_trains(tmp_path):
+def test_classifier_feature_content_loss_trains(tmp_path, one_command_run):
+  _, trained_workdir, _ = one_command_run  # Its guide, trained once for the session.
   config = make_tiny_config(**{
       'loss.content': 'classifier', 'loss.classifier_layers': {'conv2': 1.0, 'conv3': 0.5},
+      'loss.classifier_workdir': os.path.join(trained_workdir, 'classifier'),
       'pretrain_steps': 2, 'num_train_steps': 2})
   _assert_content_loss_was_optimised(config, str(tmp_path / 'run'))
-  assert os.path.isdir(tmp_path / 'run' / 'classifier' / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'run' / 'classifier')  # The given guide was used.

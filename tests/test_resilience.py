@@ -54,16 +54,15 @@ from absl import logging
 
 from srgan_jax import errors
 from srgan_jax import input_pipeline
+from srgan_jax import sources
 from srgan_jax import train
 from tests import conftest
 
 
 def _cache_mnist(path):
   """Real MNIST parts, cut to what the tiny configs use, cached on disk between runs."""
-  if not hasattr(input_pipeline, '_offline_mnist_parts'):
-    return
   if not os.path.exists(path):
-    parts = input_pipeline._offline_mnist_parts()
+    parts = sources._offline_mnist_parts()
     arrays = {f'{i}_{j}': np.asarray(a)[:1000] for i, part in enumerate(parts)
               for j, a in enumerate(part)}
     tmp = f'{path}.{os.getpid()}.tmp.npz'
@@ -72,7 +71,7 @@ def _cache_mnist(path):
     return
   with np.load(path) as f:
     parts = tuple((f[f'{i}_0'], f[f'{i}_1']) for i in range(3))
-  input_pipeline._offline_mnist_parts = lambda: parts
+  sources._offline_mnist_parts = lambda: parts
 
 
 def _slow_down(seconds, from_step):
@@ -119,9 +118,6 @@ def runner(tmp_path_factory):
       PYTHONPATH=REPO + os.pathsep + env.get('PYTHONPATH', ''),
       JAX_PLATFORMS='cpu',
       XLA_FLAGS='--xla_force_host_platform_device_count=4',
-      JAX_COMPILATION_CACHE_DIR=str(d / 'jax_cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
       TEST_MNIST_CACHE=str(d / 'mnist_subset.npz'),
       TEST_STEP_SECONDS=str(SLOW_STEP_SECONDS),
   )

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +139,15 @@ def test_srresnet_learns_to_beat_bicubic(tmp_path):
   assert summary['psnr_bicubic'] == pytest.approx(14.5, abs=1.0)  # x4 bicubic on MNIST.
   assert summary['psnr_sr'] > summary['psnr_bicubic'] + 3.0, summary
   assert summary['ssim_sr'] > summary['ssim_bicubic'] + 0.2, summary
+
+
+def test_main_reports_a_bad_task_as_a_message(tmp_path):
+  """main.py dispatches on config.task; a user error is one log line and exit code 1."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/mnist_srgan.py', '--config.task=gan',
+       f'--workdir={tmp_path / "run"}'], cwd=root, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1, run.stderr[-2000:]
+  assert "ConfigError: config.task = 'gan' is not supported" in run.stderr
+  assert "'srgan', 'classifier'" in run.stderr and 'Traceback' not in run.stderr
+  assert not (tmp_path / 'run').exists()
