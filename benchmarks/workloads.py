@@ -90,10 +90,14 @@ class Workload:
 
 
 def make_workload(config, devices, rep: timing.Reporter) -> Workload:
-  """The random frozen networks, the 'train' split and the initial states of `config`."""
+  """The random frozen networks, the 'train' split and the initial states of `config`, their
+  convs computed by config.conv_implementation (tuned first when 'tuned')."""
   frozen = random_frozen(config, rep)
   split = input_pipeline.load_split(config, 'train')
-  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(config.seed))
+  conv_plan, frozen, _ = train.tune_convs(config, frozen, hr_size=split.hr.shape[1],
+                                          log=rep.info)
+  g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(config.seed),
+                                               split.hr.shape[1], conv_plan=conv_plan)
   rep.info(f'parameters: generator {models.count_params(g_state.params)}, discriminator '
            f'{models.count_params(d_state.params)}')
   g_state, d_state = distributed.replicate((g_state, d_state), devices, AXIS)

@@ -111,6 +111,13 @@ def get_config():
   config.classifier.validation_examples = 5000  # held out of train for model selection.
   config.classifier.dropout_rate = 0.5
 
+  # How the networks' convolutions compute (never their parameters, so checkpoints and inference
+  # do not depend on it): 'tuned' times each distinct conv's forward pass and gradients per
+  # implementation on this machine at the start of a run and uses the fastest (cached in
+  # $SRGAN_JAX_CACHE_DIR or ~/.cache/srgan_jax; on GPU: XLA's, cuDNN tunes itself); 'auto' a
+  # fixed rule (im2col + matmul for strided convs on CPU); 'xla' | 'matmul' one implementation.
+  config.conv_implementation = 'tuned'
+
   # Per-core host devices on CPU (XLA:CPU runs a convolution on one core); set before JAX starts.
   config.cpu_devices_per_core = True
   return config

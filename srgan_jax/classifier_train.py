@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from srgan_jax import checkpoints
+from srgan_jax import conv_tuning
 from srgan_jax import distributed
 from srgan_jax import image_ops
 from srgan_jax import inference
@@ -118,17 +119,31 @@ def learning_rate_schedule(config, steps: int):
   return optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, warmup, max(steps, warmup + 1))
 
 
-def create_state(config, rng, steps):
+def create_state(config, rng, steps, conv_plan=None):
   """The classifier's state: a TrainState with the Polyak average of its parameters
-  (`ema_params`, what is evaluated and saved), like the generator's."""
+  (`ema_params`, what is evaluated and saved), like the generator's. Its network computes
+  convs by config.conv_implementation (with `conv_plan` when 'tuned')."""
   model = models.create_classifier(config.classifier.architecture,
-                                   config.classifier.dropout_rate, AXIS)
+                                   config.classifier.dropout_rate, AXIS,
+                                   config.conv_implementation, conv_plan)
   variables = models.init_classifier(models.create_classifier(config.classifier.architecture),
                                      rng, config.data.channels)
   tx = optax.adam(learning_rate_schedule(config, steps))
   return state_lib.AveragedTrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                                batch_stats=variables.get('batch_stats', {}),
                                ema_params=variables['params'])
+
+
+def conv_networks(config, eval_batch_per_device: int):
+  """The classifier as its training step and its evaluations run it, at one device's batch,
+  for conv_tuning."""
+  architecture = config.classifier.architecture
+  model = models.create_classifier(architecture)
+  image = (models.CLASSIFIER_IMAGE_SIZE, models.CLASSIFIER_IMAGE_SIZE, config.data.channels)
+  return [conv_tuning.Network(f'{architecture} classifier', model,
+                              (config.classifier.batch_size // jax.device_count(),) + image),
+          conv_tuning.Network(f'{architecture} classifier in evaluation', model,
+                              (eval_batch_per_device,) + image, trained=False)]
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -153,12 +168,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   val = input_pipeline.Split(full.hr[-n_val:], full.lr[-n_val:], full.labels[-n_val:])
 
   bs = config.classifier.batch_size
+  eval_batch = 1000 // len(devices) * len(devices)
   per_epoch = input_pipeline.steps_per_epoch(train.num_examples, bs)
   total = per_epoch * config.classifier.num_epochs
   rng = jax.random.PRNGKey(config.seed)
-  state = create_state(config, rng, total)
+  conv_plan = conv_tuning.plan_for(config.conv_implementation,
+                                   conv_networks(config, eval_batch // len(devices)))
+  state = create_state(config, rng, total, conv_plan)
   state = distributed.replicate(state, step_devices, AXIS)
-  model = models.create_classifier(config.classifier.architecture)
+  model = models.create_classifier(config.classifier.architecture,
+                                   conv=config.conv_implementation, conv_plan=conv_plan)
   step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
                                        ema_decay=config.classifier.ema_decay),
                      axis_name=AXIS, in_axes=(None, 0, None),
@@ -184,12 +203,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
     # On the host: the state lives on every process's devices, evaluation on this process's.
     val_acc = accuracy(model, jax.device_get(_variables(state)), val,
-                       1000 // len(devices) * len(devices), devices)
+                       eval_batch, devices)
     writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
     logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)
     if val_acc > best_acc:
       best_acc, best_vars, best_epoch = val_acc, jax.device_get(_variables(state)), epoch
-  test_acc = accuracy(model, best_vars, test, 1000 // len(devices) * len(devices), devices)
+  test_acc = accuracy(model, best_vars, test, eval_batch, devices)
   results = {'test_accuracy': test_acc, 'validation_accuracy': best_acc,
              'best_epoch': best_epoch, 'train_seconds': time.time() - t0}
   writer.write_scalars(step, {f'final/{k}': v for k, v in results.items()})

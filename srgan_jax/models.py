@@ -1,16 +1,20 @@
-"""The networks: SRResNet generator, SRGAN discriminator, and the MNIST classifiers.
+"""The networks (SRResNet generator, SRGAN discriminator, the MNIST classifiers) and the ways
+their convolutions compute.
 
 All modules are pure Flax linen modules on NHWC images in [-1, 1]. BatchNorm takes an
 `axis_name` so that, under `jax.pmap(..., axis_name='batch')`, its statistics are computed over
 the global batch rather than per device.
 """
 
+import functools
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
+import warnings
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 MAX_MATMUL_PATCH = 3 * 3 * 512
@@ -19,52 +23,280 @@ CLASSIFIER_IMAGE_SIZE = 28  # The MNIST classifiers (guide and judge) see 28x28 
 CLASSIFIER_FEATURE_LAYERS = ('conv1', 'conv2', 'conv3', 'dense1', 'dense2')
 
 
-class Conv(nn.Module):
-  """A square conv with SAME padding, computed as im2col + one matmul ('matmul') or by XLA's
-  convolution ('xla'). Parameters are those of `nn.Conv` ('kernel' HWIO and 'bias').
+# ---------------------------------------------------------------------------------------------
+# Convolutions: one square SAME conv, several ways of computing it and its two gradients.
 
-  Why: XLA:CPU computes convolution gradients on slow paths (measured on 2 cores: the paper
-  discriminator's fwd+bwd at batch 64 took 2.1 s with XLA convs, 0.8 s as matmuls; the input
-  gradient of a stride-2 conv on 4x4 maps alone took 1.5 s). As matmuls, both the forward and
-  the backward pass of a conv are plain GEMMs, which XLA:CPU runs near the machine's peak.
-  'auto' picks 'matmul' on CPU for strided convs whose patch has at most MAX_MATMUL_PATCH
-  values (memory: the patches are that many times the input), where XLA:CPU is slowest, and
-  XLA's convolution otherwise (stride-1 convs measured about even; cuDNN on GPU).
+# 'auto': the rule below; 'xla' | 'matmul': that implementation everywhere; 'tuned': per conv,
+# what conv_tuning measured fastest on this machine (an explicit ConvPlan).
+CONV_IMPLEMENTATIONS = ('auto', 'xla', 'matmul', 'tuned')
+# What training computes for a conv: its output, the gradient w.r.t. its input (to reach the
+# layers below) and w.r.t. its kernel (to train it). Each can use its own implementation.
+CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
+# The candidates of each phase: 'xla' (XLA's convolution and its autodiff), 'matmul' (the
+# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather + one matmul), and
+# 'xla_t' | 'gather_t', which compute a gradient as a conv over the output gradient dilated by
+# the stride (see conv_input_grad, conv_kernel_grad).
+PHASE_CANDIDATES = {
+    'forward': ('xla', 'gather'),
+    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t'),
+    'kernel_grad': ('xla', 'gather', 'gather_t'),
+}
+# Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
+# buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
+# the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
+MAX_WORKSPACE_BYTES = 1 << 28
+MAX_WORKSPACE_RATIO = 2
+
+
+class ConvSignature(NamedTuple):
+  """What the speed of a conv depends on: its per-device input, kernel, stride and dtype."""
+  batch: int
+  height: int
+  width: int
+  in_features: int
+  features: int
+  kernel_size: int
+  strides: int
+  dtype: str
+
+  def __str__(self):
+    k, stride = self.kernel_size, f'/{self.strides}' if self.strides > 1 else ''
+    return (f'{k}x{k}x{self.in_features}->{self.features}{stride} @{self.height}x{self.width} '
+            f'b{self.batch} {self.dtype}')
+
+  @property
+  def output_size(self):
+    return -(-self.height // self.strides), -(-self.width // self.strides)
+
+  def padding(self):
+    """SAME padding ((top, bottom), (left, right)), as nn.Conv and PyTorch's 'same' pad."""
+    k, s = self.kernel_size, self.strides
+    oh, ow = self.output_size
+    ph, pw = max((oh - 1) * s + k - self.height, 0), max((ow - 1) * s + k - self.width, 0)
+    return (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)
+
+
+class ConvChoice(NamedTuple):
+  """The implementation of each phase of one conv (names of PHASE_CANDIDATES)."""
+  forward: str = 'xla'
+  input_grad: str = 'xla'
+  kernel_grad: str = 'xla'
+
+
+# A plan: ((signature, choice), ...), sorted; a tuple so that modules holding it stay hashable.
+ConvPlan = Tuple[Tuple[ConvSignature, ConvChoice], ...]
+
+
+def conv_signature(x_shape, dtype, kernel_size: int, features: int, strides: int):
+  n, h, w, c = x_shape
+  return ConvSignature(n, h, w, c, features, kernel_size, strides, jnp.dtype(dtype).name)
+
+
+def auto_implementation(sig: ConvSignature) -> str:
+  """The 'auto' rule: im2col + matmul on CPU for strided convs whose patch has at most
+  MAX_MATMUL_PATCH values (XLA:CPU's slowest case), XLA's convolution otherwise."""
+  patch = sig.kernel_size * sig.kernel_size * sig.in_features
+  use_matmul = sig.strides > 1 and patch <= MAX_MATMUL_PATCH and jax.default_backend() == 'cpu'
+  return 'matmul' if use_matmul else 'xla'
+
+
+def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
+  """The size of the im2col buffer of a phase's implementation (0: none)."""
+  k2 = sig.kernel_size * sig.kernel_size
+  oh, ow = sig.output_size
+  item = jnp.dtype(sig.dtype).itemsize
+  if implementation in ('matmul', 'gather'):
+    return sig.batch * oh * ow * k2 * sig.in_features * item
+  if implementation == 'gather_t':
+    (t, b), (l, r) = sig.padding()
+    rows, cols = ((sig.height, sig.width) if phase == 'input_grad' else
+                  (sig.height + t + b, sig.width + l + r))
+    return sig.batch * rows * cols * k2 * sig.features * item
+  return 0
+
+
+def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
+  """The implementations worth trying for a phase of `sig`: im2col buffers within bounds, and
+  no 'xla_t' for strided convs (XLA folds its dilation back into its own backprop conv: the same
+  program as 'xla', measured 1.9 vs 2.1 s for a stride-2 3x3x512->512 conv on 4x4 maps)."""
+  sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
+           if not (c == 'xla_t' and sig.strides > 1)}
+  smallest = min([b for b in sizes.values() if b] or [0])
+  return tuple(c for c, b in sizes.items()
+               if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
+
+
+def _taps(xp, k: int, s: int, oh: int, ow: int):
+  return [xp[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
+          for i in range(k) for j in range(k)]
+
+
+def _gather_patches(xp, k: int, s: int, oh: int, ow: int):
+  """im2col of a padded NHWC input with one gather: (N, oh, ow, k*k*C), taps major.
+
+  The same values as concatenating the k*k shifted slices, but XLA:CPU compiles a gather ~10x
+  faster than a concatenation of k*k slices (0.07 vs 0.3-2 s), which is what tuning pays for.
+  """
+  n, hp, wp, c = xp.shape
+  rows = np.arange(oh)[:, None, None, None] * s + np.arange(k)[None, None, :, None]
+  cols = np.arange(ow)[None, :, None, None] * s + np.arange(k)[None, None, None, :]
+  patches = jnp.take(xp.reshape(n, hp * wp, c), (rows * wp + cols).reshape(-1), axis=1)
+  return patches.reshape(n, oh, ow, k * k * c)
+
+
+def _valid_conv(implementation: str, xp, kernel, s: int):
+  """A VALID conv of an already padded NHWC input with an HWIO kernel."""
+  k, _, c, f = kernel.shape
+  if implementation == 'xla':
+    return jax.lax.conv_general_dilated(xp, kernel, (s, s), 'VALID',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  n, hp, wp, _ = xp.shape
+  oh, ow = (hp - k) // s + 1, (wp - k) // s + 1
+  if implementation == 'matmul':
+    patches = jnp.concatenate(_taps(xp, k, s, oh, ow), axis=-1)
+  elif implementation == 'gather':
+    patches = _gather_patches(xp, k, s, oh, ow)
+  else:
+    raise ValueError(f'Unknown conv implementation {implementation!r}.')
+  y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
+  return y.reshape(n, oh, ow, f)
+
+
+def conv_forward(implementation: str, x, kernel, s: int):
+  """The SAME conv of x (NHWC) with an HWIO kernel at stride s, without bias."""
+  sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
+  return _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
+                     kernel, s)
+
+
+def _dilated(dy, pads):
+  """dy with s-1 zeros between its pixels and the given (low, high) pads (negative: crop)."""
+  return jax.lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0),) + tuple(pads) + ((0, 0, 0),))
+
+
+def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
+  """d(sum(dy * conv_forward(x, kernel))) / dx: the gradient w.r.t. the conv's input.
+
+  'xla' | 'matmul': the transpose of that forward implementation (XLA's backprop conv; col2im
+  of dy @ kernel^T). '<impl>_t': the forward implementation <impl> on dy dilated by the stride
+  and padded, with the kernel flipped and its in/out features swapped (a stride-1 conv).
+  """
+  if implementation in ('xla', 'matmul'):
+    fn = lambda x: conv_forward(implementation, x, kernel, s)
+    return jax.linear_transpose(fn, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dy)[0]
+  sig = conv_signature(x_shape, dy.dtype, kernel.shape[0], kernel.shape[-1], s)
+  k, (oh, ow) = sig.kernel_size, sig.output_size
+  pads = [(k - 1 - lo, size + lo - ((out - 1) * s + 1), s - 1)
+          for (lo, _), size, out in zip(sig.padding(), x_shape[1:3], (oh, ow))]
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return _valid_conv(implementation[:-len('_t')], _dilated(dy, pads), flipped, 1)
+
+
+def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
+  """d(sum(dy * conv_forward(x, kernel))) / dkernel: the gradient w.r.t. the HWIO kernel.
+
+  'xla' | 'matmul' | 'gather': the transpose of that forward implementation (XLA's backprop
+  filter conv; patches^T @ dy). 'gather_t': padded x^T @ im2col of dy dilated by the stride
+  (a buffer of k*k*out features instead of k*k*in: the cheap side when out is small).
+  """
+  if implementation != 'gather_t':
+    fn = lambda kernel: conv_forward(implementation, x, kernel, s)
+    return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]
+  k, _, c, f = kernel_shape
+  sig = conv_signature(x.shape, x.dtype, k, f, s)
+  xp = jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),))
+  n, hp, wp, _ = xp.shape
+  patches = _gather_patches(_dilated(dy, [(k - 1, k - 1, s - 1)] * 2), k, 1, hp, wp)
+  grad = xp.reshape(-1, c).T @ patches.reshape(-1, k * k * f)  # (C, k*k taps, F), taps flipped.
+  return jnp.flip(grad.reshape(c, k, k, f).transpose(1, 2, 0, 3), (0, 1))
+
+
+def conv_phase(phase: str, implementation: str, sig: ConvSignature):
+  """(fn, argument shapes) of one phase of `sig` by one implementation: fn(x, kernel, dy)."""
+  s, k = sig.strides, sig.kernel_size
+  x_shape = (sig.batch, sig.height, sig.width, sig.in_features)
+  kernel_shape = (k, k, sig.in_features, sig.features)
+  fns = {
+      'forward': lambda x, kernel, dy: conv_forward(implementation, x, kernel, s),
+      'input_grad': lambda x, kernel, dy: conv_input_grad(implementation, x_shape, kernel, s,
+                                                          dy),
+      'kernel_grad': lambda x, kernel, dy: conv_kernel_grad(implementation, x, kernel_shape, s,
+                                                            dy),
+  }
+  return fns[phase], (x_shape, kernel_shape, (sig.batch,) + sig.output_size + (sig.features,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def tuned_conv(x, kernel, s: int, choice: ConvChoice):
+  """conv_forward with each phase by the implementation `choice` names for it."""
+  return conv_forward(choice.forward, x, kernel, s)
+
+
+def _tuned_conv_fwd(x, kernel, s, choice):
+  return tuned_conv(x, kernel, s, choice), (x, kernel)
+
+
+def _tuned_conv_bwd(s, choice, residuals, dy):
+  x, kernel = residuals
+  return (conv_input_grad(choice.input_grad, x.shape, kernel, s, dy),
+          conv_kernel_grad(choice.kernel_grad, x, kernel.shape, s, dy))
+
+
+tuned_conv.defvjp(_tuned_conv_fwd, _tuned_conv_bwd)
+
+
+class Conv(nn.Module):
+  """A square conv with SAME padding. Parameters are those of `nn.Conv` ('kernel' HWIO and
+  'bias'), whatever the implementation, so checkpoints do not depend on it.
+
+  Why several implementations: XLA:CPU computes some convolutions and most of their gradients
+  on slow paths (measured on 2 cores: the paper discriminator's fwd+bwd at batch 64 took 2.1 s
+  with XLA convs, 0.8 s as matmuls; the input gradient of a stride-2 conv on 4x4 maps alone
+  1.5 s), while im2col + matmul loses on 9x9 kernels over 64 features (its patches are 81x the
+  input). Which wins depends on the layer and the machine, so:
+  - 'xla': XLA's convolution; 'matmul': im2col + one matmul (both passes plain GEMMs);
+  - 'auto': auto_implementation's rule (matmul for strided convs on CPU, else XLA);
+  - 'tuned': for each phase (forward, input and kernel gradients) the implementation that
+    `plan` names for this conv's signature, as measured by conv_tuning on this machine; a
+    signature missing from the plan falls back to 'auto' with a warning (no plan: 'auto').
   """
   features: int
   kernel_size: int = 3
   strides: int = 1
   implementation: str = 'auto'
+  plan: Optional[ConvPlan] = None
 
-  def _use_matmul(self, in_features: int) -> bool:
-    if self.implementation == 'auto':
-      patch = self.kernel_size * self.kernel_size * in_features
-      return (self.strides > 1 and patch <= MAX_MATMUL_PATCH
-              and jax.default_backend() == 'cpu')
-    if self.implementation not in ('matmul', 'xla'):
-      raise ValueError(f"Unknown conv implementation {self.implementation!r}: use 'auto', "
-                       f"'matmul' or 'xla'.")
-    return self.implementation == 'matmul'
+  def _choice(self, sig: ConvSignature) -> ConvChoice:
+    if self.implementation not in CONV_IMPLEMENTATIONS:
+      raise ValueError(f'Unknown conv implementation {self.implementation!r}: use one of '
+                       f'{CONV_IMPLEMENTATIONS}.')
+    if self.implementation == 'tuned' and self.plan is not None:
+      choice = dict(self.plan).get(sig)
+      if choice is not None:
+        return choice
+      # Python shows a warning once per message: once per missing signature.
+      warnings.warn(f'No tuned implementation for the conv {sig}: using '
+                    f'{auto_implementation(sig)!r} (conv_tuning was not given the network at '
+                    f'this input shape).')
+    impl = auto_implementation(sig) if self.implementation in ('auto', 'tuned') else (
+        self.implementation)
+    return ConvChoice(impl, impl, impl)
 
   @nn.compact
   def __call__(self, x):
     k, s = self.kernel_size, self.strides
-    n, h, w, c = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features))
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    oh, ow = -(-h // s), -(-w // s)
-    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
-    padding = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-    if not self._use_matmul(c):
-      y = jax.lax.conv_general_dilated(x, kernel, (s, s), padding,
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      return y + bias
-    x = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
-    patches = jnp.concatenate(
-        [x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
-         for i in range(k) for j in range(k)], axis=-1)
-    y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, self.features)
-    return y.reshape(n, oh, ow, self.features) + bias
+    choice = self._choice(conv_signature(x.shape, x.dtype, k, self.features, s))
+    if choice.forward == choice.input_grad == choice.kernel_grad:
+      return conv_forward(choice.forward, x, kernel, s) + bias
+    return tuned_conv(x, kernel, s, choice) + bias
+
+
+def _conv(net: nn.Module, features: int, kernel_size: int = 3, strides: int = 1) -> Conv:
+  """A Conv with the implementation and plan of the network `net` that holds it."""
+  return Conv(features, kernel_size, strides, net.conv, net.conv_plan)
 
 
 class PReLU(nn.Module):
@@ -99,13 +331,14 @@ class ResidualBlock(nn.Module):
   features: int
   axis_name: Optional[str] = None
   conv: str = 'auto'
+  conv_plan: Optional[ConvPlan] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = Conv(self.features, 3, implementation=self.conv)(x)
+    y = _conv(self, self.features, 3)(x)
     y = _batch_norm(train, self.axis_name)(y)
     y = PReLU()(y)
-    y = Conv(self.features, 3, implementation=self.conv)(y)
+    y = _conv(self, self.features, 3)(y)
     y = _batch_norm(train, self.axis_name)(y)
     return x + y
 
@@ -123,24 +356,25 @@ class Generator(nn.Module):
   features: int = 64
   upsample_batch_norm: bool = False
   axis_name: Optional[str] = None
-  conv: str = 'auto'  # Conv implementation: 'auto' | 'matmul' | 'xla'.
+  conv: str = 'auto'  # Conv implementation: one of CONV_IMPLEMENTATIONS.
+  conv_plan: Optional[ConvPlan] = None  # What 'tuned' convs use (conv_tuning.tune).
 
   @nn.compact
   def __call__(self, lr, train: bool = False):
-    x = Conv(self.features, 9, implementation=self.conv)(lr)
+    x = _conv(self, self.features, 9)(lr)
     x = skip = PReLU()(x)
     for _ in range(self.num_res_blocks):
-      x = ResidualBlock(self.features, self.axis_name, self.conv)(x, train)
-    x = Conv(self.features, 3, implementation=self.conv)(x)
+      x = ResidualBlock(self.features, self.axis_name, self.conv, self.conv_plan)(x, train)
+    x = _conv(self, self.features, 3)(x)
     x = _batch_norm(train, self.axis_name)(x)
     x = x + skip
     for _ in range(int(math.log2(self.scale))):
-      x = Conv(4 * self.features, 3, implementation=self.conv)(x)
+      x = _conv(self, 4 * self.features, 3)(x)
       if self.upsample_batch_norm:
         x = _batch_norm(train, self.axis_name)(x)
       x = pixel_shuffle(x, 2)
       x = PReLU()(x)
-    x = Conv(self.channels, 9, implementation=self.conv)(x)
+    x = _conv(self, self.channels, 9)(x)
     return jnp.tanh(x)
 
 
@@ -160,15 +394,16 @@ class Discriminator(nn.Module):
   num_classes: int = 0
   axis_name: Optional[str] = None
   conv: str = 'auto'
+  conv_plan: Optional[ConvPlan] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, width in enumerate(self.features):
-      x = Conv(width, 3, implementation=self.conv)(x)
+      x = _conv(self, width, 3)(x)
       if i > 0:
         x = _batch_norm(train, self.axis_name)(x)
       x = nn.leaky_relu(x, 0.2)
-      x = Conv(width, 3, strides=2, implementation=self.conv)(x)
+      x = _conv(self, width, 3, 2)(x)
       x = _batch_norm(train, self.axis_name)(x)
       x = nn.leaky_relu(x, 0.2)
     n = x.shape[0]
@@ -177,7 +412,7 @@ class Discriminator(nn.Module):
       h = nn.leaky_relu(h, 0.2)
       logits = nn.Dense(1)(h)
     elif self.head == 'patch':
-      logits = Conv(1, 3, implementation=self.conv)(x).reshape(n, -1)
+      logits = _conv(self, 1, 3)(x).reshape(n, -1)
     else:
       raise ValueError(f'Unknown discriminator head {self.head!r}: use one of '
                        f'{DISCRIMINATOR_HEADS}.')
@@ -199,16 +434,17 @@ class Classifier(nn.Module):
   dropout_rate: float = 0.5
   axis_name: Optional[str] = None
   conv: str = 'auto'
+  conv_plan: Optional[ConvPlan] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     features = {}
     bn = lambda: _batch_norm(train, self.axis_name)
     drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    x = features['conv1'] = nn.relu(bn()(Conv(32, 3, implementation=self.conv)(x)))
-    x = features['conv2'] = nn.relu(bn()(Conv(64, 3, implementation=self.conv)(x)))
+    x = features['conv1'] = nn.relu(bn()(_conv(self, 32, 3)(x)))
+    x = features['conv2'] = nn.relu(bn()(_conv(self, 64, 3)(x)))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = features['conv3'] = nn.relu(bn()(Conv(128, 3, implementation=self.conv)(x)))
+    x = features['conv3'] = nn.relu(bn()(_conv(self, 128, 3)(x)))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = drop(x.reshape(x.shape[0], -1))
     x = features['dense1'] = nn.relu(bn()(nn.Dense(128)(x)))
@@ -229,12 +465,13 @@ class LeNetJudge(nn.Module):
   dropout_rate: float = 0.5
   axis_name: Optional[str] = None  # unused; the same interface as Classifier.
   conv: str = 'auto'
+  conv_plan: Optional[ConvPlan] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(Conv(32, 5, implementation=self.conv)(x))
+    x = nn.relu(_conv(self, 32, 5)(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(Conv(64, 5, implementation=self.conv)(x))
+    x = nn.relu(_conv(self, 64, 5)(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(256)(x))
@@ -246,27 +483,35 @@ class LeNetJudge(nn.Module):
 CLASSIFIER_ARCHITECTURES = {'seed_cnn': Classifier, 'lenet': LeNetJudge}
 
 
-def create_generator(config, axis_name=None) -> Generator:
+def create_generator(config, axis_name=None, conv: str = 'auto',
+                     conv_plan: Optional[ConvPlan] = None) -> Generator:
+  """The generator of `config`; `conv` and `conv_plan` only choose how its convs compute."""
   return Generator(scale=config.data.scale, channels=config.data.channels,
                    num_res_blocks=config.generator.num_res_blocks,
                    features=config.generator.features,
                    upsample_batch_norm=config.generator.upsample_batch_norm,
-                   axis_name=axis_name)
+                   axis_name=axis_name, conv=conv, conv_plan=conv_plan)
 
 
-def create_discriminator(config, axis_name=None) -> Discriminator:
+def create_discriminator(config, axis_name=None, conv: str = 'auto',
+                         conv_plan: Optional[ConvPlan] = None) -> Discriminator:
+  """The discriminator of `config`; `conv` and `conv_plan` as in create_generator."""
   num_classes = 10 if config.loss.auxiliary == 'discriminator_head' else 0
   return Discriminator(features=tuple(config.discriminator.features),
                        head=config.discriminator.head,
                        dense_features=config.discriminator.dense_features,
-                       num_classes=num_classes, axis_name=axis_name)
+                       num_classes=num_classes, axis_name=axis_name, conv=conv,
+                       conv_plan=conv_plan)
 
 
-def create_classifier(architecture: str, dropout_rate: float = 0.5, axis_name=None):
+def create_classifier(architecture: str, dropout_rate: float = 0.5, axis_name=None,
+                      conv: str = 'auto', conv_plan: Optional[ConvPlan] = None):
+  """A classifier of `architecture`; `conv` and `conv_plan` as in create_generator."""
   if architecture not in CLASSIFIER_ARCHITECTURES:
     raise ValueError(f'Unknown classifier architecture {architecture!r}: use one of '
                      f'{sorted(CLASSIFIER_ARCHITECTURES)}.')
-  return CLASSIFIER_ARCHITECTURES[architecture](dropout_rate=dropout_rate, axis_name=axis_name)
+  return CLASSIFIER_ARCHITECTURES[architecture](dropout_rate=dropout_rate, axis_name=axis_name,
+                                                conv=conv, conv_plan=conv_plan)
 
 
 def init_classifier(module, rng, channels: int):

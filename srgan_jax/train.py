@@ -21,6 +21,7 @@ import optax
 
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
+from srgan_jax import conv_tuning
 from srgan_jax import distributed
 from srgan_jax import evaluate as evaluate_lib
 from srgan_jax import files
@@ -43,11 +44,14 @@ MNIST_SIZE = 28
 
 
 def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
-                        axis_name: Optional[str] = state_lib.AXIS):
+                        axis_name: Optional[str] = state_lib.AXIS,
+                        conv_plan: Optional[models.ConvPlan] = None):
   """Initial generator and discriminator TrainStates (Adam, paper/seed hyper-parameters) for
-  HR images of hr_size x hr_size (the dense discriminator head depends on it)."""
-  g_model = models.create_generator(config, axis_name)
-  d_model = models.create_discriminator(config, axis_name)
+  HR images of hr_size x hr_size (the dense discriminator head depends on it). Their networks
+  compute convs by config.conv_implementation (with `conv_plan` when 'tuned')."""
+  g_model = models.create_generator(config, axis_name, config.conv_implementation, conv_plan)
+  d_model = models.create_discriminator(config, axis_name, config.conv_implementation,
+                                        conv_plan)
   lr_size = hr_size // config.data.scale
   g_rng, d_rng = jax.random.split(rng)
   lr = jnp.zeros((1, lr_size, lr_size, config.data.channels))
@@ -78,6 +82,43 @@ def inference_variables(g_state) -> dict:
 
 def resolve_path(workdir: str, path: str) -> str:
   return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE):
+  """The networks whose convs the SRGAN steps and evaluations run, at one device's batch, for
+  conv_tuning: G and D trained (D also w.r.t. its input: SR), the frozen guide w.r.t. its
+  input, and in evaluation (forward only) G and the judge."""
+  lr_size, channels = hr_size // config.data.scale, config.data.channels
+  batch = config.batch_size // jax.device_count()
+  eval_batch = config.eval.batch_size // jax.local_device_count()
+  generator = models.create_generator(config)
+  networks = [
+      conv_tuning.Network('generator', generator, (batch, lr_size, lr_size, channels)),
+      conv_tuning.Network('discriminator', models.create_discriminator(config),
+                          (batch, hr_size, hr_size, channels), input_grad=True),
+      conv_tuning.Network('generator in evaluation', generator,
+                          (eval_batch, lr_size, lr_size, channels), trained=False)]
+  if frozen.classifier is not None:
+    networks.append(conv_tuning.Network('guide classifier', frozen.classifier,
+                                        (batch, hr_size, hr_size, channels), trained=False,
+                                        input_grad=True))
+  if judge is not None:
+    networks.append(conv_tuning.Network('judge in evaluation', judge,
+                                        (eval_batch, hr_size, hr_size, channels),
+                                        trained=False))
+  return networks
+
+
+def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE,
+               log=logging.info):
+  """(conv plan, frozen, judge) for config.conv_implementation: the plan of conv_tuning when
+  'tuned' (else None), and the frozen guide and the judge computing their convs with it."""
+  conv_plan = conv_tuning.plan_for(config.conv_implementation,
+                                   conv_networks(config, frozen, judge, hr_size), log=log)
+  use = lambda module: module.clone(conv=config.conv_implementation, conv_plan=conv_plan)
+  if frozen.classifier is not None:
+    frozen = frozen.replace(classifier=use(frozen.classifier))
+  return conv_plan, frozen, None if judge is None else use(judge)
 
 
 def prepare_frozen(config, workdir) -> steps.Frozen:
@@ -153,6 +194,7 @@ class _Run:
   frozen: steps.Frozen
   judge: Any
   judge_vars: Any
+  conv_plan: Optional[models.ConvPlan]
   g_state: Any
   d_state: Any
   start_step: int
@@ -189,8 +231,10 @@ def _prepare(config, workdir: str) -> _Run:
     judge, judge_vars = classifier_train.load_or_train(
         config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
 
-  g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed),
-                                         hr_size=train_split.hr.shape[1])
+  hr_size = train_split.hr.shape[1]
+  conv_plan, frozen, judge = tune_convs(config, frozen, judge, hr_size)
+  g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed), hr_size,
+                                         conv_plan=conv_plan)
   logging.info('Devices: %s', jax.local_devices())
   logging.info('Parameters: generator %d, discriminator %d',
                models.count_params(g_state.params), models.count_params(d_state.params))
@@ -203,8 +247,8 @@ def _prepare(config, workdir: str) -> _Run:
                  checkpoints.checkpoint_dir(workdir))
     if jax.process_index() == 0:
       writers.truncate_metrics_after(workdir, start_step)
-  return _Run(config, workdir, train_split, test_split, frozen, judge, judge_vars, g_state,
-              d_state, start_step)
+  return _Run(config, workdir, train_split, test_split, frozen, judge, judge_vars, conv_plan,
+              g_state, d_state, start_step)
 
 
 class _Evaluator:
@@ -213,9 +257,11 @@ class _Evaluator:
   def __init__(self, run: _Run, writer: writers.MetricWriter):
     config = run.config
     self.run, self.writer = run, writer
-    self.generator = models.create_generator(config)
-    self.eval_fn = evaluate_lib.make_eval_fn(self.generator, run.judge, config.data.scale,
+    generator = models.create_generator(config, conv=config.conv_implementation,
+                                        conv_plan=run.conv_plan)
+    self.eval_fn = evaluate_lib.make_eval_fn(generator, run.judge, config.data.scale,
                                              config.eval.crop_border, jax.local_devices())
+    self.grid_generator = models.create_generator(config)  # A few images, once: 'auto' convs.
     self.curve_split = input_pipeline.head(run.test_split, config.eval.curve_examples)
 
   def __call__(self, step: int, g_state, final: bool) -> dict:
@@ -228,7 +274,7 @@ class _Evaluator:
                                     config.eval.batch_size, jax.local_device_count())
     summary['eval_seconds'] = time.time() - t0
     self.writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
-    grid = evaluate_lib.sample_grid(self.generator, g_vars, run.test_split,
+    grid = evaluate_lib.sample_grid(self.grid_generator, g_vars, run.test_split,
                                     config.eval.num_sample_images, config.data.scale)
     if run.primary:
       images_lib.save_png(os.path.join(run.workdir, 'samples', f'step_{step}.png'), grid)

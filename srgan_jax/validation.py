@@ -97,6 +97,7 @@ def _validate_srgan(config, num_devices):
 def validate_config(config, num_devices: int = 1):
   """Raises ConfigError naming the first bad field. `num_devices` is the global device count."""
   _one_of('task', config.task, TASKS)
+  _one_of('conv_implementation', config.conv_implementation, models.CONV_IMPLEMENTATIONS)
   validate_data_config(config.data)
   if config.batch_size <= 0 or config.batch_size % num_devices:
     raise ConfigError(

@@ -11,6 +11,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_xla_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')  # tuning
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.

@@ -24,8 +24,8 @@ TIERS = (
     ('state', 'image_ops', 'images', 'metrics', 'distributed'),
     # The parts: data sources, networks, losses, checkpoints, logs.
     ('sources', 'models', 'losses', 'vgg', 'checkpoints', 'writers'),
-    # What a config may say.
-    ('validation',),
+    # What a config may say; convs timed and chosen per machine.
+    ('validation', 'conv_tuning'),
     # Data in memory, the pure training steps, inference from a checkpoint.
     ('input_pipeline', 'steps', 'inference'),
     # Evaluation, the classifiers' trainer, the upscaling command.

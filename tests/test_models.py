@@ -149,3 +149,60 @@ def test_matmul_conv_equals_xla_conv(size, kernel, stride):
            for m in (conv, matmul)]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                          *grads)
+
+
+CONV_SHAPES = [  # (height, width, in features, out features, kernel, stride)
+    (7, 7, 1, 5, 9, 1), (9, 8, 3, 4, 3, 2), (6, 6, 4, 1, 9, 1), (5, 4, 2, 3, 5, 2)]
+
+
+@pytest.mark.parametrize('height,width,cin,cout,kernel,stride', CONV_SHAPES)
+def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, stride):
+  """Each phase of each implementation (what 'tuned' may pick) gives XLA's numbers: the output,
+  and the gradients w.r.t. the input and the kernel of XLA's conv."""
+  sig = models.ConvSignature(2, height, width, cin, cout, kernel, stride, 'float32')
+  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+          for i, s in enumerate(models.conv_phase('forward', 'xla', sig)[1][:2]))
+  y, vjp = jax.vjp(lambda x, w: models.conv_forward('xla', x, w, stride), x, w)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  expected = dict(zip(models.CONV_PHASES, (y,) + vjp(dy)))
+  jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls]
+  outs = jax.jit(lambda x, w, dy: [models.conv_phase(phase, impl, sig)[0](x, w, dy)
+                                   for phase, impl in jobs])(x, w, dy)  # One compile.
+  for (phase, impl), out in zip(jobs, outs):
+    np.testing.assert_allclose(out, expected[phase], rtol=1e-4, atol=1e-4,
+                               err_msg=f'{phase} {impl}')
+
+
+def test_tuned_conv_mixes_implementations_with_xla_values_and_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 8, 3))
+  xla = models.Conv(4, 3, 2, implementation='xla')
+  variables = xla.init(jax.random.PRNGKey(0), x)
+  sig = models.conv_signature(x.shape, x.dtype, 3, 4, 2)
+  plan = ((sig, models.ConvChoice('gather', 'xla_t', 'gather_t')),)
+  tuned = models.Conv(4, 3, 2, implementation='tuned', plan=plan)
+  assert jax.tree_util.tree_map(jnp.shape, tuned.init(jax.random.PRNGKey(0), x)) == (
+      jax.tree_util.tree_map(jnp.shape, variables))
+  outs = [(m.apply(variables, x),
+           jax.grad(lambda v, x, m=m: jnp.sum(m.apply(v, x) ** 2), argnums=(0, 1))(variables, x))
+          for m in (xla, tuned)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         *outs)
+
+
+def test_tuned_conv_missing_from_the_plan_warns_and_uses_auto():
+  x = jnp.ones((1, 5, 5, 2))
+  conv = models.Conv(3, 3, implementation='tuned', plan=())
+  with pytest.warns(UserWarning, match=r"3x3x2->3 @5x5 b1.*'xla'"):
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    y = conv.apply(variables, x)
+  np.testing.assert_allclose(y, models.Conv(3, 3).apply(variables, x), atol=1e-6)
+
+
+def test_workspace_bounds_keep_the_narrow_side_of_im2col():
+  # A 9x9 conv from 64 features to 1: im2col of x (81 x 64 per pixel) is not tried for the
+  # kernel gradient, im2col of the output gradient (81 x 1) is.
+  wide_in = models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
+  assert models.phase_candidates(wide_in, 'kernel_grad') == ('xla', 'gather_t')
+  assert models.phase_candidates(wide_in, 'forward') == ('xla',)
+  wide_out = models.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
+  assert models.phase_candidates(wide_out, 'kernel_grad') == ('xla', 'gather')

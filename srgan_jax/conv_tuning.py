@@ -1,0 +1,263 @@
+"""Convolutions chosen by measurement: each distinct conv of the networks timed per phase and
+implementation on this machine, the fastest kept in an explicit plan, decisions cached on disk.
+
+Like cuDNN's autotuner: which implementation of a conv is fastest (XLA's convolution, im2col +
+matmul, a gradient computed as a forward conv of the flipped kernel, ...) depends on the layer
+(kernel, channels, map size, stride, batch) and on the machine, so it is measured rather than
+guessed. `tune` collects the conv signatures a network runs without running it (jax.eval_shape
+with an interceptor on models.Conv), times the forward pass, the input gradient and the kernel
+gradient of each signature with every candidate of models.PHASE_CANDIDATES (what training runs,
+pmapped over the training devices), and returns a models.ConvPlan that the networks receive as
+their `conv_plan` attribute. Decisions are cached in `conv_plans.json` under
+$SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax), keyed by CPU model, jax and jaxlib versions,
+backend and signature, so a later run on the same machine times nothing. Off CPU, XLA's
+convolution is used everywhere (cuDNN tunes itself) and nothing is timed.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import platform
+import time
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from srgan_jax import files
+from srgan_jax import models
+
+CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'
+CACHE_FILE = 'conv_plans.json'
+RUNS = 2  # timed calls per contender after the first (the fastest is kept: load only slows)
+# A candidate whose first call is this many times slower than its phase's fastest is not rerun.
+HOPELESS = 2.0
+SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
+
+Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A network whose convs are tuned, and what its training (or evaluation) computes.
+
+  `input_shape`: one device's input, NHWC. `trained`: kernel gradients are computed.
+  `input_grad`: the gradient w.r.t. the network's input is computed (a discriminator's, or a
+  frozen classifier's that the generator learns through); without it, the convs that read the
+  network's input directly need no input gradient.
+  """
+  name: str
+  module: nn.Module
+  input_shape: Tuple[int, ...]
+  trained: bool = True
+  input_grad: bool = False
+  dtype: str = 'float32'
+
+
+def conv_uses(network: Network) -> Dict[models.ConvSignature, Tuple[str, ...]]:
+  """{signature: phases computed} of the network's convs, in the order they run.
+
+  Traced abstractly (jax.eval_shape of the module's init): nothing is computed, and the convs
+  themselves are not called (each is replaced by a zero output of its shape).
+  """
+  uses = {}
+
+  def intercept(network_input, next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, models.Conv) or context.method_name != '__call__':
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    sig = models.conv_signature(x.shape, x.dtype, module.kernel_size, module.features,
+                                module.strides)
+    phases = set(uses.get(sig, ())) | {'forward'}
+    if network.input_grad or (network.trained and x is not network_input):
+      phases.add('input_grad')
+    if network.trained:
+      phases.add('kernel_grad')
+    uses[sig] = tuple(p for p in models.CONV_PHASES if p in phases)
+    return jnp.zeros(x.shape[:1] + sig.output_size + (module.features,), x.dtype)
+
+  def init(x):
+    with nn.intercept_methods(functools.partial(intercept, x)):
+      return network.module.init(jax.random.PRNGKey(0), x, train=False)
+
+  jax.eval_shape(init, jax.ShapeDtypeStruct(network.input_shape, network.dtype))
+  return uses
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache.
+
+
+def cache_path(directory: Optional[str] = None) -> str:
+  directory = directory or os.environ.get(CACHE_ENV) or os.path.join(
+      os.path.expanduser('~'), '.cache', 'srgan_jax')
+  return os.path.join(directory, CACHE_FILE)
+
+
+def cpu_model() -> str:
+  """The CPU: its model name, family, model and stepping (/proc/cpuinfo on Linux; a VM may
+  name only the vendor) and the cores this process may use."""
+  fields = {}
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        name, _, value = line.partition(':')
+        fields.setdefault(name.strip(), value.strip())
+  except OSError:
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  name = fields.get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
+  family = ' '.join(f'{k} {fields[k]}' for k in ('cpu family', 'model', 'stepping') if k in fields)
+  return f'{name} ({family + ", " if family else ""}{cores} cores)'
+
+
+def machine_key(cpu: str, backend: str) -> str:
+  """What a timing is valid for: the CPU model, jax and jaxlib versions and the backend."""
+  return f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | {backend}'
+
+
+def signature_key(sig: models.ConvSignature) -> str:
+  return ','.join(str(v) for v in sig)
+
+
+def read_cache(path: str) -> dict:
+  cache = files.read_json(path)
+  return cache if isinstance(cache, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def _device_inputs(sig: models.ConvSignature, devices):
+  """Random x, kernel and output gradient of `sig` on every device (leading device axis)."""
+  _, shapes = models.conv_phase('forward', 'xla', sig)
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ('d',)),
+                                        jax.sharding.PartitionSpec('d'))
+  rng = np.random.default_rng(0)
+  return [jax.device_put(rng.standard_normal((len(devices),) + s).astype(sig.dtype), sharding)
+          for s in shapes]
+
+
+def _call_seconds(fn, args) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t0
+
+
+def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, float]:
+  """Seconds per call of each job (the fastest call), pmapped over `devices` as training runs.
+
+  The jobs are compiled first, on a thread pool (XLA compiles outside the GIL; compiling is most
+  of the cost), then each is called once; only the candidates within HOPELESS times the
+  fastest first call of their phase are called `runs` times more.
+  """
+  inputs = {sig: _device_inputs(sig, devices) for sig in dict.fromkeys(j[0] for j in jobs)}
+
+  def compile_job(job):
+    sig, phase, impl = job
+    fn, _ = models.conv_phase(phase, impl, sig)
+    return jax.pmap(fn, devices=devices).lower(*inputs[sig]).compile()
+
+  workers = max(1, min(len(devices), os.cpu_count() or 1))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    compiled = dict(zip(jobs, pool.map(compile_job, jobs)))
+  seconds = {job: _call_seconds(compiled[job], inputs[job[0]]) for job in jobs}
+  fastest = collections.defaultdict(lambda: float('inf'))
+  for (sig, phase, _), t in seconds.items():
+    fastest[(sig, phase)] = min(fastest[(sig, phase)], t)
+  for job in jobs:
+    if seconds[job] <= HOPELESS * fastest[job[:2]]:
+      seconds[job] = min([seconds[job]] + [_call_seconds(compiled[job], inputs[job[0]])
+                                           for _ in range(runs)])
+  return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning.
+
+
+def describe(choice: models.ConvChoice, phases: Iterable[str]) -> str:
+  """'xla' when every phase computed uses one implementation, else 'fwd xla, dw gather'."""
+  impls = [getattr(choice, p) for p in phases]
+  if len(set(impls)) == 1:
+    return impls[0]
+  return ', '.join(f'{SHORT_NAMES[p]} {i}' for p, i in zip(phases, impls))
+
+
+def _short(sig: models.ConvSignature) -> str:
+  return str(sig).replace(' float32', '')
+
+
+def tune(networks: Sequence[Network], devices=None, *,
+         measure: Optional[Callable[[Sequence[Job]], Mapping[Job, float]]] = None,
+         cpu: Optional[str] = None, directory: Optional[str] = None,
+         log: Callable[[str], None] = logging.info) -> models.ConvPlan:
+  """The plan of the fastest implementation of each phase of the networks' convs.
+
+  Phases already in the cache for this machine are read, not timed; the others are timed by
+  `measure(jobs) -> {job: seconds}` (default: time_phases on `devices`, the local devices by
+  default) and added to the cache. Off CPU nothing is timed: XLA's convolution everywhere.
+  Logs one line per network with what it uses.
+  """
+  devices = list(devices or jax.local_devices())
+  backend = devices[0].platform
+  uses = {net.name: conv_uses(net) for net in networks}
+  needed = collections.defaultdict(set)
+  for net_uses in uses.values():
+    for sig, phases in net_uses.items():
+      needed[sig].update(phases)
+  if backend != 'cpu':
+    for name in uses:
+      log(f'Convs of the {name}: XLA\'s convolution on {backend} (it tunes its own), not timed.')
+    return tuple(sorted((sig, models.ConvChoice()) for sig in needed))
+
+  path = cache_path(directory)
+  key = machine_key(cpu or cpu_model(), backend)
+  cache = read_cache(path)
+  entries = cache.setdefault(key, {})
+  todo = {(sig, phase) for sig, phases in needed.items() for phase in phases
+          if phase not in entries.get(signature_key(sig), {})}
+  if todo:
+    candidates = {key: models.phase_candidates(*key) for key in sorted(todo)}
+    jobs = [key + (impl,) for key, impls in candidates.items() if len(impls) > 1
+            for impl in impls]
+    t0 = time.perf_counter()
+    seconds = (measure or (lambda jobs: time_phases(jobs, devices)))(jobs) if jobs else {}
+    elapsed = time.perf_counter() - t0
+    by_phase = {key: {impls[0]: 0.0} for key, impls in candidates.items() if len(impls) == 1}
+    for (sig, phase, impl), t in seconds.items():
+      by_phase.setdefault((sig, phase), {})[impl] = t
+    for (sig, phase), times in by_phase.items():
+      entries.setdefault(signature_key(sig), {})[phase] = {
+          'choice': min(times, key=times.get),
+          'ms': {impl: round(1e3 * t, 4) for impl, t in times.items()}}
+    files.write_json(path, cache)
+    log(f'Conv tuning: {len(jobs)} candidates of {len(todo)} conv phases timed in '
+        f'{elapsed:.1f} s; decisions cached in {path}.')
+
+  def choice(sig):
+    decided = entries.get(signature_key(sig), {})
+    return models.ConvChoice(**{p: decided[p]['choice'] for p in models.CONV_PHASES
+                                if p in decided})
+
+  plan = tuple(sorted((sig, choice(sig)) for sig in needed))
+  choices = dict(plan)
+  for name, net_uses in uses.items():
+    timed = any((sig, phase) in todo for sig, phases in net_uses.items() for phase in phases)
+    log(f'Convs tuned for the {name} ({"measured" if timed else "cached"}): ' + ', '.join(
+        f'{_short(sig)}: {describe(choices[sig], phases)}' for sig, phases in net_uses.items()))
+  return plan
+
+
+def plan_for(implementation: str, networks: Sequence[Network], devices=None,
+             **kwargs) -> Optional[models.ConvPlan]:
+  """tune(networks) when `implementation` is 'tuned' (config.conv_implementation), else None."""
+  return tune(networks, devices, **kwargs) if implementation == 'tuned' else None

@@ -1,0 +1,136 @@
+"""The conv tuner: what it collects, what it picks, what it caches, and what it logs."""
+
+import json
+import types
+
+import jax
+import pytest
+
+from srgan_jax import conv_tuning
+from srgan_jax import models
+
+GENERATOR = models.Generator(scale=2, num_res_blocks=1, features=4)
+
+
+def _networks():
+  return [conv_tuning.Network('generator', GENERATOR, (2, 5, 5, 1)),
+          conv_tuning.Network('judge', models.LeNetJudge(), (3, 28, 28, 1), trained=False)]
+
+
+class FakeTimer:
+  """measure() for tune: 'gather' fastest for forward, 'xla_t' for the input gradient, 'xla'
+  otherwise; remembers what it was asked to time."""
+
+  SECONDS = {'forward': {'gather': 1.0}, 'input_grad': {'xla_t': 1.0}}
+
+  def __init__(self):
+    self.jobs = []
+
+  def __call__(self, jobs):
+    self.jobs.extend(jobs)
+    return {job: self.SECONDS.get(job[1], {}).get(job[2], 2.0 if job[2] == 'xla' else 3.0)
+            for job in jobs}
+
+
+def _tune(tmp_path, timer, cpu='Test CPU', log=None):
+  lines = []
+  plan = conv_tuning.tune(_networks(), jax.local_devices()[:1], measure=timer, cpu=cpu,
+                          directory=str(tmp_path), log=log or lines.append)
+  return plan, lines
+
+
+def test_conv_uses_are_collected_without_running_the_network():
+  uses = conv_tuning.conv_uses(conv_tuning.Network('generator', GENERATOR, (2, 5, 5, 1)))
+  sig = lambda *a: models.ConvSignature(2, *a, 'float32')
+  assert list(uses) == [sig(5, 5, 1, 4, 9, 1), sig(5, 5, 4, 4, 3, 1), sig(5, 5, 4, 16, 3, 1),
+                        sig(10, 10, 4, 1, 9, 1)]
+  # The first conv reads the network's input, which needs no gradient.
+  assert uses[sig(5, 5, 1, 4, 9, 1)] == ('forward', 'kernel_grad')
+  assert uses[sig(5, 5, 4, 4, 3, 1)] == models.CONV_PHASES
+  frozen = conv_tuning.conv_uses(conv_tuning.Network('d', models.LeNetJudge(), (1, 28, 28, 1),
+                                                     trained=False, input_grad=True))
+  assert set(frozen.values()) == {('forward', 'input_grad')}
+
+
+def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
+  timer = FakeTimer()
+  plan, lines = _tune(tmp_path, timer)
+  choices = dict(plan)
+  first = models.ConvSignature(2, 5, 5, 1, 4, 9, 1, 'float32')
+  assert choices[first] == models.ConvChoice('gather', 'xla', 'xla')
+  block = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  assert choices[block] == models.ConvChoice('gather', 'xla_t', 'xla')
+  # Every candidate of every phase needed was timed once, each within its workspace bounds.
+  assert len(timer.jobs) == len(set(timer.jobs))
+  assert (block, 'kernel_grad', 'gather') in timer.jobs
+  # The judge runs forward only, so no gradient of its convs is timed.
+  judge_sig = models.ConvSignature(3, 28, 28, 1, 32, 5, 1, 'float32')
+  assert {p for s, p, _ in timer.jobs if s == judge_sig} == {'forward'}
+  # One line per network (after the timing summary), naming the choices.
+  assert lines[1].startswith('Convs tuned for the generator (measured): 9x9x1->4 @5x5 b2: '
+                             'fwd gather, dw xla, 3x3x4->4 @5x5 b2: fwd gather, dx xla_t, dw xla')
+  assert lines[2].startswith('Convs tuned for the judge (measured): 5x5x1->32 @28x28 b3: gather')
+  # The networks run with the plan, with the same parameters as with 'auto'.
+  lr = jax.numpy.zeros((2, 5, 5, 1))
+  tuned = GENERATOR.clone(conv='tuned', conv_plan=plan)
+  variables = GENERATOR.init(jax.random.PRNGKey(0), lr)
+  assert jax.tree_util.tree_structure(tuned.init(jax.random.PRNGKey(0), lr)) == (
+      jax.tree_util.tree_structure(variables))
+  assert tuned.apply(variables, lr).shape == (2, 10, 10, 1)
+
+
+def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
+  plan, _ = _tune(tmp_path, FakeTimer())
+  cache = json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text())
+  assert list(cache) == [conv_tuning.machine_key('Test CPU', 'cpu')]
+
+  def no_timing(jobs):
+    raise AssertionError(f'timed {jobs}')
+  again, lines = _tune(tmp_path, no_timing)
+  assert again == plan
+  assert [line.split(':')[0] for line in lines] == ['Convs tuned for the generator (cached)',
+                                                    'Convs tuned for the judge (cached)']
+
+
+def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
+  key = conv_tuning.machine_key('Test CPU', 'cpu')
+  assert 'Test CPU' in key and jax.__version__ in key and 'cpu' in key
+  assert conv_tuning.machine_key('Other CPU', 'cpu') != key
+  monkeypatch.setattr(jax, '__version__', '0.0.1')
+  assert conv_tuning.machine_key('Test CPU', 'cpu') != key
+  # Another machine's decisions are not used: it times again, in the same file.
+  _tune(tmp_path, FakeTimer())
+  timer = FakeTimer()
+  _tune(tmp_path, timer, cpu='Other CPU')
+  assert timer.jobs
+  assert len(json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text())) == 2
+
+
+def test_off_cpu_tuned_means_xla_and_times_nothing(tmp_path):
+  def no_timing(jobs):
+    raise AssertionError(f'timed {jobs}')
+  lines = []
+  gpu = types.SimpleNamespace(platform='gpu')
+  plan = conv_tuning.tune(_networks(), [gpu], measure=no_timing, directory=str(tmp_path),
+                          log=lines.append)
+  assert {choice for _, choice in plan} == {models.ConvChoice('xla', 'xla', 'xla')}
+  assert len(plan) == 6 and len(lines) == 2 and 'not timed' in lines[0]
+  assert not (tmp_path / conv_tuning.CACHE_FILE).exists()
+
+
+def test_plan_for_tunes_only_tuned(tmp_path):
+  assert conv_tuning.plan_for('auto', _networks()) is None
+
+
+def test_time_phases_times_real_candidates():
+  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
+  jobs = [(sig, 'input_grad', impl) for impl in models.phase_candidates(sig, 'input_grad')]
+  seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
+  assert set(seconds) == set(jobs) and all(0 < t < 10 for t in seconds.values())
+
+
+def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypatch):
+  monkeypatch.setenv(conv_tuning.CACHE_ENV, str(tmp_path))
+  assert conv_tuning.cache_path() == str(tmp_path / conv_tuning.CACHE_FILE)
+  monkeypatch.delenv(conv_tuning.CACHE_ENV)
+  assert conv_tuning.cache_path().endswith('.cache/srgan_jax/conv_plans.json')
