@@ -2,14 +2,15 @@
 implementation on this machine, the fastest kept in an explicit plan, decisions cached on disk.
 
 Like cuDNN's autotuner: which implementation of a conv is fastest (XLA's convolution, im2col +
-matmul, a gradient computed as a forward conv of the flipped kernel, ...) depends on the layer
-(kernel, channels, map size, stride, batch) and on the machine, so it is measured rather than
-guessed. `tune` collects the conv signatures a network runs without running it (jax.eval_shape
-with an interceptor on models.Conv), times the forward pass, the input gradient and the kernel
-gradient of each signature with every candidate of models.PHASE_CANDIDATES (what training runs,
-pmapped over the training devices), and returns a models.ConvPlan that the networks receive as
+matmul, a gradient computed as a conv over the dilated output gradient, ...) depends on the
+layer (kernel, channels, map size, stride, batch) and on the machine, so it is measured rather
+than guessed. `tune` collects the conv signatures a network runs without running it
+(jax.eval_shape with an interceptor on models.Conv) and times, pmapped over the devices as
+training runs them, the forward pass, the input gradient and the kernel gradient of each with
+XLA's convolution, then with the other candidates of models.PHASE_CANDIDATES for the phases
+that make up most of XLA's time. It returns a models.ConvPlan that the networks receive as
 their `conv_plan` attribute. Decisions are cached in `conv_plans.json` under
-$SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax), keyed by CPU model, jax and jaxlib versions,
+$SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax), keyed by the CPU, jax and jaxlib versions,
 backend and signature, so a later run on the same machine times nothing. Off CPU, XLA's
 convolution is used everywhere (cuDNN tunes itself) and nothing is timed.
 """
@@ -21,7 +22,7 @@ import functools
 import os
 import platform
 import time
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import flax.linen as nn
@@ -38,6 +39,10 @@ CACHE_FILE = 'conv_plans.json'
 RUNS = 2  # timed calls per contender after the first (the fastest is kept: load only slows)
 # A candidate whose first call is this many times slower than its phase's fastest is not rerun.
 HOPELESS = 2.0
+# The phases that make up this share of XLA's time are tuned; the rest keep XLA's convolution
+# (tuning them could save at most the remaining share).
+WORTH_TUNING = 0.95
+LONG_CALL_S = 0.05  # a call this long is timed precisely enough once.
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
@@ -60,8 +65,14 @@ class Network:
   dtype: str = 'float32'
 
 
-def conv_uses(network: Network) -> Dict[models.ConvSignature, Tuple[str, ...]]:
-  """{signature: phases computed} of the network's convs, in the order they run.
+class ConvUse(NamedTuple):
+  """What a network computes of the convs of one signature, and how many convs have it."""
+  phases: Tuple[str, ...]
+  calls: int
+
+
+def conv_uses(network: Network) -> Dict[models.ConvSignature, ConvUse]:
+  """{signature: its use} of the network's convs, in the order they run.
 
   Traced abstractly (jax.eval_shape of the module's init): nothing is computed, and the convs
   themselves are not called (each is replaced by a zero output of its shape).
@@ -75,12 +86,13 @@ def conv_uses(network: Network) -> Dict[models.ConvSignature, Tuple[str, ...]]:
     x = args[0]
     sig = models.conv_signature(x.shape, x.dtype, module.kernel_size, module.features,
                                 module.strides)
-    phases = set(uses.get(sig, ())) | {'forward'}
+    before = uses.get(sig, ConvUse((), 0))
+    phases = set(before.phases) | {'forward'}
     if network.input_grad or (network.trained and x is not network_input):
       phases.add('input_grad')
     if network.trained:
       phases.add('kernel_grad')
-    uses[sig] = tuple(p for p in models.CONV_PHASES if p in phases)
+    uses[sig] = ConvUse(tuple(p for p in models.CONV_PHASES if p in phases), before.calls + 1)
     return jnp.zeros(x.shape[:1] + sig.output_size + (module.features,), x.dtype)
 
   def init(x):
@@ -137,12 +149,12 @@ def read_cache(path: str) -> dict:
 
 
 def _device_inputs(sig: models.ConvSignature, devices):
-  """Random x, kernel and output gradient of `sig` on every device (leading device axis)."""
+  """x, kernel and output gradient of `sig` on every device (a leading device axis); constant
+  values: a conv's speed does not depend on them."""
   _, shapes = models.conv_phase('forward', 'xla', sig)
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ('d',)),
                                         jax.sharding.PartitionSpec('d'))
-  rng = np.random.default_rng(0)
-  return [jax.device_put(rng.standard_normal((len(devices),) + s).astype(sig.dtype), sharding)
+  return [jax.device_put(np.full((len(devices),) + s, 0.5, sig.dtype), sharding)
           for s in shapes]
 
 
@@ -156,8 +168,8 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
   """Seconds per call of each job (the fastest call), pmapped over `devices` as training runs.
 
   The jobs are compiled first, on a thread pool (XLA compiles outside the GIL; compiling is most
-  of the cost), then each is called once; only the candidates within HOPELESS times the
-  fastest first call of their phase are called `runs` times more.
+  of the cost), then each is called once; the candidates within HOPELESS times the fastest
+  first call of their phase are called `runs` times more, unless that call took LONG_CALL_S.
   """
   inputs = {sig: _device_inputs(sig, devices) for sig in dict.fromkeys(j[0] for j in jobs)}
 
@@ -174,7 +186,7 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
   for (sig, phase, _), t in seconds.items():
     fastest[(sig, phase)] = min(fastest[(sig, phase)], t)
   for job in jobs:
-    if seconds[job] <= HOPELESS * fastest[job[:2]]:
+    if seconds[job] < LONG_CALL_S and seconds[job] <= HOPELESS * fastest[job[:2]]:
       seconds[job] = min([seconds[job]] + [_call_seconds(compiled[job], inputs[job[0]])
                                            for _ in range(runs)])
   return seconds
@@ -196,6 +208,52 @@ def _short(sig: models.ConvSignature) -> str:
   return str(sig).replace(' float32', '')
 
 
+def _parse_signature(key: str) -> models.ConvSignature:
+  *numbers, dtype = key.split(',')
+  return models.ConvSignature(*map(int, numbers), dtype)
+
+
+def _same_layer(entries: dict, sig: models.ConvSignature) -> Optional[models.ConvSignature]:
+  """The signature with a forward decision in `entries` that differs from `sig` by its batch
+  only, the nearest batch first; None when there is none."""
+  layer = sig._replace(batch=0)
+  relatives = [s for s in map(_parse_signature, entries)
+               if s._replace(batch=0) == layer and 'forward' in entries[signature_key(s)]]
+  return min(relatives, key=lambda s: abs(s.batch - sig.batch), default=None)
+
+
+def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, float]:
+  """Times the candidates of the (signature, phase) pairs `todo` and records the fastest of
+  each in `entries`; returns (candidates timed, seconds).
+
+  XLA's implementation of every phase is timed first. Its time, times the `calls` of the
+  signature, bounds what tuning the phase can save, so the other candidates are only tried for
+  the phases that make up WORTH_TUNING of that total; the rest keep XLA's. A phase with one
+  candidate is not timed.
+  """
+  candidates = {key: models.phase_candidates(*key) for key in sorted(todo)}
+  contested = [key for key, impls in candidates.items() if len(impls) > 1]
+  t0 = time.perf_counter()
+  seconds = dict(measure([key + ('xla',) for key in contested])) if contested else {}
+  cost = {key: seconds[key + ('xla',)] * calls[key[0]] for key in contested}
+  covered, others = 0.0, []
+  for key in sorted(contested, key=cost.get, reverse=True):
+    if covered >= WORTH_TUNING * sum(cost.values()):
+      break
+    covered += cost[key]
+    others += [key + (impl,) for impl in candidates[key] if impl != 'xla']
+  seconds.update(measure(others) if others else {})
+  elapsed = time.perf_counter() - t0
+  by_phase = {key: {impls[0]: 0.0} for key, impls in candidates.items() if len(impls) == 1}
+  for (sig, phase, impl), t in seconds.items():
+    by_phase.setdefault((sig, phase), {})[impl] = t
+  for (sig, phase), times in by_phase.items():
+    entries.setdefault(signature_key(sig), {})[phase] = {
+        'choice': min(times, key=times.get),
+        'ms': {impl: round(1e3 * t, 4) for impl, t in times.items()}}
+  return len(seconds), elapsed
+
+
 def tune(networks: Sequence[Network], devices=None, *,
          measure: Optional[Callable[[Sequence[Job]], Mapping[Job, float]]] = None,
          cpu: Optional[str] = None, directory: Optional[str] = None,
@@ -204,56 +262,57 @@ def tune(networks: Sequence[Network], devices=None, *,
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
   `measure(jobs) -> {job: seconds}` (default: time_phases on `devices`, the local devices by
-  default) and added to the cache. Off CPU nothing is timed: XLA's convolution everywhere.
-  Logs one line per network with what it uses.
+  default) and added to the cache. A conv that only runs forward (evaluation, at its own batch)
+  takes the forward decision of the same layer at another batch when one is known: timing a
+  large evaluation batch would cost more than it can save. Off CPU nothing is timed: XLA's
+  convolution everywhere. Logs one line per network with what it uses.
   """
   devices = list(devices or jax.local_devices())
   backend = devices[0].platform
   uses = {net.name: conv_uses(net) for net in networks}
-  needed = collections.defaultdict(set)
+  needed, calls = collections.defaultdict(set), collections.Counter()
   for net_uses in uses.values():
-    for sig, phases in net_uses.items():
-      needed[sig].update(phases)
+    for sig, use in net_uses.items():
+      needed[sig].update(use.phases)
+      calls[sig] += use.calls
   if backend != 'cpu':
     for name in uses:
       log(f'Convs of the {name}: XLA\'s convolution on {backend} (it tunes its own), not timed.')
     return tuple(sorted((sig, models.ConvChoice()) for sig in needed))
 
+  measure = measure or (lambda jobs: time_phases(jobs, devices))
   path = cache_path(directory)
-  key = machine_key(cpu or cpu_model(), backend)
   cache = read_cache(path)
-  entries = cache.setdefault(key, {})
-  todo = {(sig, phase) for sig, phases in needed.items() for phase in phases
-          if phase not in entries.get(signature_key(sig), {})}
+  entries = cache.setdefault(machine_key(cpu or cpu_model(), backend), {})
+  missing = lambda sigs: {(sig, phase) for sig in sigs for phase in needed[sig]
+                          if phase not in entries.get(signature_key(sig), {})}
+  forward_only = {sig for sig, phases in needed.items() if phases == {'forward'}}
+  todo = missing(set(needed) - forward_only)
+  # The layers trained here are timed first: their decisions serve evaluation too.
+  timed = _measure_into(entries, todo, calls, measure)
+  relatives = {sig: _same_layer(entries, sig) for sig in forward_only if missing([sig])}
+  borrowed = {sig: relative for sig, relative in relatives.items() if relative}
+  untimed = missing(forward_only - set(borrowed))
+  more = _measure_into(entries, untimed, calls, measure)
+  todo |= untimed
   if todo:
-    candidates = {key: models.phase_candidates(*key) for key in sorted(todo)}
-    jobs = [key + (impl,) for key, impls in candidates.items() if len(impls) > 1
-            for impl in impls]
-    t0 = time.perf_counter()
-    seconds = (measure or (lambda jobs: time_phases(jobs, devices)))(jobs) if jobs else {}
-    elapsed = time.perf_counter() - t0
-    by_phase = {key: {impls[0]: 0.0} for key, impls in candidates.items() if len(impls) == 1}
-    for (sig, phase, impl), t in seconds.items():
-      by_phase.setdefault((sig, phase), {})[impl] = t
-    for (sig, phase), times in by_phase.items():
-      entries.setdefault(signature_key(sig), {})[phase] = {
-          'choice': min(times, key=times.get),
-          'ms': {impl: round(1e3 * t, 4) for impl, t in times.items()}}
     files.write_json(path, cache)
-    log(f'Conv tuning: {len(jobs)} candidates of {len(todo)} conv phases timed in '
-        f'{elapsed:.1f} s; decisions cached in {path}.')
+    log(f'Conv tuning: {timed[0] + more[0]} candidates of {len(todo)} conv phases timed in '
+        f'{timed[1] + more[1]:.1f} s; decisions cached in {path}.')
 
   def choice(sig):
-    decided = entries.get(signature_key(sig), {})
+    decided = entries[signature_key(borrowed.get(sig, sig))]
     return models.ConvChoice(**{p: decided[p]['choice'] for p in models.CONV_PHASES
                                 if p in decided})
 
   plan = tuple(sorted((sig, choice(sig)) for sig in needed))
   choices = dict(plan)
   for name, net_uses in uses.items():
-    timed = any((sig, phase) in todo for sig, phases in net_uses.items() for phase in phases)
-    log(f'Convs tuned for the {name} ({"measured" if timed else "cached"}): ' + ', '.join(
-        f'{_short(sig)}: {describe(choices[sig], phases)}' for sig, phases in net_uses.items()))
+    measured = any((sig, phase) in todo for sig, use in net_uses.items() for phase in use.phases)
+    log(f'Convs tuned for the {name} ({"measured" if measured else "cached"}): ' + ', '.join(
+        f'{_short(sig)}: {describe(choices[sig], use.phases)}' + (
+            f' (as at b{borrowed[sig].batch})' if sig in borrowed else '')
+        for sig, use in net_uses.items()))
   return plan
 
 

@@ -38,7 +38,7 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # the stride (see conv_input_grad, conv_kernel_grad).
 PHASE_CANDIDATES = {
     'forward': ('xla', 'gather'),
-    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t'),
+    'input_grad': ('xla', 'matmul', 'xla_t'),
     'kernel_grad': ('xla', 'gather', 'gather_t'),
 }
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose

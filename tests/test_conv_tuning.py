@@ -45,11 +45,12 @@ def test_conv_uses_are_collected_without_running_the_network():
   assert list(uses) == [sig(5, 5, 1, 4, 9, 1), sig(5, 5, 4, 4, 3, 1), sig(5, 5, 4, 16, 3, 1),
                         sig(10, 10, 4, 1, 9, 1)]
   # The first conv reads the network's input, which needs no gradient.
-  assert uses[sig(5, 5, 1, 4, 9, 1)] == ('forward', 'kernel_grad')
-  assert uses[sig(5, 5, 4, 4, 3, 1)] == models.CONV_PHASES
+  assert uses[sig(5, 5, 1, 4, 9, 1)] == (('forward', 'kernel_grad'), 1)
+  # The residual block's two convs and the one after the blocks.
+  assert uses[sig(5, 5, 4, 4, 3, 1)] == (models.CONV_PHASES, 3)
   frozen = conv_tuning.conv_uses(conv_tuning.Network('d', models.LeNetJudge(), (1, 28, 28, 1),
                                                      trained=False, input_grad=True))
-  assert set(frozen.values()) == {('forward', 'input_grad')}
+  assert {use.phases for use in frozen.values()} == {('forward', 'input_grad')}
 
 
 def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
@@ -77,6 +78,38 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
   assert jax.tree_util.tree_structure(tuned.init(jax.random.PRNGKey(0), lr)) == (
       jax.tree_util.tree_structure(variables))
   assert tuned.apply(variables, lr).shape == (2, 10, 10, 1)
+
+
+def test_phases_where_xla_takes_next_to_nothing_are_not_tuned(tmp_path):
+  """XLA's time of each phase (times its calls) bounds what tuning it can save: only the phases
+  that make up WORTH_TUNING of it get their other candidates compiled and timed."""
+  big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
+
+  def timer(jobs):
+    return {job: (1000.0 if job[0] == big else 1.0) if job[2] == 'xla' else 0.5
+            for job in jobs}
+  timed = []
+  plan = conv_tuning.tune(_networks()[:1], jax.local_devices()[:1],
+                          measure=lambda jobs: timed.extend(jobs) or timer(jobs),
+                          cpu='Test CPU', directory=str(tmp_path), log=lambda line: None)
+  assert {sig for sig, _, impl in timed if impl != 'xla'} == {big}
+  assert 'xla' not in dict(plan)[big]  # Its other candidates were faster.
+  assert dict(plan)[models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')] == (
+      models.ConvChoice('xla', 'xla', 'xla'))
+
+
+def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
+  timer, lines = FakeTimer(), []
+  networks = [conv_tuning.Network('generator', GENERATOR, (2, 5, 5, 1)),
+              conv_tuning.Network('generator in evaluation', GENERATOR, (8, 5, 5, 1),
+                                  trained=False)]
+  plan = conv_tuning.tune(networks, jax.local_devices()[:1], measure=timer, cpu='Test CPU',
+                          directory=str(tmp_path), log=lines.append)
+  assert {sig.batch for sig, _, _ in timer.jobs} == {2}
+  choices = dict(plan)
+  assert choices[models.ConvSignature(8, 5, 5, 1, 4, 9, 1, 'float32')].forward == 'gather'
+  assert lines[2].startswith('Convs tuned for the generator in evaluation (cached): '
+                             '9x9x1->4 @5x5 b8: gather (as at b2), ')
 
 
 def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
