@@ -11,12 +11,18 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_xla_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')  # tuning
+# One conv-tuning cache for the session, inherited by the subprocesses the tests start: every
+# process of a test then computes each conv the same way (a resume is exact only with the same
+# decisions, as on a user's machine, whose cache persists).
+os.environ.setdefault('SRGAN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_conv_plans_'))
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')  # tuning
+# One conv-tuning cache for the session, inherited by the subprocesses the tests start: every
+# process of a test then computes each conv the same way (a resume is exact only with the same
+# decisions, as on a user's machine, whose cache persists).
+os.environ.setdefault('SRGAN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_conv_plans_'))
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
