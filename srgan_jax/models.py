@@ -320,6 +320,22 @@ def pixel_shuffle(x, factor: int):
   return x.reshape(n, h * factor, w * factor, out_c)
 
 
+def max_pool_2x2(x):
+  """2x2 max pooling at stride 2, as nn.max_pool(x, (2, 2), (2, 2)) (odd sizes: the last row or
+  column dropped), written with elementwise selects so that its gradient is elementwise too.
+
+  Why: XLA:CPU computes nn.max_pool's gradient (select-and-scatter, lowered to reduce-windows
+  and iota fusions) slowly: the seed CNN's train step took 190 ms at batch 64 with it, 139 ms
+  with this. The gradient is select-and-scatter's: all of it to the first maximum of each
+  window in row-major order.
+  """
+  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+  a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+  cd = jnp.where(c >= d, c, d)
+  bcd = jnp.where(b >= cd, b, cd)
+  return jnp.where(a >= bcd, a, bcd)
+
+
 def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
   # PyTorch defaults: momentum 0.1 (flax 0.9), eps 1e-5.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -443,9 +459,9 @@ class Classifier(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     x = features['conv1'] = nn.relu(bn()(_conv(self, 32, 3)(x)))
     x = features['conv2'] = nn.relu(bn()(_conv(self, 64, 3)(x)))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_2x2(x)
     x = features['conv3'] = nn.relu(bn()(_conv(self, 128, 3)(x)))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_2x2(x)
     x = drop(x.reshape(x.shape[0], -1))
     x = features['dense1'] = nn.relu(bn()(nn.Dense(128)(x)))
     x = drop(x)
@@ -470,9 +486,9 @@ class LeNetJudge(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.relu(_conv(self, 32, 5)(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_2x2(x)
     x = nn.relu(_conv(self, 64, 5)(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(256)(x))
     penultimate = x

@@ -211,3 +211,14 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_in, 'forward') == ('xla',)
   wide_out = models.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
   assert models.phase_candidates(wide_out, 'kernel_grad') == ('xla', 'gather')
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 8, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
+  # Few distinct values: windows with tied maxima, whose gradient goes to the first one.
+  x = jax.random.randint(jax.random.PRNGKey(0), shape, 0, 3).astype(jnp.float32)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  w = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
+  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x) for f in (models.max_pool_2x2, flax_pool)]
+  np.testing.assert_array_equal(*grads)
