@@ -19,10 +19,6 @@ os.environ.setdefault('SRGAN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-# One conv-tuning cache for the session, inherited by the subprocesses the tests start: every
-# process of a test then computes each conv the same way (a resume is exact only with the same
-# decisions, as on a user's machine, whose cache persists).
-os.environ.setdefault('SRGAN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_conv_plans_'))
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
