@@ -7,7 +7,9 @@ import jax
 import pytest
 
 from srgan_jax import conv_tuning
+from srgan_jax import errors
 from srgan_jax import models
+from srgan_jax import validation
 
 GENERATOR = models.Generator(scale=2, num_res_blocks=1, features=4)
 
@@ -151,7 +153,7 @@ def test_off_cpu_tuned_means_xla_and_times_nothing(tmp_path):
   assert not (tmp_path / conv_tuning.CACHE_FILE).exists()
 
 
-def test_plan_for_tunes_only_tuned(tmp_path):
+def test_plan_for_tunes_only_tuned():
   assert conv_tuning.plan_for('auto', _networks()) is None
 
 
@@ -167,3 +169,9 @@ def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypa
   assert conv_tuning.cache_path() == str(tmp_path / conv_tuning.CACHE_FILE)
   monkeypatch.delenv(conv_tuning.CACHE_ENV)
   assert conv_tuning.cache_path().endswith('.cache/srgan_jax/conv_plans.json')
+
+
+def test_the_config_names_an_implementation(tiny_config):
+  tiny_config.conv_implementation = 'fastest'
+  with pytest.raises(errors.ConfigError, match='conv_implementation'):
+    validation.validate_config(tiny_config)
