@@ -19,6 +19,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import os
 import platform
 import time
@@ -27,6 +28,7 @@ from typing import Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequ
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
@@ -131,8 +133,11 @@ def cpu_model() -> str:
 
 
 def machine_key(cpu: str, backend: str) -> str:
-  """What a timing is valid for: the CPU model, jax and jaxlib versions and the backend."""
-  return f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | {backend}'
+  """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend, and the
+  candidates it was made among (a digest of models.PHASE_CANDIDATES)."""
+  candidates = hashlib.sha1(repr(sorted(models.PHASE_CANDIDATES.items())).encode()).hexdigest()
+  return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | {backend} | '
+          f'candidates {candidates[:8]}')
 
 
 def signature_key(sig: models.ConvSignature) -> str:
@@ -305,7 +310,7 @@ def tune(networks: Sequence[Network], devices=None, *,
     return models.ConvChoice(**{p: decided[p]['choice'] for p in models.CONV_PHASES
                                 if p in decided})
 
-  plan = tuple(sorted((sig, choice(sig)) for sig in needed))
+  plan = agreed(tuple(sorted((sig, choice(sig)) for sig in needed)))
   choices = dict(plan)
   for name, net_uses in uses.items():
     measured = any((sig, phase) in todo for sig, use in net_uses.items() for phase in use.phases)
@@ -314,6 +319,19 @@ def tune(networks: Sequence[Network], devices=None, *,
             f' (as at b{borrowed[sig].batch})' if sig in borrowed else '')
         for sig, use in net_uses.items()))
   return plan
+
+
+def agreed(plan: models.ConvPlan) -> models.ConvPlan:
+  """Process 0's choices on every process (the same signatures everywhere): the processes of a
+  multi-host run must all compile the same steps, whatever their own timings said."""
+  if jax.process_count() == 1:
+    return plan
+  names = [models.PHASE_CANDIDATES[phase] for phase in models.CONV_PHASES]
+  codes = np.array([[n.index(impl) for n, impl in zip(names, choice)] for _, choice in plan],
+                   np.int32).reshape(len(plan), len(names))
+  codes = np.asarray(multihost_utils.broadcast_one_to_all(codes))
+  return tuple((sig, models.ConvChoice(*(n[i] for n, i in zip(names, row))))
+               for (sig, _), row in zip(plan, codes))
 
 
 def plan_for(implementation: str, networks: Sequence[Network], devices=None,
