@@ -132,12 +132,13 @@ def cpu_model() -> str:
   return f'{name} ({family + ", " if family else ""}{cores} cores)'
 
 
-def machine_key(cpu: str, backend: str) -> str:
-  """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend, and the
-  candidates it was made among (a digest of models.PHASE_CANDIDATES)."""
+def machine_key(cpu: str, backend: str, num_devices: int) -> str:
+  """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend and the
+  devices timed on (they share the cores), and the candidates it was made among (a digest of
+  models.PHASE_CANDIDATES)."""
   candidates = hashlib.sha1(repr(sorted(models.PHASE_CANDIDATES.items())).encode()).hexdigest()
-  return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | {backend} | '
-          f'candidates {candidates[:8]}')
+  return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
+          f'{num_devices} {backend} devices | candidates {candidates[:8]}')
 
 
 def signature_key(sig: models.ConvSignature) -> str:
@@ -288,7 +289,7 @@ def tune(networks: Sequence[Network], devices=None, *,
   measure = measure or (lambda jobs: time_phases(jobs, devices))
   path = cache_path(directory)
   cache = read_cache(path)
-  entries = cache.setdefault(machine_key(cpu or cpu_model(), backend), {})
+  entries = cache.setdefault(machine_key(cpu or cpu_model(), backend, len(devices)), {})
   missing = lambda sigs: {(sig, phase) for sig in sigs for phase in needed[sig]
                           if phase not in entries.get(signature_key(sig), {})}
   forward_only = {sig for sig, phases in needed.items() if phases == {'forward'}}

@@ -118,7 +118,7 @@ def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
 def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
   plan, _ = _tune(tmp_path, FakeTimer())
   cache = json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text())
-  assert list(cache) == [conv_tuning.machine_key('Test CPU', 'cpu')]
+  assert list(cache) == [conv_tuning.machine_key('Test CPU', 'cpu', 1)]
 
   def no_timing(jobs):
     raise AssertionError(f'timed {jobs}')
@@ -129,11 +129,12 @@ def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
 
 
 def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
-  key = conv_tuning.machine_key('Test CPU', 'cpu')
+  key = conv_tuning.machine_key('Test CPU', 'cpu', 1)
   assert 'Test CPU' in key and jax.__version__ in key and 'cpu' in key
-  assert conv_tuning.machine_key('Other CPU', 'cpu') != key
+  assert conv_tuning.machine_key('Other CPU', 'cpu', 1) != key
+  assert conv_tuning.machine_key('Test CPU', 'cpu', 2) != key
   monkeypatch.setattr(jax, '__version__', '0.0.1')
-  assert conv_tuning.machine_key('Test CPU', 'cpu') != key
+  assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   # Another machine's decisions are not used: it times again, in the same file.
   _tune(tmp_path, FakeTimer())
   timer = FakeTimer()
@@ -186,3 +187,4 @@ def test_every_process_takes_process_0s_choices(monkeypatch):
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(conv_tuning.multihost_utils, 'broadcast_one_to_all', lambda x: process_0)
   assert conv_tuning.agreed(mine) == ((sig, models.ConvChoice('xla', 'xla_t', 'gather')),)
+
