@@ -127,15 +127,36 @@ def test_checkpoint_from_another_architecture_names_the_fields(tmp_path, tiny_co
   assert 'discriminator.head' in str(e.value)
 
 
+LEARNING_RUN = """
+import json, os, sys
+from tests.conftest import make_tiny_config
+from srgan_jax import train
+# conftest asks for 4 host devices; this process has one per core (read when JAX starts).
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+config = make_tiny_config(**{
+    'data.train_examples': 2048, 'data.eval_examples': 256, 'generator.features': 16,
+    'pretrain_steps': 300, 'num_train_steps': 0, 'batch_size': 16, 'log_every_steps': 100,
+    'eval_every_steps': 300, 'checkpoint_every_steps': 300})
+summary = train.train_and_evaluate(config, sys.argv[1])
+assert train.jax.local_device_count() == 2
+print('SUMMARY ' + json.dumps({k: float(v) for k, v in summary.items()}))
+"""
+
+
 def test_srresnet_learns_to_beat_bicubic(tmp_path):
   """A few hundred content-loss steps on real MNIST digits must beat bicubic by a clear margin:
   a change that breaks learning (a wrong loss sign, a dead gradient, a broken optimizer or
-  data pairing) fails here, not only in the study."""
-  config = make_tiny_config(**{
-      'data.train_examples': 2048, 'data.eval_examples': 256, 'generator.features': 16,
-      'pretrain_steps': 300, 'num_train_steps': 0, 'batch_size': 16,
-      'log_every_steps': 100, 'eval_every_steps': 300, 'checkpoint_every_steps': 300})
-  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  data pairing) fails here, not only in the study.
+
+  In a process with one host device per core, as main.py runs: 300 steps of all-reduces over
+  the suite's 4 fake devices on 2 cores can starve XLA:CPU's collective threads (an abort).
+  """
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  run = subprocess.run([sys.executable, '-c', LEARNING_RUN, str(tmp_path / 'run')], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = json.loads(run.stdout.split('SUMMARY ', 1)[1])
   assert summary['psnr_bicubic'] == pytest.approx(14.5, abs=1.0)  # x4 bicubic on MNIST.
   assert summary['psnr_sr'] > summary['psnr_bicubic'] + 3.0, summary
   assert summary['ssim_sr'] > summary['ssim_bicubic'] + 0.2, summary
