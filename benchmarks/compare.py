@@ -45,6 +45,7 @@ from configs import classifier as classifier_config
 from configs import mnist_srgan
 from configs import seed_x2_rgb
 from srgan_jax import classifier_train
+from srgan_jax import conv_tuning
 from srgan_jax import distributed
 from srgan_jax import input_pipeline
 from srgan_jax import platform
@@ -89,8 +90,11 @@ def jax_cnn_step(batch_size: int, devices, rep: timing.Reporter) -> Tuple[int, C
   config.classifier.batch_size = batch_size or config.classifier.batch_size
   validation.validate_config(config, len(devices))
   rng = jax.random.PRNGKey(config.seed)
-  state = distributed.replicate(classifier_train.create_state(config, rng, 1000), devices, AXIS)
-  # As classifier_train.train_and_evaluate builds it.
+  # As classifier_train.train_and_evaluate builds it, with the convs it would use.
+  conv_plan = conv_tuning.plan_for(config.conv_implementation, classifier_train.conv_networks(
+      config, 1000 // len(devices)), devices)
+  state = distributed.replicate(classifier_train.create_state(config, rng, 1000, conv_plan),
+                                devices, AXIS)
   train_step = classifier_train._train_step  # pylint: disable=protected-access
   step_fn = jax.pmap(functools.partial(train_step,
                                        max_shift=config.classifier.max_shift,
