@@ -335,6 +335,16 @@ def agreed(plan: models.ConvPlan) -> models.ConvPlan:
                for (sig, _), row in zip(plan, codes))
 
 
+def plan_to_json(plan: models.ConvPlan) -> dict:
+  """{signature key: {phase: implementation}}: a plan as a run saves it."""
+  return {signature_key(sig): choice._asdict() for sig, choice in plan}
+
+
+def plan_from_json(data: dict) -> models.ConvPlan:
+  return tuple(sorted((_parse_signature(key), models.ConvChoice(**choice))
+                      for key, choice in data.items()))
+
+
 def plan_for(implementation: str, networks: Sequence[Network], devices=None,
              **kwargs) -> Optional[models.ConvPlan]:
   """tune(networks) when `implementation` is 'tuned' (config.conv_implementation), else None."""

@@ -37,6 +37,7 @@ from srgan_jax.errors import ConfigError
 from srgan_jax.errors import NonFiniteError
 
 MNIST_SIZE = 28
+CONV_PLAN_FILE = 'conv_plan.json'  # The conv decisions a run trains with.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,11 +111,24 @@ def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST
 
 
 def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE,
-               log=logging.info):
+               log=logging.info, workdir: Optional[str] = None):
   """(conv plan, frozen, judge) for config.conv_implementation: the plan of conv_tuning when
-  'tuned' (else None), and the frozen guide and the judge computing their convs with it."""
-  conv_plan = conv_tuning.plan_for(config.conv_implementation,
-                                   conv_networks(config, frozen, judge, hr_size), log=log)
+  'tuned' (else None), and the frozen guide and the judge computing their convs with it.
+
+  With a `workdir`, the plan is saved there (CONV_PLAN_FILE) the first time and read back
+  afterwards: a resumed run computes every conv exactly as before, even where the machine's
+  cache of decisions is gone or another machine resumes it.
+  """
+  path = workdir and os.path.join(workdir, CONV_PLAN_FILE)
+  saved = files.read_json(path) if path and config.conv_implementation == 'tuned' else None
+  if saved is not None:
+    conv_plan = conv_tuning.plan_from_json(saved)
+    log(f'Convs computed as the run decided before ({path}).')
+  else:
+    conv_plan = conv_tuning.plan_for(config.conv_implementation,
+                                     conv_networks(config, frozen, judge, hr_size), log=log)
+    if path and conv_plan is not None and jax.process_index() == 0:
+      files.write_json(path, conv_tuning.plan_to_json(conv_plan), sort_keys=True)
   use = lambda module: module.clone(conv=config.conv_implementation, conv_plan=conv_plan)
   if frozen.classifier is not None:
     frozen = frozen.replace(classifier=use(frozen.classifier))
@@ -232,7 +246,7 @@ def _prepare(config, workdir: str) -> _Run:
         config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
 
   hr_size = train_split.hr.shape[1]
-  conv_plan, frozen, judge = tune_convs(config, frozen, judge, hr_size)
+  conv_plan, frozen, judge = tune_convs(config, frozen, judge, hr_size, workdir=workdir)
   g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed), hr_size,
                                          conv_plan=conv_plan)
   logging.info('Devices: %s', jax.local_devices())

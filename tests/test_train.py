@@ -12,8 +12,11 @@ import optax
 import pytest
 
 from srgan_jax import checkpoints
+from srgan_jax import conv_tuning
 from srgan_jax import errors
+from srgan_jax import files
 from srgan_jax import input_pipeline
+from srgan_jax import models
 from srgan_jax import steps
 from srgan_jax import train
 from srgan_jax import validation
@@ -25,7 +28,8 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_config):
+def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_config,
+                                                              monkeypatch):
   workdir = str(tmp_path / 'run')
   summary = train.train_and_evaluate(tiny_config, workdir)
   for key in ('psnr_sr', 'psnr_bicubic', 'ssim_sr', 'ssim_bicubic'):
@@ -44,9 +48,22 @@ def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_con
   step, saved, _ = checkpoints.read_config(workdir)
   assert step == 8 and saved['generator']['features'] == 8
 
+  # The conv decisions are saved with the run, and a resume computes its convs by them,
+  # without asking the tuner (whose machine-wide cache may be gone, or another machine's).
+  plan = conv_tuning.plan_from_json(files.read_json(os.path.join(workdir, train.CONV_PLAN_FILE)))
+  assert plan and all(isinstance(choice, models.ConvChoice) for _, choice in plan)
+  used = []
+  real_create = train.create_train_states
+  def fail(*args, **kwargs):
+    raise AssertionError('a resumed run tuned its convs again')
+  monkeypatch.setattr(conv_tuning, 'plan_for', fail)
+  monkeypatch.setattr(train, 'create_train_states',
+                      lambda *a, **kw: used.append(kw['conv_plan']) or real_create(*a, **kw))
+
   # The same command with a larger budget resumes at step 8 instead of starting over.
   longer = make_tiny_config(num_train_steps=6)
   train.train_and_evaluate(longer, workdir)
+  assert used == [plan]
   logged = [r['step'] for r in _records(workdir) if 'generator' in r]
   assert logged == [2, 4, 6, 8, 10]
   assert checkpoints.read_config(workdir)[0] == 10
