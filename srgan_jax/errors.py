@@ -33,5 +33,10 @@ class UpscaleError(Exception):
   """An image or path given to the upscaler that cannot be used."""
 
 
+class ImageDataError(ValueError):
+  """A folder or image file of a dataset that cannot be used (missing, empty, unreadable, or
+  smaller than the training crop); the message names the folder or file."""
+
+
 USER_ERRORS = (ConfigError, CheckpointError, DatasetUnavailableError, NonFiniteError,
-               VGGWeightsError, DistributedConfigError, UpscaleError)
+               VGGWeightsError, DistributedConfigError, UpscaleError, ImageDataError)
