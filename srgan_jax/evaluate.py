@@ -3,6 +3,15 @@
 Every figure is reported for SR, for the bicubic baseline (LR upsampled by bicubic) and, where
 it makes sense, for HR itself (the ceiling). Recognisability is measured by the *judge*, a
 classifier never used in any loss, so a generator cannot score well by pleasing its teacher.
+
+Photographs (a PhotoSplit) are evaluated as the SR literature does, so the numbers compare
+with published tables: each whole test image, cut to a multiple of the scale, is upscaled on
+its own, SR and bicubic are rounded to uint8 (as saved files are) and scored by
+metrics.image_psnr_ssim on the Y channel (or RGB) with `crop_border` pixels shaved; the
+figures are means over the images. To compile the generator once per size class rather than
+per image, the LR is padded at the bottom and right (edge values) to a multiple of
+config.eval.bucket and the SR cropped back; only the last few rows and columns, within the
+generator's receptive field of the padding, can differ from an unpadded pass.
 """
 
 import functools
@@ -16,6 +25,7 @@ from srgan_jax import image_ops
 from srgan_jax import images as images_lib
 from srgan_jax import input_pipeline
 from srgan_jax import metrics
+from srgan_jax.errors import ImageDataError
 
 ROWS = ('hr', 'bicubic', 'sr')
 
@@ -106,3 +116,136 @@ def sample_grid(generator, g_vars, split, num_images: int, scale: int,
   to_unit = lambda x: np.asarray(image_ops.to_unit_range(x))
   hr = batch['hr'].astype(np.float32) / 255.0
   return images_lib.sr_comparison_grid(hr, to_unit(bicubic), to_unit(sr))
+
+
+# ----------------------------------------------------------------------------- photographs
+
+
+def to_uint8(images) -> np.ndarray:
+  """float [-1, 1] images -> uint8 [0, 255], rounded, as an image file holds them."""
+  unit = np.clip(np.asarray(image_ops.to_unit_range(images), np.float64), 0.0, 1.0)
+  return np.round(unit * 255.0).astype(np.uint8)
+
+
+def make_sr_fn(generator):
+  """A jitted (g_vars, uint8 (1, h, w, C) LR) -> float SR in [-1, 1]; one compilation per LR
+  shape (see pad_to_bucket)."""
+  return jax.jit(lambda g_vars, lr: generator.apply(g_vars, image_ops.to_model_range(lr),
+                                                     train=False))
+
+
+def pad_to_bucket(lr: np.ndarray, bucket: int) -> np.ndarray:
+  """uint8 (h, w, C) -> (h', w', C) with h', w' the next multiples of `bucket` (0: as is),
+  padded at the bottom and right by repeating the edge pixels."""
+  if bucket <= 0:
+    return lr
+  h, w = lr.shape[:2]
+  return np.pad(lr, ((0, -h % bucket), (0, -w % bucket), (0, 0)), mode='edge')
+
+
+def super_resolve(sr_fn, g_vars, lr: np.ndarray, scale: int, bucket: int) -> np.ndarray:
+  """uint8 (h, w, C) LR -> uint8 (h*scale, w*scale, C) SR, through a padded bucket."""
+  h, w = lr.shape[:2]
+  sr = sr_fn(g_vars, pad_to_bucket(lr, bucket)[None])[0]
+  return to_uint8(jax.device_get(sr)[:h * scale, :w * scale])
+
+
+def bicubic_uint8(lr: np.ndarray, scale: int) -> np.ndarray:
+  """The baseline: uint8 LR (h, w, C) -> bicubic upsampling, clipped and rounded to uint8."""
+  return to_uint8(image_ops.upsample_bicubic(image_ops.to_model_range(lr[None]), scale)[0])
+
+
+def _channel_view(image: np.ndarray) -> np.ndarray:
+  return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def score_pair(sr: np.ndarray, hr: np.ndarray, crop_border: int, y_channel: bool) -> tuple:
+  """(PSNR, SSIM) of uint8 (H, W, C) SR against HR by metrics.image_psnr_ssim."""
+  return metrics.image_psnr_ssim(_channel_view(sr), _channel_view(hr), crop_border=crop_border,
+                                 y_channel=y_channel)
+
+
+class PhotoEvaluator:
+  """PSNR/SSIM of SR and bicubic on whole test photographs.
+
+  The (HR, LR) pairs and the bicubic scores depend only on the data, so with a split in memory
+  they are computed once and kept; a lazily read split reads each image again per evaluation.
+  """
+
+  def __init__(self, generator, split, scale: int, crop_border: int, y_channel: bool,
+               bucket: int):
+    self.sr_fn = make_sr_fn(generator)
+    self.split, self.scale, self.bucket = split, scale, bucket
+    self.crop_border, self.y_channel = crop_border, y_channel
+    self._cache = {}
+
+  def _pair(self, i: int):
+    if i in self._cache:
+      return self._cache[i]
+    hr, lr = input_pipeline.eval_pair(self.split, i, self.scale)
+    if min(hr.shape[:2]) < 2 * self.crop_border + metrics.SSIM_FILTER_SIZE:
+      raise ImageDataError(
+          f'The test image {self.split.names[i]!r} is {hr.shape[0]}x{hr.shape[1]}: too small '
+          f'for SSIM ({metrics.SSIM_FILTER_SIZE} pixels) after cropping {self.crop_border} '
+          'at each border.')
+    entry = (hr, lr, score_pair(bicubic_uint8(lr, self.scale), hr, self.crop_border,
+                                self.y_channel))
+    if self.split.in_memory:
+      self._cache[i] = entry
+    return entry
+
+  def __call__(self, g_vars, num_images: int = 0) -> dict:
+    """Means over the first `num_images` test images (0: all) of psnr_{bicubic,sr} and
+    ssim_{bicubic,sr}, plus the number of images scored."""
+    n = self.split.num_examples if num_images <= 0 else min(num_images, self.split.num_examples)
+    sums = {key: 0.0 for key in ('psnr_bicubic', 'ssim_bicubic', 'psnr_sr', 'ssim_sr')}
+    for i in range(n):
+      hr, lr, (psnr_bicubic, ssim_bicubic) = self._pair(i)
+      psnr_sr, ssim_sr = score_pair(super_resolve(self.sr_fn, g_vars, lr, self.scale,
+                                                  self.bucket), hr, self.crop_border,
+                                    self.y_channel)
+      for key, value in (('psnr_bicubic', psnr_bicubic), ('ssim_bicubic', ssim_bicubic),
+                         ('psnr_sr', psnr_sr), ('ssim_sr', ssim_sr)):
+        sums[key] += value / n
+    sums['eval_images'] = float(n)
+    return sums
+
+
+def photo_convention(crop_border: int, y_channel: bool, num_images) -> str:
+  """The line under a photographs table that says how its numbers were computed."""
+  channel = 'the Y channel of YCbCr (ITU-R BT.601, [16, 235])' if y_channel else 'RGB'
+  return (f'PSNR/SSIM on {channel}, images rounded to uint8, crop_border = {crop_border}, '
+          f'means over {int(num_images)} whole test images (each cut to a multiple of the '
+          'scale); bicubic: antialiased-bicubic LR upsampled by bicubic.')
+
+
+def photo_results_table(summary: dict, convention: str) -> str:
+  """Markdown table of bicubic and SR on PSNR/SSIM, with the convention named under it."""
+  lines = ['| images | PSNR (dB) | SSIM |', '|---|---|---|', '| HR (ceiling) | inf | 1.0000 |']
+  for row, label in (('bicubic', 'bicubic'), ('sr', 'SR')):
+    lines.append(f'| {label} | {summary[f"psnr_{row}"]:.2f} | {summary[f"ssim_{row}"]:.4f} |')
+  return '\n'.join(lines) + f'\n\n{convention}'
+
+
+def photo_sample_grid(generator, g_vars, split, num_images: int, scale: int,
+                      crop: int) -> np.ndarray:
+  """Rows of HR | bicubic | SR for `crop` x `crop` pieces of the test photographs: the
+  centre of each image first, then further pieces along its diagonal when more rows are
+  asked for than there are images."""
+  rows = []
+  n = split.num_examples
+  for k in range(num_images):
+    image = split.read(k % n)
+    h, w = image.shape[:2]
+    size = min(crop, h - h % scale, w - w % scale)
+    size -= size % scale
+    t = (k // n + 1) / (-(-num_images // n) + 1)
+    top, left = int(t * (h - size)), int(t * (w - size))
+    hr = image[top:top + size, left:left + size]
+    lr = image_ops.downsample_bicubic(hr[None], scale)
+    lr_model = image_ops.to_model_range(lr)
+    sr = generator.apply(g_vars, lr_model, train=False)
+    bicubic = image_ops.upsample_bicubic(lr_model, scale)
+    rows.append([hr, to_uint8(bicubic[0]), to_uint8(sr[0])])
+  zoom = max(1, 96 // max(crop, 1))
+  return images_lib.make_grid(rows, zoom=zoom)

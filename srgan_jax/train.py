@@ -96,9 +96,13 @@ def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST
   networks = [
       conv_tuning.Network('generator', generator, (batch, lr_size, lr_size, channels)),
       conv_tuning.Network('discriminator', models.create_discriminator(config),
-                          (batch, hr_size, hr_size, channels), input_grad=True),
-      conv_tuning.Network('generator in evaluation', generator,
-                          (eval_batch, lr_size, lr_size, channels), trained=False)]
+                          (batch, hr_size, hr_size, channels), input_grad=True)]
+  # Photographs are evaluated whole, at sizes known only per image: their evaluation runs
+  # 'auto' convs (the _Evaluator), nothing to tune at a fixed shape.
+  if not validation.uses_crops(config.data):
+    networks.append(conv_tuning.Network('generator in evaluation', generator,
+                                        (eval_batch, lr_size, lr_size, channels),
+                                        trained=False))
   if frozen.classifier is not None:
     networks.append(conv_tuning.Network('guide classifier', frozen.classifier,
                                         (batch, hr_size, hr_size, channels), trained=False,
@@ -245,7 +249,14 @@ def _prepare(config, workdir: str) -> _Run:
     judge, judge_vars = classifier_train.load_or_train(
         config, resolve_path(workdir, config.eval.judge_workdir), role='judge')
 
-  hr_size = train_split.hr.shape[1]
+  # The networks are initialised at the training size: the dense discriminator head is sized
+  # from it (96 -> 6x6x512 in the paper).
+  photos = isinstance(train_split, input_pipeline.PhotoSplit)
+  hr_size = config.data.hr_crop if photos else train_split.hr.shape[1]
+  if photos:
+    logging.info('Photographs: %d training images (random %dx%d crops, hflip %s, rot %s), %d '
+                 'test images.', train_split.num_examples, hr_size, hr_size,
+                 config.data.use_hflip, config.data.use_rot, test_split.num_examples)
   conv_plan, frozen, judge = tune_convs(config, frozen, judge, hr_size, workdir=workdir)
   g_state, d_state = create_train_states(config, jax.random.PRNGKey(config.seed), hr_size,
                                          conv_plan=conv_plan)
@@ -271,35 +282,58 @@ class _Evaluator:
   def __init__(self, run: _Run, writer: writers.MetricWriter):
     config = run.config
     self.run, self.writer = run, writer
+    self.grid_generator = models.create_generator(config)  # A few images, once: 'auto' convs.
+    self.curve_split = input_pipeline.head(run.test_split, config.eval.curve_examples)
+    self.photos = isinstance(run.test_split, input_pipeline.PhotoSplit)
+    if self.photos:
+      # Whole images of many sizes: 'auto' convs (a plan holds the training shapes only).
+      self.photo_eval = evaluate_lib.PhotoEvaluator(
+          self.grid_generator, run.test_split, config.data.scale, validation.crop_border(config),
+          config.eval.y_channel, config.eval.bucket)
+      return
     generator = models.create_generator(config, conv=config.conv_implementation,
                                         conv_plan=run.conv_plan)
     self.eval_fn = evaluate_lib.make_eval_fn(generator, run.judge, config.data.scale,
                                              config.eval.crop_border, jax.local_devices())
-    self.grid_generator = models.create_generator(config)  # A few images, once: 'auto' convs.
-    self.curve_split = input_pipeline.head(run.test_split, config.eval.curve_examples)
+
+  def table(self, summary: dict) -> str:
+    """The results table of `summary`; for photographs it names the metric convention."""
+    if not self.photos:
+      return evaluate_lib.results_table(summary)
+    config = self.run.config
+    return evaluate_lib.photo_results_table(summary, evaluate_lib.photo_convention(
+        validation.crop_border(config), config.eval.y_channel, summary['eval_images']))
 
   def __call__(self, step: int, g_state, final: bool) -> dict:
     run, config = self.run, self.run.config
     # On the host: the state lives on every process's devices, evaluation on this process's.
     g_vars = jax.device_get(inference_variables(g_state))
     t0 = time.time()
-    summary = evaluate_lib.evaluate(self.eval_fn, g_vars, run.judge_vars,
-                                    run.test_split if final else self.curve_split,
-                                    config.eval.batch_size, jax.local_device_count())
+    if self.photos:
+      summary = self.photo_eval(g_vars, 0 if final else self.curve_split.num_examples)
+    else:
+      summary = evaluate_lib.evaluate(self.eval_fn, g_vars, run.judge_vars,
+                                      run.test_split if final else self.curve_split,
+                                      config.eval.batch_size, jax.local_device_count())
     summary['eval_seconds'] = time.time() - t0
     self.writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
-    grid = evaluate_lib.sample_grid(self.grid_generator, g_vars, run.test_split,
-                                    config.eval.num_sample_images, config.data.scale)
+    if self.photos:  # Crops of the training size: whole photographs make a grid too large.
+      grid = evaluate_lib.photo_sample_grid(self.grid_generator, g_vars, run.test_split,
+                                            config.eval.num_sample_images, config.data.scale,
+                                            config.data.hr_crop)
+    else:
+      grid = evaluate_lib.sample_grid(self.grid_generator, g_vars, run.test_split,
+                                      config.eval.num_sample_images, config.data.scale)
     if run.primary:
       images_lib.save_png(os.path.join(run.workdir, 'samples', f'step_{step}.png'), grid)
     self.writer.write_images(step, {'samples': grid})
-    logging.info('Eval at step %d:\n%s', step, evaluate_lib.results_table(summary))
+    logging.info('Eval at step %d:\n%s', step, self.table(summary))
     return summary
 
 
-def _write_results(run: _Run, step: int, summary: dict) -> None:
+def _write_results(run: _Run, step: int, summary: dict, evaluator: _Evaluator) -> None:
   if run.primary:
-    table = evaluate_lib.results_table(summary)
+    table = evaluator.table(summary)
     files.atomic_write(os.path.join(run.workdir, 'results.md'),
                        f'# Results at step {step}\n\n{table}\n')
     writers.write_json(os.path.join(run.workdir, 'results.json'), {'step': step, **summary})
@@ -341,10 +375,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   summary = {}
   with _StopRequest() as stop:
     while step < total_steps:
-      idx = input_pipeline.batch_indices(config.seed, step, config.batch_size,
-                                         run.train_split.num_examples, jax.process_index(),
-                                         jax.process_count())
-      batch = input_pipeline.shard(input_pipeline.get_batch(run.train_split, idx), n_local)
+      batch = input_pipeline.shard(input_pipeline.train_batch(
+          config, run.train_split, step, jax.process_index(), jax.process_count()), n_local)
       if step < config.pretrain_steps:
         g_state, _, metrics = pretrain_step(g_state, d_state, batch, frozen)
       else:
@@ -374,6 +406,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(step)
   if not summary:  # Resumed at the end: evaluate what was restored.
     summary = evaluator(step, g_state, final=True)
-  _write_results(run, step, summary)
+  _write_results(run, step, summary, evaluator)
   writer.close()
   return summary

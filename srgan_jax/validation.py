@@ -7,6 +7,7 @@ or head is valid where it is written, and nowhere else.
 
 import numpy as np
 
+from srgan_jax import config_utils
 from srgan_jax import losses
 from srgan_jax import models
 from srgan_jax import sources
@@ -34,6 +35,51 @@ def needs_labels(config) -> bool:
           (config.loss.auxiliary == 'classifier' and config.loss.auxiliary_labels == 'true'))
 
 
+def uses_crops(data_config) -> bool:
+  """Whether the data are photographs of any size, trained on random HR crops (a PhotoSplit):
+  config.data.hr_crop > 0, or a source of photographs ('folder', 'skimage')."""
+  return data_config.get('hr_crop', 0) > 0 or data_config.source in sources.PHOTO_SOURCES
+
+
+def is_mnist(data_config) -> bool:
+  """Whether the data are the whole 28x28 MNIST digits that the guide classifier, the judge
+  and digit-FID are made for."""
+  return (data_config.source in ('auto', 'offline', 'tfds') and data_config.name == 'mnist'
+          and not uses_crops(data_config))
+
+
+def crop_border(config) -> int:
+  """Pixels shaved at each border before PSNR/SSIM: config.eval.crop_border, where -1 means
+  the scale (the SR literature's convention)."""
+  border = config.eval.crop_border
+  return config.data.scale if border == -1 else border
+
+
+def _validate_crops(data_config) -> None:
+  hr_crop = data_config.get('hr_crop', 0)
+  if isinstance(hr_crop, bool) or not isinstance(hr_crop, (int, np.integer)) or hr_crop < 0:
+    raise ConfigError(f'config.data.hr_crop = {hr_crop!r} must be an integer >= 0 (0: whole '
+                      f'images, e.g. MNIST; paper: 96).')
+  if hr_crop % data_config.scale:
+    raise ConfigError(
+        f'config.data.hr_crop = {hr_crop} is not a multiple of config.data.scale = '
+        f'{data_config.scale}: the LR crop would not be whole pixels; use e.g. '
+        f'{max(1, round(hr_crop / data_config.scale)) * data_config.scale}.')
+  if data_config.source in sources.PHOTO_SOURCES and hr_crop == 0:
+    raise ConfigError(
+        f"config.data.source = {data_config.source!r} holds photographs of different sizes, "
+        f'which train on random crops: set config.data.hr_crop (paper: 96; a multiple of '
+        f'the scale).')
+  for field in ('use_hflip', 'use_rot', 'in_memory'):
+    if field in data_config and not isinstance(data_config[field], bool):
+      raise ConfigError(f'config.data.{field} = {data_config[field]!r} must be True or False.')
+  if data_config.source == 'folder':
+    for field in ('train_dir', 'test_dir'):
+      if not data_config.get(field, ''):
+        raise ConfigError(f"config.data.source = 'folder' needs config.data.{field}: a folder "
+                          'of PNG/JPEG/BMP/WebP images (searched recursively).')
+
+
 def validate_data_config(data_config) -> None:
   """Checks config.data (the fields every task reads)."""
   _one_of('data.scale', data_config.scale, SCALES)
@@ -43,6 +89,38 @@ def validate_data_config(data_config) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
       raise ConfigError(f'config.data.{field} = {value!r} must be an integer >= 0 (0: all).')
   sources.resolve_source(data_config)
+  _validate_crops(data_config)
+
+
+def _validate_photographs(config) -> None:
+  """What cannot apply to photographs: the digit networks, and a dense head without crops."""
+  data = config.data
+  if (config.discriminator.head == 'dense' and data.get('hr_crop', 0) == 0 and
+      data.source in sources.PHOTO_SOURCES):
+    raise ConfigError(
+        "config.discriminator.head = 'dense' needs a fixed crop size (its dense layer is "
+        'sized from it: 96 -> 6x6x512 in the paper): set config.data.hr_crop, or use '
+        "discriminator.head='patch'.")
+  if is_mnist(data):
+    return
+  what = (f"config.data.source = {data.source!r}" if data.source in sources.PHOTO_SOURCES
+          else f'config.data.name = {data.name!r}' + (
+              f' with hr_crop = {data.hr_crop}' if uses_crops(data) else ''))
+  if needs_guide(config):
+    field = ('loss.content' if config.loss.content == 'classifier' else 'loss.auxiliary')
+    raise ConfigError(
+        f'config.{field} = {config.loss[field.split(".")[1]]!r} uses the MNIST guide '
+        f'classifier, made for whole 28x28 digits; it cannot apply to {what}. Use '
+        f"loss.auxiliary='none' and loss.content='mse' (or 'vgg').")
+  if config.eval.judge_workdir:
+    raise ConfigError(
+        f'config.eval.judge_workdir = {config.eval.judge_workdir!r} asks for the digit judge '
+        f'(judge accuracy, digit-FID), made for whole 28x28 MNIST digits; it cannot apply to '
+        f'{what}. Set --config.eval.judge_workdir="" (PSNR/SSIM only).')
+  if config.loss.auxiliary == 'discriminator_head' and data.source in sources.PHOTO_SOURCES:
+    raise ConfigError(
+        f"config.loss.auxiliary = 'discriminator_head' needs class labels, and {what} has "
+        "none; use loss.auxiliary='none'.")
 
 
 def _validate_classifier(config, num_devices):
@@ -90,8 +168,60 @@ def _validate_srgan(config, num_devices):
   if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
     raise ConfigError(f'config.eval.batch_size = {config.eval.batch_size} must be a positive '
                       f'multiple of the number of devices ({num_devices}).')
+  if not isinstance(config.eval.y_channel, bool):
+    raise ConfigError(f'config.eval.y_channel = {config.eval.y_channel!r} must be True (PSNR/'
+                      'SSIM on the Y channel of YCbCr) or False (on RGB).')
+  if config.eval.crop_border < -1:
+    raise ConfigError(f'config.eval.crop_border = {config.eval.crop_border} must be >= 0, or '
+                      '-1 for the scale (the SR convention).')
+  if config.eval.bucket < 0:
+    raise ConfigError(f'config.eval.bucket = {config.eval.bucket} must be >= 0 (LR pixels '
+                      'a test image is padded to a multiple of; 0: its own size).')
+  _validate_photographs(config)
   if needs_guide(config) or config.eval.judge_workdir:
     _validate_classifier(config, num_devices)
+
+
+def _split_batches(config) -> tuple:
+  """The batch-size fields of `config` that are split over the devices: the training batch,
+  the SRGAN's evaluation batch, and the classifiers' batch when one may be trained."""
+  if config.task == 'classifier':
+    return ('batch_size', 'classifier.batch_size')
+  if needs_guide(config) or config.eval.judge_workdir:
+    return ('batch_size', 'eval.batch_size', 'classifier.batch_size')
+  return ('batch_size', 'eval.batch_size')
+
+
+def validate_device_count(config, num_devices: int) -> None:
+  """Raises one ConfigError naming every batch size that does not split over `num_devices`.
+
+  Checkpoints restore on any device count, so a run may resume on another machine (Colab: 1
+  device) with the same command; then its batches must still divide, and the message says
+  what to set, all batch sizes at once, before any long work.
+  """
+  bad = []
+  for field in _split_batches(config):
+    value = config_utils.get_field(config, field)
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0
+        or value % num_devices):
+      bad.append((field, value))
+  if not bad:
+    return
+  what = ', '.join(f'config.{field} = {value!r}' for field, value in bad)
+  fix = ' '.join(f'--config.{field}={_round_up(value, num_devices)}' for field, value in bad)
+  raise ConfigError(
+      f'{what} must be {"a positive multiple" if len(bad) == 1 else "positive multiples"} of '
+      f'the number of devices ({num_devices}); e.g. {fix}. A checkpoint restores on any number '
+      f'of devices: resume with {"this" if len(bad) == 1 else "these"} set, or on a number of '
+      f'devices that divides {"it" if len(bad) == 1 else "them"} (on CPU, '
+      f'--config.cpu_devices_per_core=False gives one device).')
+
+
+def _round_up(value, multiple: int) -> int:
+  """The smallest positive multiple of `multiple` >= value (`multiple` for a non-integer)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    return multiple
+  return max(1, -(-int(value) // multiple)) * multiple
 
 
 def validate_config(config, num_devices: int = 1):
@@ -99,11 +229,7 @@ def validate_config(config, num_devices: int = 1):
   _one_of('task', config.task, TASKS)
   _one_of('conv_implementation', config.conv_implementation, models.CONV_IMPLEMENTATIONS)
   validate_data_config(config.data)
-  if config.batch_size <= 0 or config.batch_size % num_devices:
-    raise ConfigError(
-        f'config.batch_size = {config.batch_size} must be a positive multiple of the number of '
-        f'devices ({num_devices}); e.g. --config.batch_size='
-        f'{max(1, -(-config.batch_size // num_devices)) * num_devices}.')
+  validate_device_count(config, num_devices)
   if config.task == 'classifier':
     _validate_classifier(config, num_devices)
   else:
