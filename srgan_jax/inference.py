@@ -25,6 +25,12 @@ Image conventions of `Upscaler.upscale` and `Classifier.predict` / `.logits`:
   to greyscale first (e.g. PIL's `.convert('L')`).
 * Sizes: the generator is fully convolutional, so any H and W work (output: scale*H x
   scale*W). The classifiers need the 28x28 images they were trained on.
+* Large images are upscaled by tiles (`tile_size` LR pixels square, default 128), so device
+  memory is bounded by `tile_batch_size` tiles whatever the image size. Each tile is computed
+  with `tile_margin` LR pixels of context on every side (default: the generator's receptive
+  radius, `receptive_radius`) and only its centre is kept, so the tiled output is the untiled
+  one (to float rounding: see `Upscaler.upscale`). Images that fit in one tile, such as
+  MNIST digits, are upscaled whole, as before.
 
 Anything else (wrong rank or channel count, NaN/inf, floats outside [0, 1], other dtypes)
 raises a ValueError that says what was expected.
@@ -33,7 +39,11 @@ raises a ValueError that says what was expected.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import math
+import sys
+import time
+from typing import Any, Callable, Optional, Union
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +58,16 @@ from srgan_jax.errors import CheckpointError
 
 FLOAT_TOLERANCE = 1e-3
 CLASSIFIER_SIZE = models.CLASSIFIER_IMAGE_SIZE
+# Tiled upscaling: LR pixels of a tile's kept centre (a 128x128 LR tile of the paper's x4
+# SRResNet, 16 blocks, is computed on 208x208 LR with its margin: about 1 GB of activations on
+# the device per tile), tiles run at once, and the smallest tile accepted (below it the
+# margins' recomputation costs more than 20 times the tile itself).
+DEFAULT_TILE_SIZE = 128
+DEFAULT_TILE_BATCH_SIZE = 4
+MIN_TILE_SIZE = 8
+# Progress lines (stderr) for jobs of at least this many tiles, at most one per interval.
+PROGRESS_MIN_TILES = 16
+PROGRESS_INTERVAL_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +214,116 @@ def _batched(fn, x: np.ndarray, batch_size: int, out_shape, out_dtype, post=None
 
 
 # ---------------------------------------------------------------------------------------------
+# Tiles: exact overlap-and-crop.
+
+
+def receptive_radius(model: models.Generator) -> int:
+  """LR pixels on each side of an output pixel's own LR pixel that can change it.
+
+  An SR pixel at HR position q (its LR pixel is q // scale) depends only on LR pixels within
+  this distance of q // scale, so a tile computed with at least this margin of real context
+  gives exactly the untiled values in its centre. Counted through models.Generator backwards
+  from an output interval: the last 9x9 conv (4 pixels each side at HR), each x2 stage's
+  pixel shuffle (halving, rounded outwards) and 3x3 conv (1 pixel), the 3x3 conv after the
+  residual blocks (1), two 3x3 convs per block (2 each) and the first 9x9 conv (4), all
+  'SAME'-padded; BatchNorm (in inference) and PReLU are per pixel. 8 + 2 * num_res_blocks
+  for the scales 2, 4 and 8 (40 LR pixels for the paper's 16 blocks).
+  """
+  scale = int(model.scale)
+  stages = int(round(math.log2(scale)))
+  if 2 ** stages != scale:
+    raise ValueError(f'the generator upsamples by x2 stages; scale {scale} is not a power of 2')
+  # The HR interval [lo, hi) of one LR pixel's outputs at LR position 0 is [0, scale); walk it
+  # back to the LR positions it depends on.
+  lo, hi = 0 - 4, scale + 4                         # the final 9x9 conv, at HR.
+  for _ in range(stages):
+    lo, hi = lo // 2 - 1, -(-hi // 2) + 1          # pixel shuffle, then the stage's 3x3 conv.
+  reach = 1 + 2 * int(model.num_res_blocks) + 4    # 3x3 after the blocks, the blocks, 9x9.
+  lo, hi = lo - reach, hi + reach
+  return max(-lo, hi - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+  """How one image size is cut into tiles: per axis, (core start, core end, window start).
+
+  Every window has the same shape, `window` (LR pixels), so every tile batch runs the same
+  compiled program. A window starts `margin` before its core, moved inwards at the image's
+  edges (so it never reaches outside the image, whose zero padding at every layer the window
+  then shares), and is the whole axis when the image is smaller than one window.
+  """
+  window: tuple[int, int]
+  rows: tuple[tuple[int, int, int], ...]
+  cols: tuple[tuple[int, int, int], ...]
+
+  @property
+  def num_tiles(self) -> int:
+    return len(self.rows) * len(self.cols)
+
+
+def _axis_tiles(size: int, tile: int, margin: int):
+  window = min(size, tile + 2 * margin)
+  spans = []
+  for start in range(0, size, tile):
+    end = min(start + tile, size)
+    spans.append((start, end, min(max(start - margin, 0), size - window)))
+  return window, tuple(spans)
+
+
+def plan_tiles(height: int, width: int, tile_size: int, margin: int) -> TilePlan:
+  """The TilePlan of an LR image of `height` x `width` (see TilePlan)."""
+  wh, rows = _axis_tiles(height, tile_size, margin)
+  ww, cols = _axis_tiles(width, tile_size, margin)
+  return TilePlan(window=(wh, ww), rows=rows, cols=cols)
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f'{name} must be an integer >= {minimum}; got {value!r}.')
+  return int(value)
+
+
+def _format_seconds(seconds: float) -> str:
+  s = max(0, int(round(seconds)))
+  h, rem = divmod(s, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s' if m else f'{s}s'
+
+
+class _TileProgress:
+  """Reports tiles done: to `callback(done, total)`, or as a line on stderr with the rate and
+  an ETA (at most one per PROGRESS_INTERVAL_S, and the last), for jobs long enough to need it.
+  """
+
+  def __init__(self, total: int, progress, clock=time.monotonic, stream=None):
+    self.total = total
+    self._callback = progress if callable(progress) else None
+    self._print = self._callback is None and (
+        progress is True or (progress is None and total >= PROGRESS_MIN_TILES))
+    self._clock = clock
+    self._stream = stream
+    self._start = self._last = clock()
+
+  def update(self, done: int) -> None:
+    if self._callback is not None:
+      self._callback(done, self.total)
+      return
+    if not self._print:
+      return
+    now = self._clock()
+    if done < self.total and now - self._last < PROGRESS_INTERVAL_S:
+      return
+    self._last = now
+    elapsed = now - self._start
+    rate = done / elapsed if elapsed > 0 else float('inf')
+    eta = (self.total - done) / rate if 0 < rate < float('inf') else 0.0
+    line = (f'upscale: {done}/{self.total} tiles ({100.0 * done / self.total:.0f}%), '
+            f'{rate:.2f} tiles/s, ' + (f'ETA {_format_seconds(eta)}' if done < self.total
+                                       else f'done in {_format_seconds(elapsed)}'))
+    print(line, file=self._stream or sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # The generator.
 
 
@@ -213,6 +343,7 @@ class Upscaler:
     self.step = int(step)
     self.scale = int(model.scale)
     self.channels = int(model.channels)
+    self.receptive_radius = receptive_radius(model)
 
     def apply(variables, x):
       sr = model.apply(variables, _to_model_range(x, model.channels), train=False)  # tanh
@@ -223,23 +354,97 @@ class Upscaler:
     return (f'Upscaler(scale={self.scale}, channels={self.channels}, step={self.step}, '
             f'res_blocks={self.model.num_res_blocks}, features={self.model.features})')
 
-  def upscale(self, images, batch_size: int = 256) -> np.ndarray:
+  def upscale(self, images, batch_size: int = 256, *,
+              tile_size: Optional[int] = DEFAULT_TILE_SIZE, tile_margin: Optional[int] = None,
+              tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
+              progress: Union[None, bool, Callable[[int, int], None]] = None) -> np.ndarray:
     """Super-resolves `images` (see the module docstring for layouts and value ranges).
 
-    Runs in batches of `batch_size` (the last one padded, so each image size compiles a few
-    times at most), so any number of images fits in memory. Returns the input's layout at
-    `scale` times the height and width: uint8 for uint8 input, else float32 in [0, 1].
+    Returns the input's layout at `scale` times the height and width: uint8 for uint8 input,
+    else float32 in [0, 1].
+
+    Images that fit in one tile (at most `tile_size` + 2 `tile_margin` LR pixels on each
+    side), or all images when `tile_size` is None or 0, are upscaled whole, in batches of
+    `batch_size` (the last one padded, so each image size compiles a few times at most).
+
+    Larger images are cut into tiles of `tile_size` LR pixels, each computed on a window of
+    `tile_margin` more pixels of context on every side (default: `receptive_radius`; windows
+    are moved inwards at the image's edges, never padded), and only the tiles' centres are
+    kept: with the default margin each SR pixel sees exactly the LR pixels it sees untiled,
+    so the result equals the untiled one everywhere, to float rounding (the convolutions of
+    another shape may sum in another order: about 1e-6 in [0, 1], and so at most 1 in a rare
+    uint8 pixel that sits at a rounding boundary). A smaller margin is faster and
+    approximate (a warning says so). Windows all have one shape, so one compiled program
+    serves every tile, and `tile_batch_size` tiles (of any of the images) run at once: device
+    memory is that of `tile_batch_size` windows whatever the image size.
+
+    `progress`: None reports tiles done on stderr, with an ETA, for jobs of at least
+    PROGRESS_MIN_TILES tiles; True always, False never; a callable is called as
+    `progress(tiles_done, total_tiles)` after each batch of tiles instead.
     """
     batch_size = _check_batch_size(batch_size)
     x, layout = _to_nhwc(images, self.channels, 'upscale')
     n, h, w, _ = x.shape
-    fn = lambda chunk: self._apply(self.variables, chunk)
+    plan = self._tile_plan(h, w, tile_size, tile_margin)
     out_dtype = np.uint8 if layout.is_uint8 else np.float32
-    y = _batched(fn, x, batch_size, (h * self.scale, w * self.scale, layout.channels),
-                 out_dtype, post=lambda y: _to_caller_dtype(y, layout))
+    post = lambda y: _to_caller_dtype(y, layout)
+    if plan is None or n == 0:
+      fn = lambda chunk: self._apply(self.variables, chunk)
+      y = _batched(fn, x, batch_size, (h * self.scale, w * self.scale, layout.channels),
+                   out_dtype, post=post)
+    else:
+      tile_batch_size = _check_positive_int('tile_batch_size', tile_batch_size)
+      y = self._upscale_tiles(x, plan, tile_batch_size, out_dtype, layout.channels, post,
+                              progress)
     return _to_caller_layout(y, layout)
 
   __call__ = upscale
+
+  def _tile_plan(self, height: int, width: int, tile_size, tile_margin) -> Optional[TilePlan]:
+    """The TilePlan for this image size, or None when it is upscaled whole."""
+    if tile_size is None or (tile_size == 0 and not isinstance(tile_size, bool)):
+      return None
+    tile_size = _check_positive_int('tile_size', tile_size)
+    if tile_size < MIN_TILE_SIZE:
+      raise ValueError(
+          f'tile_size={tile_size} is too small: each tile also computes {self.receptive_radius}'
+          f' LR pixels of context on every side, so tiles under {MIN_TILE_SIZE} pixels cost '
+          f'far more than the image; use tile_size >= {MIN_TILE_SIZE} (default '
+          f'{DEFAULT_TILE_SIZE}), or 0 / None to upscale whole images.')
+    if tile_margin is None:
+      margin = self.receptive_radius
+    else:
+      margin = _check_positive_int('tile_margin', tile_margin, minimum=0)
+      if margin < self.receptive_radius:
+        warnings.warn(
+            f'tile_margin={margin} is below the generator\'s receptive radius '
+            f'({self.receptive_radius} LR pixels): tiles are approximate near their edges, '
+            f'and seams may show. Leave tile_margin unset for exact tiles.', stacklevel=3)
+    if height <= tile_size + 2 * margin and width <= tile_size + 2 * margin:
+      return None  # One window holds the whole image.
+    return plan_tiles(height, width, tile_size, margin)
+
+  def _upscale_tiles(self, x: np.ndarray, plan: TilePlan, tile_batch_size: int, out_dtype,
+                     out_channels: int, post, progress) -> np.ndarray:
+    """Overlap-and-crop upscaling of NHWC `x` by `plan`; returns NHWC in the caller's dtype."""
+    n, h, w, _ = x.shape
+    s = self.scale
+    wh, ww = plan.window
+    out = np.empty((n, h * s, w * s, out_channels), out_dtype)
+    tiles = [(i, row, col) for i in range(n) for row in plan.rows for col in plan.cols]
+    size = _bucket(len(tiles), tile_batch_size)  # One shape for every batch of this job.
+    report = _TileProgress(len(tiles), progress)
+    for start in range(0, len(tiles), size):
+      batch = tiles[start:start + size]
+      windows = [x[i, r0:r0 + wh, c0:c0 + ww] for i, (_, _, r0), (_, _, c0) in batch]
+      windows += [windows[-1]] * (size - len(batch))  # Padding, dropped below.
+      y = np.asarray(self._apply(self.variables, np.stack(windows)))
+      for k, (i, (a, b, r0), (c, d, c0)) in enumerate(batch):
+        core = y[k, (a - r0) * s:(b - r0) * s, (c - c0) * s:(d - c0) * s]
+        out[i, a * s:b * s, c * s:d * s] = post(core)
+      report.update(start + len(batch))
+    return out
+
 
 
 def _generator_template(model: models.Generator, channels: int):

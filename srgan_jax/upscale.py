@@ -2,6 +2,7 @@
 
   python -m srgan_jax.upscale --workdir=runs/mnist_cnn digit.png digit_x4.png
   python -m srgan_jax.upscale --workdir=runs/mnist_cnn lr_digits/ sr_digits/
+  python -m srgan_jax.upscale --workdir=runs/photos --tile_size=96 photo.png photo_x4.png
 
 The second form upscales every *.png directly inside the input directory (not its
 subdirectories) and writes them under the same names into the output directory, which is
@@ -11,7 +12,13 @@ a single file.
 Greyscale PNGs give greyscale PNGs; colour PNGs give colour PNGs for a 3-channel generator,
 and are converted to greyscale (with a note) for a greyscale generator. Transparency is
 dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one message and
-exit code 1.
+exit code 1; every input is read (and so checked) before the first output is written.
+
+Large images are upscaled by tiles of --tile_size LR pixels (default 128; 0 upscales whole
+images), each with --tile_margin pixels of context (default: the generator's receptive radius,
+which makes the tiled result the untiled one), --tile_batch_size tiles at a time, so memory
+stays bounded whatever the image size; jobs of many tiles print their progress and an ETA on
+stderr. Images are upscaled one size at a time and written as soon as they are done.
 """
 
 import os
@@ -31,7 +38,14 @@ from srgan_jax.errors import UpscaleError
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoints hold the generator.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest usable one).')
-flags.DEFINE_integer('batch_size', 256, 'Images upscaled at once.')
+flags.DEFINE_integer('batch_size', 256, 'Images upscaled at once (images upscaled whole).')
+flags.DEFINE_integer('tile_size', inference.DEFAULT_TILE_SIZE,
+                     'LR pixels of each tile (square) of larger images; 0: whole images.')
+flags.DEFINE_integer('tile_margin', None,
+                     'LR pixels of context each tile is computed with on every side (default: '
+                     'the receptive radius of the generator, so tiling changes nothing).')
+flags.DEFINE_integer('tile_batch_size', inference.DEFAULT_TILE_BATCH_SIZE,
+                     'Tiles upscaled at once (bounds the memory used).')
 flags.mark_flag_as_required('workdir')
 
 USAGE = ('usage: python -m srgan_jax.upscale --workdir=RUN_DIR INPUT.png OUTPUT.png\n'
@@ -104,36 +118,41 @@ def _write(path: str, array) -> None:
     raise UpscaleError(f'Cannot write {path!r}: {e.strerror or e}') from None
 
 
-def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256):
-  """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler)."""
+def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256, *,
+                  tile_size=inference.DEFAULT_TILE_SIZE, tile_margin=None,
+                  tile_batch_size: int = inference.DEFAULT_TILE_BATCH_SIZE, progress=None):
+  """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler).
+
+  Every input is read and checked first; then the images of each size and layout are read
+  again, upscaled together (large ones by tiles: see inference.Upscaler.upscale) and written,
+  so that memory holds one size's images, not the whole directory's.
+  """
   plan = _plan(src, dst)
   try:
     up = inference.load_generator(workdir, step)
   except CheckpointError as e:
     raise UpscaleError(str(e)) from None
-  images = []
-  for path, _ in plan:
+  groups = {}
+  for i, (path, _) in enumerate(plan):
     array, note = _read(path, up.channels)
     if note:
       print(f'Note: {note}', file=sys.stderr)
-    images.append(array)
-  # Images of the same size and layout are upscaled together.
-  groups = {}
-  for i, array in enumerate(images):
     groups.setdefault(array.shape, []).append(i)
-  outputs = [None] * len(images)
+    del array
+  written = []
   for indices in groups.values():
+    images = np.stack([_read(plan[i][0], up.channels)[0] for i in indices])
     try:
-      sr = up.upscale(np.stack([images[i] for i in indices]), batch_size=batch_size)
+      sr = up.upscale(images, batch_size=batch_size, tile_size=tile_size,
+                      tile_margin=tile_margin, tile_batch_size=tile_batch_size,
+                      progress=progress)
     except ValueError as e:
       raise UpscaleError(f'Cannot upscale {plan[indices[0]][0]!r}: {e}') from None
     for i, out in zip(indices, sr):
-      outputs[i] = out
-  written = []
-  for (_, out_path), out in zip(plan, outputs):
-    _write(out_path, out)
-    written.append(out_path)
-  return written, up
+      _write(plan[i][1], out)
+      written.append(plan[i][1])
+  order = {out_path: k for k, (_, out_path) in enumerate(plan)}
+  return sorted(written, key=order.get), up
 
 
 def main(argv):
@@ -141,9 +160,20 @@ def main(argv):
     raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
   if FLAGS.batch_size <= 0:
     raise app.UsageError(f'--batch_size must be positive; got {FLAGS.batch_size}.')
+  if FLAGS.tile_size < 0:
+    raise app.UsageError(f'--tile_size must be >= 0 (0: whole images); got {FLAGS.tile_size}.')
+  if 0 < FLAGS.tile_size < inference.MIN_TILE_SIZE:
+    raise app.UsageError(f'--tile_size must be at least {inference.MIN_TILE_SIZE} LR pixels '
+                         f'(or 0 for whole images); got {FLAGS.tile_size}.')
+  if FLAGS.tile_margin is not None and FLAGS.tile_margin < 0:
+    raise app.UsageError(f'--tile_margin must be >= 0; got {FLAGS.tile_margin}.')
+  if FLAGS.tile_batch_size <= 0:
+    raise app.UsageError(f'--tile_batch_size must be positive; got {FLAGS.tile_batch_size}.')
   platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
   try:
-    written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size)
+    written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size,
+                                tile_size=FLAGS.tile_size, tile_margin=FLAGS.tile_margin,
+                                tile_batch_size=FLAGS.tile_batch_size)
   except UpscaleError as e:
     sys.exit(f'Error: {e}')
   where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
