@@ -1,9 +1,8 @@
 """Tiled upscaling (inference.Upscaler.upscale with tile_size, and the upscale CLI's tile flags):
 tiles computed with the generator's receptive radius as margin give the untiled output, on tiny
-random-initialised generators (nothing is trained here) and odd, non-square RGB and greyscale
-images; one compiled program serves every tile."""
+generators with random variables (nothing is trained here) and odd, non-square RGB and
+greyscale images; one compiled program serves every tile."""
 
-import os
 import types
 import warnings
 
@@ -15,18 +14,36 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from srgan_jax import checkpoints
 from srgan_jax import inference
 from srgan_jax import models
 from srgan_jax import upscale as upscale_cli
-from tests.conftest import make_tiny_config
 
 
 def _generator(scale, channels, blocks=1, features=4, seed=0):
+  """An untrained models.Generator with random variables, as an Upscaler.
+
+  The variables have the shapes models.Generator.init gives (jax.eval_shape: nothing is
+  compiled for them) and random values, BatchNorm statistics included, so that no layer is the
+  identity and every layer's footprint shows in the output.
+  """
   model = models.Generator(scale=scale, channels=channels, num_res_blocks=blocks,
                            features=features)
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8, 8, channels)), train=False))(
-      jax.random.PRNGKey(seed))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, channels)), train=False))
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':  # He-scaled, so activations keep their size through the blocks.
+      return rng.normal(0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    if name == 'alpha':
+      return np.full(leaf.shape, 0.25)
+    return rng.normal(0, 0.05, leaf.shape)  # Biases, BatchNorm offsets and means.
+
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, leaf: value(p, leaf).astype(np.float32), shapes)
   config = ml_collections.ConfigDict({'data': {'scale': scale, 'channels': channels}})
   return inference.Upscaler(model, variables, config, step=0)
 
@@ -107,17 +124,12 @@ def test_tiled_equals_untiled_rgb_with_one_compiled_program(rgb):
   assert rgb._apply._cache_size() == before + 1  # pylint: disable=protected-access
 
 
-def test_tiled_equals_untiled_greyscale(grey, rgb):
-  image = np.round(_smooth_image((41, 31), seed=3) * 255).astype(np.uint8)  # One (H, W) image.
-  tiled = grey.upscale(image, tile_size=8)  # Window 32x31: tiles in rows only.
-  assert tiled.shape == (82, 62) and tiled.dtype == np.uint8
-  _assert_uint8_close(tiled, grey.upscale(image, tile_size=None))
-  batch = np.stack([_smooth_image((19, 47), seed=k) for k in range(3)])  # (N, H, W) floats.
-  np.testing.assert_allclose(grey.upscale(batch, tile_size=8, tile_batch_size=5),
-                             grey.upscale(batch, tile_size=None), atol=2e-6)
-  # Greyscale into a 3-channel generator (tiled to RGB inside, averaged back), by tiles too.
-  np.testing.assert_allclose(rgb.upscale(batch, tile_size=8), rgb.upscale(batch, tile_size=None),
-                             atol=2e-6)
+def test_tiled_equals_untiled_greyscale(grey):
+  batch = np.stack([_smooth_image((41, 31), seed=k) for k in range(2)])  # (N, H, W) floats.
+  tiled = grey.upscale(batch, tile_size=8)  # Windows of 32x31 LR: 6 tiles in a column.
+  assert tiled.shape == (2, 82, 62) and tiled.dtype == np.float32
+  np.testing.assert_allclose(tiled, grey.upscale(batch, tile_size=None), rtol=0, atol=2e-6)
+  # (uint8 and greyscale into a 3-channel generator: the CLI test below.)
 
 
 def test_a_margin_below_the_radius_is_approximate_and_says_so(rgb):
@@ -171,33 +183,39 @@ def test_bad_tile_arguments(rgb, kwargs, message):
     rgb.upscale(np.zeros((40, 40, 3), np.uint8)[None], **kwargs)
 
 
-def test_cli_upscales_a_large_image_by_many_tiles(rgb, tmp_path, capsys):
-  # The RGB generator saved as a training run would save it.
-  workdir = str(tmp_path / 'run')
-  config = make_tiny_config(**{'data.scale': 4, 'data.channels': 3,
-                               'generator.num_res_blocks': 1, 'generator.features': 4,
-                               'generator.upsample_batch_norm': False})
-  checkpoints.save(checkpoints.manager(workdir), 0, {'step': np.zeros((), np.int32)},
-                   rgb.variables, config)
+def test_cli_upscales_a_large_image_by_many_tiles(rgb, tmp_path, capsys, monkeypatch):
+  # The CLI as a user runs it, with the RGB generator in place of a checkpoint's (loading one
+  # is test_inference's job).
+  loaded = []
+  monkeypatch.setattr(upscale_cli.inference, 'load_generator',
+                      lambda workdir, step: loaded.append((workdir, step)) or rgb)
   lr = np.round(_smooth_image((160, 240, 3), seed=7) * 255).astype(np.uint8)
   Image.fromarray(lr).save(tmp_path / 'photo.png')
   grey_lr = np.round(_smooth_image((45, 33), seed=8) * 255).astype(np.uint8)
   Image.fromarray(grey_lr).save(tmp_path / 'grey.png')
-  argv = ['upscale', f'--workdir={workdir}', '--tile_size=32', '--tile_batch_size=8']
-  cwd = os.getcwd()
-  try:
-    os.chdir(tmp_path)
-    with flagsaver.flagsaver():
-      for src, dst in (('photo.png', 'photo_x4.png'), ('grey.png', 'grey_x4.png')):
-        upscale_cli.main(upscale_cli.FLAGS(argv + [src, dst]))
-  finally:
-    os.chdir(cwd)
+  argv = ['upscale', '--workdir=run', '--tile_size=32', '--tile_batch_size=8']
+  monkeypatch.chdir(tmp_path)
+  with flagsaver.flagsaver():
+    for src, dst in (('photo.png', 'photo_x4.png'), ('grey.png', 'grey_x4.png')):
+      upscale_cli.main(upscale_cli.FLAGS(argv + [src, dst]))
+  assert loaded == [('run', None)] * 2
   out = capsys.readouterr()
   assert 'upscale: 40/40 tiles (100%)' in out.err  # 5 x 8 tiles of 32 LR pixels.
   assert 'Upscaled 1 image(s) x4' in out.out
   with Image.open(tmp_path / 'photo_x4.png') as img:
     assert img.mode == 'RGB' and img.size == (960, 640)
     _assert_uint8_close(np.asarray(img), rgb.upscale(lr[None], tile_size=None)[0])
+  # A greyscale PNG, tiled (2 x 2 windows of 45 x 33 LR) into the 3-channel generator.
   with Image.open(tmp_path / 'grey_x4.png') as img:
     assert img.mode == 'L' and img.size == (132, 180)
     _assert_uint8_close(np.asarray(img), rgb.upscale(grey_lr, tile_size=None))
+
+
+def test_cli_rejects_bad_tile_flags(tmp_path):
+  for flag, message in (('--tile_size=4', 'at least 8'), ('--tile_size=-1', '>= 0'),
+                        ('--tile_margin=-2', 'tile_margin must be >= 0'),
+                        ('--tile_batch_size=0', 'tile_batch_size must be positive')):
+    with flagsaver.flagsaver():
+      argv = upscale_cli.FLAGS(['upscale', f'--workdir={tmp_path}', flag, 'a.png', 'b.png'])
+      with pytest.raises(upscale_cli.app.UsageError, match=message):
+        upscale_cli.main(argv)
