@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -93,9 +95,10 @@ def test_the_colab_path_pulls_in_no_training_code():
   assert not seen & {'train', 'classifier_train', 'steps', 'state', 'losses', 'evaluate'}, seen
 
 
-def test_installed_package_runs_from_another_directory(tmp_path):
+def test_installed_package_runs_from_another_directory(tmp_path, one_command_run):
   """`pip install .` puts the library, the configs and the experiment commands in place: the
-  documented entry points work outside the checkout."""
+  documented entry points work outside the checkout, on a trained workdir (the session's)."""
+  workdir = one_command_run[1]
   # From a copy of the checkout, so that the build's own files stay out of it.
   source = tmp_path / 'source'
   shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
@@ -113,15 +116,24 @@ def test_installed_package_runs_from_another_directory(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
-  code = ('import srgan_jax, experiments.study.__main__, benchmarks.__main__, configs.mnist_cnn\n'
+  code = ('import numpy as np\n'
+          'import srgan_jax, experiments.study.__main__, benchmarks.__main__, configs.mnist_cnn\n'
           'from srgan_jax.inference import load_generator\n'
-          'print(srgan_jax.__file__)')
+          'print(srgan_jax.__file__)\n'
+          f'up = load_generator({workdir!r})\n'
+          'print("upscaled", up.upscale(np.zeros((7, 7), np.uint8)).shape)')
   out = subprocess.run([python, '-c', code], capture_output=True, text=True, cwd=elsewhere,
                        env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'site-packages' in out.stdout, out.stdout
-  for command in (['-m', 'srgan_jax.upscale', '--help'], ['-m', 'experiments.study', '--help'],
-                  ['-m', 'benchmarks', '--help']):
+  assert 'upscaled (28, 28)' in out.stdout, out.stdout
+  # The upscaling command as the README gives it, on a PNG, from elsewhere.
+  Image.fromarray(np.full((7, 7), 128, np.uint8)).save(elsewhere / 'digit.png')
+  run = subprocess.run([python, '-m', 'srgan_jax.upscale', f'--workdir={workdir}', 'digit.png',
+                        'digit_x4.png'], capture_output=True, text=True, cwd=elsewhere, env=env)
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+  assert Image.open(elsewhere / 'digit_x4.png').size == (28, 28)
+  for command in (['-m', 'experiments.study', '--help'], ['-m', 'benchmarks', '--help']):
     run = subprocess.run([python, *command], capture_output=True, text=True, cwd=elsewhere,
                          env=env)
     text = run.stdout + run.stderr
