@@ -1,4 +1,5 @@
-"""Test set-up: 4 fake CPU devices (before JAX starts) and a tiny config for real code paths."""
+"""Test set-up: 4 fake CPU devices (before JAX starts), a tiny config for real code paths, and
+the grouping that lets pytest-xdist (`-n auto` in pytest.ini) split the suite over the cores."""
 
 import os
 import tempfile
@@ -14,7 +15,10 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # One conv-tuning cache for the session, inherited by the subprocesses the tests start: every
 # process of a test then computes each conv the same way (a resume is exact only with the same
 # decisions, as on a user's machine, whose cache persists).
-os.environ.setdefault('SRGAN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_conv_plans_'))
+# With pytest-xdist each worker gets its own (the controller's would be shared by the workers,
+# and two processes tuning at once could each overwrite the other's decisions).
+if 'SRGAN_JAX_CACHE_DIR' not in os.environ or os.environ.get('PYTEST_XDIST_WORKER'):
+  os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
@@ -28,6 +32,37 @@ from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
+
+
+def _shared_fixture_group(item):
+  """The xdist group of a test: the name of a session fixture of ours that it uses, else its
+  module if it uses a module-scoped one, else None (any worker)."""
+  group = None
+  for name in item.fixturenames:
+    defs = item._fixtureinfo.name2fixturedefs.get(name)  # pylint: disable=protected-access
+    if not defs or not defs[-1].baseid.startswith('tests'):
+      continue  # pytest's own (tmp_path_factory is session-scoped too).
+    if defs[-1].scope == 'session':
+      return name
+    if defs[-1].scope == 'module':
+      group = item.module.__name__
+  return group
+
+
+def pytest_collection_modifyitems(items):
+  """Keep each expensive shared fixture in one worker (`--dist loadgroup`): every test of a
+  module that uses a session fixture (one_command_run) joins that fixture's group, and the tests
+  of a module with a module-scoped fixture stay together, so no fixture is built twice."""
+  module_groups = {}
+  for item in items:
+    group = _shared_fixture_group(item)
+    module = item.module.__name__
+    if group and module_groups.get(module) in (None, module):
+      module_groups[module] = group  # A session fixture's group wins over the module's.
+  for item in items:
+    group = module_groups.get(item.module.__name__)
+    if group:
+      item.add_marker(pytest.mark.xdist_group(group))
 
 
 def make_tiny_config(**overrides):
