@@ -1,17 +1,19 @@
-"""Upscales PNG images with a trained generator, from its checkpoint alone.
+"""Upscales images (PNG, JPEG, BMP, WebP) with a trained generator, from its checkpoint alone.
 
   python -m srgan_jax.upscale --workdir=runs/mnist_cnn digit.png digit_x4.png
   python -m srgan_jax.upscale --workdir=runs/mnist_cnn lr_digits/ sr_digits/
-  python -m srgan_jax.upscale --workdir=runs/photos --tile_size=96 photo.png photo_x4.png
+  python -m srgan_jax.upscale --workdir=runs/photos --tile_size=96 photo.jpg photo_x4.png
 
-The second form upscales every *.png directly inside the input directory (not its
-subdirectories) and writes them under the same names into the output directory, which is
-created. An output path that is an existing directory receives `<input name>` when the input is
-a single file.
+The second form upscales every image file directly inside the input directory (not its
+subdirectories) and writes each as `<its name>.png` (PNG: lossless, so the SR pixels are the
+network's) into the output directory, which is created. An output path that is an existing
+directory receives `<input name>.png` when the input is a single file; an output file is
+written in the format its extension names (.png, .jpg/.jpeg at quality 95, .bmp, .webp
+lossless), PNG for any other extension.
 
-Greyscale PNGs give greyscale PNGs; colour PNGs give colour PNGs for a 3-channel generator,
-and are converted to greyscale (with a note) for a greyscale generator. Transparency is
-dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one message and
+Greyscale images give greyscale images; colour images give colour images for a 3-channel
+generator, and are converted to greyscale (with a note) for a greyscale generator.
+Transparency is dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one message and
 exit code 1; every input is read (and so checked) before the first output is written.
 
 Large images are upscaled by tiles of --tile_size LR pixels (default 128; 0 upscales whole
@@ -50,14 +52,26 @@ flags.mark_flag_as_required('workdir')
 
 USAGE = ('usage: python -m srgan_jax.upscale --workdir=RUN_DIR INPUT.png OUTPUT.png\n'
          '       python -m srgan_jax.upscale --workdir=RUN_DIR INPUT_DIR OUTPUT_DIR')
+# What a directory's image files end with, and the Pillow format (with options) each output
+# extension is written in.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+WRITE_FORMATS = {'.png': ('PNG', {}), '.jpg': ('JPEG', {'quality': 95}),
+                 '.jpeg': ('JPEG', {'quality': 95}), '.bmp': ('BMP', {}),
+                 '.webp': ('WEBP', {'lossless': True})}
 
 
-def _is_png(name: str) -> bool:
-  return name.lower().endswith('.png') and not name.startswith('.')
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.')
+
+
+def _png_name(name: str) -> str:
+  """`<name>.png` for a PNG's name itself (digit.png stays digit.png), else `<stem>.png`."""
+  stem, ext = os.path.splitext(name)
+  return name if ext.lower() == '.png' else stem + '.png'
 
 
 def _plan(src: str, dst: str) -> list:
-  """[(input path, output path)] for a file or a directory of PNGs."""
+  """[(input path, output path)] for an image file or a directory of them."""
   if os.path.abspath(src) == os.path.abspath(dst):
     raise UpscaleError(f'The output {dst!r} is the input; choose another output path so the '
                        f'input images are not overwritten.')
@@ -66,14 +80,21 @@ def _plan(src: str, dst: str) -> list:
       raise UpscaleError(f'The input {src!r} is a directory, so the output must be one too; '
                          f'{dst!r} is a file.')
     names = sorted(n for n in os.listdir(src)
-                   if _is_png(n) and os.path.isfile(os.path.join(src, n)))
+                   if _is_image(n) and os.path.isfile(os.path.join(src, n)))
     if not names:
-      raise UpscaleError(f'No .png files in {src!r}.')
-    return [(os.path.join(src, n), os.path.join(dst, n)) for n in names]
+      raise UpscaleError(f'No image files ({", ".join(IMAGE_EXTENSIONS)}) in {src!r}.')
+    outputs = {}
+    for n in names:
+      outputs.setdefault(_png_name(n), []).append(n)
+    for out, ins in outputs.items():
+      if len(ins) > 1:
+        raise UpscaleError(f'{" and ".join(repr(os.path.join(src, n)) for n in ins)} would both '
+                           f'be written as {os.path.join(dst, out)!r}; rename one of them.')
+    return [(os.path.join(src, n), os.path.join(dst, _png_name(n))) for n in names]
   if not os.path.exists(src):
     raise UpscaleError(f'No such file or directory: {src!r}.')
   if os.path.isdir(dst):
-    dst = os.path.join(dst, os.path.basename(src))
+    dst = os.path.join(dst, _png_name(os.path.basename(src)))
     if os.path.abspath(src) == os.path.abspath(dst):
       raise UpscaleError(f'Writing into {os.path.dirname(dst)!r} would overwrite the input '
                          f'{src!r}; choose another output path.')
@@ -113,7 +134,8 @@ def _write(path: str, array) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(directory, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format='PNG')  # uint8: L or RGB
+    image_format, options = WRITE_FORMATS.get(os.path.splitext(path)[1].lower(), ('PNG', {}))
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format=image_format, **options)
   except OSError as e:
     raise UpscaleError(f'Cannot write {path!r}: {e.strerror or e}') from None
 
@@ -121,7 +143,7 @@ def _write(path: str, array) -> None:
 def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int = 256, *,
                   tile_size=inference.DEFAULT_TILE_SIZE, tile_margin=None,
                   tile_batch_size: int = inference.DEFAULT_TILE_BATCH_SIZE, progress=None):
-  """Upscales a PNG file or a directory of PNGs; returns (paths written, Upscaler).
+  """Upscales an image file or a directory of them; returns (paths written, Upscaler).
 
   Every input is read and checked first; then the images of each size and layout are read
   again, upscaled together (large ones by tiles: see inference.Upscaler.upscale) and written,

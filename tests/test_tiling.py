@@ -3,6 +3,7 @@ tiles computed with the generator's receptive radius as margin give the untiled 
 generators with random variables (nothing is trained here) and odd, non-square RGB and
 greyscale images; one compiled program serves every tile."""
 
+import os
 import types
 import warnings
 
@@ -219,3 +220,31 @@ def test_cli_rejects_bad_tile_flags(tmp_path):
       argv = upscale_cli.FLAGS(['upscale', f'--workdir={tmp_path}', flag, 'a.png', 'b.png'])
       with pytest.raises(upscale_cli.app.UsageError, match=message):
         upscale_cli.main(argv)
+
+
+def test_cli_reads_photograph_formats(rgb, tmp_path, monkeypatch):
+  monkeypatch.setattr(upscale_cli.inference, 'load_generator', lambda workdir, step: rgb)
+  src = tmp_path / 'photos'
+  src.mkdir()
+  rng = np.random.default_rng(3)
+  arrays = {}
+  for name in ('a.jpg', 'b.JPEG', 'c.bmp', 'd.webp', 'e.png'):
+    arrays[name] = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    Image.fromarray(arrays[name]).save(src / name)
+  (src / 'notes.txt').write_text('not an image')
+  written, _ = upscale_cli.upscale_files('run', str(src), str(tmp_path / 'sr'))
+  assert [os.path.basename(p) for p in written] == ['a.png', 'b.png', 'c.png', 'd.png', 'e.png']
+  for name, path in zip(sorted(arrays), written):
+    with Image.open(src / name) as img:  # As decoded (JPEG is lossy).
+      expected = rgb.upscale(np.asarray(img.convert('RGB'))[None])[0]
+    with Image.open(path) as img:
+      assert img.format == 'PNG'
+      np.testing.assert_array_equal(np.asarray(img), expected, err_msg=name)
+  # A single file: the output's extension names its format.
+  (out,), _ = upscale_cli.upscale_files('run', str(src / 'c.bmp'), str(tmp_path / 'c_x4.jpg'))
+  with Image.open(out) as img:
+    assert img.format == 'JPEG' and img.size == (52, 36)
+  Image.fromarray(arrays['a.jpg']).save(src / 'a.png')
+  with pytest.raises(upscale_cli.UpscaleError, match=r"a.jpg' and .*a.png' would both be "
+                                                     r"written as .*a.png'; rename one"):
+    upscale_cli.upscale_files('run', str(src), str(tmp_path / 'sr2'))
