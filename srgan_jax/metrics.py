@@ -11,8 +11,9 @@ What:
   * ``psnr`` / ``ssim``: per-image PSNR/SSIM of NHWC float batches in [0, 1], jit-friendly,
     used inside the jitted MNIST evaluation.
   * ``frechet_distance`` / ``FeatureMoments``: the project's "digit-FID", the Fréchet
-    distance between Gaussians fitted to a judge classifier's penultimate-layer features of SR images and of HR images (the FID recipe of
-    Heusel et al. 2017 with an MNIST classifier in place of Inception).
+    distance between Gaussians fitted to a judge classifier's penultimate-layer features of
+    SR images and of HR images (the FID recipe of Heusel et al. 2017 with an MNIST
+    classifier in place of Inception).
 
 Why:
   PSNR/SSIM are the numbers the SRGAN paper reports, and they reward blurry averages; the

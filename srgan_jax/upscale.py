@@ -13,8 +13,9 @@ lossless), PNG for any other extension.
 
 Greyscale images give greyscale images; colour images give colour images for a 3-channel
 generator, and are converted to greyscale (with a note) for a greyscale generator.
-Transparency is dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one message and
-exit code 1; every input is read (and so checked) before the first output is written.
+Transparency is dropped. Problems (no checkpoint, an unreadable image, ...) are reported as one
+message and exit code 1; every input is read (and so checked) before the first output is
+written.
 
 Large images are upscaled by tiles of --tile_size LR pixels (default 128; 0 upscales whole
 images), each with --tile_margin pixels of context (default: the generator's receptive radius,
