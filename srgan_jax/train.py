@@ -318,7 +318,7 @@ class _Evaluator:
     summary['eval_seconds'] = time.time() - t0
     self.writer.write_scalars(step, {f'eval/{k}': v for k, v in summary.items()})
     if self.photos:  # Crops of the training size: whole photographs make a grid too large.
-      grid = evaluate_lib.photo_sample_grid(self.grid_generator, g_vars, run.test_split,
+      grid = evaluate_lib.photo_sample_grid(self.photo_eval.sr_fn, g_vars, run.test_split,
                                             config.eval.num_sample_images, config.data.scale,
                                             config.data.hr_crop)
     else:

@@ -92,15 +92,22 @@ def validate_data_config(data_config) -> None:
   _validate_crops(data_config)
 
 
-def _validate_photographs(config) -> None:
-  """What cannot apply to photographs: the digit networks, and a dense head without crops."""
+def _validate_dense_head(config) -> None:
+  """A dense discriminator head is sized from the training images: photographs of different
+  sizes need a fixed crop size."""
   data = config.data
   if (config.discriminator.head == 'dense' and data.get('hr_crop', 0) == 0 and
       data.source in sources.PHOTO_SOURCES):
     raise ConfigError(
         "config.discriminator.head = 'dense' needs a fixed crop size (its dense layer is "
-        'sized from it: 96 -> 6x6x512 in the paper): set config.data.hr_crop, or use '
-        "discriminator.head='patch'.")
+        'sized from it: 96 -> 6x6x512 in the paper), and the photographs of '
+        f'config.data.source = {data.source!r} differ in size: set config.data.hr_crop (a '
+        "multiple of the scale), or use discriminator.head='patch' with crops.")
+
+
+def _validate_photographs(config) -> None:
+  """What cannot apply to photographs: the digit judge, the guide, labels."""
+  data = config.data
   if is_mnist(data):
     return
   what = (f"config.data.source = {data.source!r}" if data.source in sources.PHOTO_SOURCES
@@ -228,6 +235,8 @@ def validate_config(config, num_devices: int = 1):
   """Raises ConfigError naming the first bad field. `num_devices` is the global device count."""
   _one_of('task', config.task, TASKS)
   _one_of('conv_implementation', config.conv_implementation, models.CONV_IMPLEMENTATIONS)
+  if config.task == 'srgan':
+    _validate_dense_head(config)
   validate_data_config(config.data)
   validate_device_count(config, num_devices)
   if config.task == 'classifier':
