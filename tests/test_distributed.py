@@ -3,7 +3,8 @@
 Each process feeds only its shard of the global batch (input_pipeline.batch_indices with its
 process index) and the pmapped train steps are built over the *global* devices; after a few
 pretrain and GAN steps both processes must hold the parameters a single process with the same
-global batch (and the same total number of devices) ends with.
+global batch (and the same total number of devices) ends with. Both processes then save one
+checkpoint together, which load_generator restores in a process with 1 device.
 
 The same file is the worker: ``python tests/test_distributed.py --worker ...``.
 """
@@ -90,8 +91,30 @@ def worker(args):
   _flatten('d/params', d_state.params, out)
   _flatten('d/batch_stats', d_state.batch_stats, out)
   np.savez(os.path.join(args.out, f'p{args.process_id}.npz'), **out)
+  if args.checkpoint:  # Every process takes part in the save, as train.py's loop does.
+    from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.save(checkpoints.manager(args.checkpoint), PRETRAIN_STEPS + GAN_STEPS,
+                     {'generator': g_state, 'discriminator': d_state},
+                     train.inference_variables(g_state), config)
   multihost_utils.sync_global_devices('done')
   print('worker done', args.process_id, flush=True)
+
+
+def restore_worker(args):
+  """Restores the generator of --restore with load_generator on this process's devices (1)
+  and saves its variables to --out, named as the trained ones."""
+  sys.path[:0] = [ROOT]
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.local_devices}'
+  import jax  # pylint: disable=g-import-not-at-top
+  from srgan_jax import inference  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == args.local_devices, jax.devices()
+  up = inference.load_generator(args.restore)
+  out = {}
+  _flatten('g/ema', up.variables['params'], out)
+  _flatten('g/batch_stats', up.variables['batch_stats'], out)
+  np.savez(os.path.join(args.out, 'restored.npz'), step=up.step, **out)
+  print('restored', up, flush=True)
 
 
 def _parse(argv):
@@ -102,6 +125,8 @@ def _parse(argv):
   p.add_argument('--num_processes', type=int, default=1)
   p.add_argument('--process_id', type=int, default=0)
   p.add_argument('--local_devices', type=int, default=1)
+  p.add_argument('--checkpoint', default='', help='A workdir the trained states are saved to.')
+  p.add_argument('--restore', default='', help='A workdir to restore the generator of.')
   return p.parse_args(argv)
 
 
@@ -156,13 +181,14 @@ def runs(tmp_path_factory):
   """One 2-process job (1 device each) and one single process with 2 devices, run together."""
   out = str(tmp_path_factory.mktemp('distributed'))
   port = _free_port()
-  procs = [_start(out, port=port, num_processes=2, process_id=i, local_devices=1)
-           for i in range(2)]
+  workdir = os.path.join(out, 'run')
+  procs = [_start(out, port=port, num_processes=2, process_id=i, local_devices=1,
+                  checkpoint=workdir) for i in range(2)]
   single = str(tmp_path_factory.mktemp('single'))
   procs.append(_start(single, num_processes=1, process_id=0, local_devices=2))
   _finish(procs)
   return {'p0': _load(os.path.join(out, 'p0.npz')), 'p1': _load(os.path.join(out, 'p1.npz')),
-          'single': _load(os.path.join(single, 'p0.npz'))}
+          'single': _load(os.path.join(single, 'p0.npz')), 'workdir': workdir}
 
 
 def test_two_processes_match_one_process(runs):
@@ -170,6 +196,19 @@ def test_two_processes_match_one_process(runs):
     diff = _max_diff(runs[p], runs['single'])
     assert diff <= 1e-5, f'{p} differs from the single-process run by {diff}'
   assert _max_diff(runs['p0'], runs['p1']) == 0.0
+
+
+def test_a_two_process_checkpoint_restores_on_one_device(runs, tmp_path):
+  """The checkpoint both processes saved restores with load_generator in a 1-device process
+  (as in Colab): the generator's EMA parameters and BN statistics of the trained state."""
+  (out,) = _finish([_start(str(tmp_path), restore=runs['workdir'], local_devices=1)])
+  assert 'restored Upscaler' in out, out[-3000:]
+  restored = _load(tmp_path / 'restored.npz')
+  assert int(restored.pop('step')) == PRETRAIN_STEPS + GAN_STEPS
+  trained = {k: v for k, v in runs['p0'].items() if k.startswith(('g/ema', 'g/batch_stats'))}
+  assert restored.keys() == trained.keys()
+  for name, value in trained.items():
+    np.testing.assert_array_equal(restored[name], value, err_msg=name)
 
 
 def test_resolve_reads_env_and_validates(monkeypatch):
@@ -246,4 +285,7 @@ if __name__ == '__main__':
   _args = _parse(sys.argv[1:])
   if not _args.worker:
     raise SystemExit('run with pytest, or as a worker with --worker')
-  worker(_args)
+  if _args.restore:
+    restore_worker(_args)
+  else:
+    worker(_args)
