@@ -126,7 +126,16 @@ def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SI
   path = workdir and os.path.join(workdir, CONV_PLAN_FILE)
   saved = files.read_json(path) if path and config.conv_implementation == 'tuned' else None
   if saved is not None:
-    conv_plan = conv_tuning.plan_from_json(saved)
+    # On another device count (a resume in Colab) the per-device batch differs: a conv the plan
+    # lacks takes the run's decision for the same layer at the nearest batch.
+    decided = dict(conv_tuning.plan_from_json(saved))
+    layer = lambda sig: sig._replace(batch=0)
+    for net in conv_networks(config, frozen, judge, hr_size):
+      for sig in set(conv_tuning.conv_uses(net)) - set(decided):
+        same = [s for s in decided if layer(s) == layer(sig)]
+        if same:
+          decided[sig] = decided[min(same, key=lambda s: abs(s.batch - sig.batch))]
+    conv_plan = tuple(sorted(decided.items()))
     log(f'Convs computed as the run decided before ({path}).')
   else:
     conv_plan = conv_tuning.plan_for(config.conv_implementation,

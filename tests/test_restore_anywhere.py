@@ -103,6 +103,8 @@ def test_a_4_device_run_restores_and_resumes_on_1_device(one_command_run, tmp_pa
   # The resume continued from the 4-device checkpoint, not from scratch.
   assert f'Resumed from the checkpoint at step {trained_step}' in proc.stderr, proc.stderr[-4000:]
   assert f'resumed to step {total_steps}' in proc.stdout, proc.stdout[-2000:]
+  # Every conv computed by the run's own decisions (conv_plan.json, made at 4 devices' batch).
+  assert 'No tuned implementation' not in proc.stderr, proc.stderr[-4000:]
   assert checkpoints.read_config(copy)[0] == total_steps
   steps = [r['step'] for r in writers.read_metrics(copy) if 'content' in r]
   assert steps == sorted(set(steps)) and steps[-1] == total_steps, steps
