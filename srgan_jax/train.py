@@ -128,13 +128,13 @@ def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SI
   if saved is not None:
     # On another device count (a resume in Colab) the per-device batch differs: a conv the plan
     # lacks takes the run's decision for the same layer at the nearest batch.
-    decided = dict(conv_tuning.plan_from_json(saved))
-    layer = lambda sig: sig._replace(batch=0)
+    run_plan = dict(conv_tuning.plan_from_json(saved))
+    decided, layer = dict(run_plan), lambda sig: sig._replace(batch=0)
     for net in conv_networks(config, frozen, judge, hr_size):
-      for sig in set(conv_tuning.conv_uses(net)) - set(decided):
-        same = [s for s in decided if layer(s) == layer(sig)]
+      for sig in set(conv_tuning.conv_uses(net)) - set(run_plan):
+        same = [s for s in run_plan if layer(s) == layer(sig)]
         if same:
-          decided[sig] = decided[min(same, key=lambda s: abs(s.batch - sig.batch))]
+          decided[sig] = run_plan[min(same, key=lambda s: (abs(s.batch - sig.batch), s.batch))]
     conv_plan = tuple(sorted(decided.items()))
     log(f'Convs computed as the run decided before ({path}).')
   else:
