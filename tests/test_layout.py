@@ -95,10 +95,29 @@ def test_the_colab_path_pulls_in_no_training_code():
   assert not seen & {'train', 'classifier_train', 'steps', 'state', 'losses', 'evaluate'}, seen
 
 
-def test_installed_package_runs_from_another_directory(tmp_path, one_command_run):
+def _workdir_with_a_generator(workdir: str) -> str:
+  """A workdir holding one checkpoint of a tiny generator, saved as training saves it.
+
+  Its weights are the initial ones: restoring reads the same items whatever the training did,
+  and so this test needs no trained run (nor the session's, which would tie it to that
+  fixture's xdist worker).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from srgan_jax import models  # pylint: disable=g-import-not-at-top
+  from tests.conftest import make_tiny_config  # pylint: disable=g-import-not-at-top
+  config = make_tiny_config()
+  lr = jnp.zeros((1, 7, 7, config.data.channels))
+  variables = models.create_generator(config).init(jax.random.PRNGKey(0), lr, train=False)
+  checkpoints.save(checkpoints.manager(workdir), 4, {'generator': variables}, variables, config)
+  return workdir
+
+
+def test_installed_package_runs_from_another_directory(tmp_path):
   """`pip install .` puts the library, the configs and the experiment commands in place: the
-  documented entry points work outside the checkout, on a trained workdir (the session's)."""
-  workdir = one_command_run[1]
+  documented entry points work outside the checkout, on a workdir of checkpoints."""
+  workdir = _workdir_with_a_generator(str(tmp_path / 'run'))
   # From a copy of the checkout, so that the build's own files stay out of it.
   source = tmp_path / 'source'
   shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
