@@ -71,8 +71,8 @@ def test_the_committed_notebook_has_no_outputs_and_a_parameters_cell():
   for i, cell in enumerate(nb.cells):
     if cell.cell_type == 'code':
       assert not cell.outputs and cell.execution_count is None, (
-          f'cell {i} holds outputs: strip them before committing (e.g. `jupyter nbconvert '
-          f'--clear-output --inplace {NOTEBOOK.relative_to(ROOT)}`)')
+          f'cell {i} of {NOTEBOOK.relative_to(ROOT)} holds outputs: clear them before '
+          f'committing (Jupyter or Colab: Edit > Clear all outputs, then save)')
   parameters = _tagged(nb, 'parameters')
   assert "WORKDIR = 'runs'" in parameters.source
   install = _tagged(nb, 'install')
