@@ -16,9 +16,13 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # process of a test then computes each conv the same way (a resume is exact only with the same
 # decisions, as on a user's machine, whose cache persists).
 # With pytest-xdist each worker gets its own (the controller's would be shared by the workers,
-# and two processes tuning at once could each overwrite the other's decisions).
-if 'SRGAN_JAX_CACHE_DIR' not in os.environ or os.environ.get('PYTEST_XDIST_WORKER'):
+# and two processes tuning at once could each overwrite the other's decisions); the processes a
+# worker's tests start keep their worker's (they inherit PYTEST_XDIST_WORKER and the marker).
+_WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+if ('SRGAN_JAX_CACHE_DIR' not in os.environ or
+    (_WORKER and os.environ.get('SRGAN_JAX_TESTS_CACHE_OF') != _WORKER)):
   os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')
+  os.environ['SRGAN_JAX_TESTS_CACHE_OF'] = _WORKER
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
