@@ -85,6 +85,9 @@ def get_config():
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-4  # paper: 10^-4 (GAN stage).
   config.optimizer.pretrain_learning_rate = 1e-4  # paper: SRResNet trained at 10^-4.
+  # The pretraining rate over its steps: 'none' constant (paper), 'cosine' a half cosine from
+  # pretrain_learning_rate to 0 at the last pretraining step (short budgets converge).
+  config.optimizer.pretrain_decay = 'none'
   config.optimizer.b1 = 0.9              # paper: Adam beta1 = 0.9.
   config.optimizer.b2 = 0.999
 

@@ -44,6 +44,32 @@ CONV_PLAN_FILE = 'conv_plan.json'  # The conv decisions a run trains with.
 # State.
 
 
+PRETRAIN_DECAYS = ('none', 'cosine')
+
+
+def generator_schedule(config) -> optax.Schedule:
+  """The generator's learning rate at each of its steps, which count from 0 through
+  pretraining (SRResNet, config.pretrain_steps) and then the GAN stage.
+
+  Pretraining runs at optimizer.pretrain_learning_rate, constant ('none', the paper) or, with
+  optimizer.pretrain_decay = 'cosine', decayed along a half cosine to 0 at its last step: a
+  short CPU budget trained at a high constant rate stops at the noise floor of that rate,
+  and the decay converges instead. The GAN stage then runs at optimizer.learning_rate.
+  """
+  decay = config.optimizer.get('pretrain_decay', 'none')
+  if decay not in PRETRAIN_DECAYS:
+    raise ConfigError(f'config.optimizer.pretrain_decay = {decay!r} is not supported; use one '
+                      f'of {list(PRETRAIN_DECAYS)}.')
+  rate = config.optimizer.pretrain_learning_rate
+  if decay == 'cosine' and config.pretrain_steps > 0:
+    pretrain = optax.cosine_decay_schedule(rate, decay_steps=config.pretrain_steps)
+  else:
+    pretrain = optax.constant_schedule(rate)
+  return optax.join_schedules(
+      [pretrain, optax.constant_schedule(config.optimizer.learning_rate)],
+      [config.pretrain_steps])
+
+
 def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
                         axis_name: Optional[str] = state_lib.AXIS,
                         conv_plan: Optional[models.ConvPlan] = None):
@@ -61,10 +87,7 @@ def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
   g_vars = jax.jit(lambda r: models.create_generator(config).init(r, lr, train=False))(g_rng)
   d_vars = jax.jit(lambda r: models.create_discriminator(config).init(r, hr, train=False))(d_rng)
   tx = lambda lr: optax.adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
-  # The generator's steps count from 0 through pretraining (SRResNet) and the GAN stage.
-  g_lr = optax.join_schedules(
-      [optax.constant_schedule(config.optimizer.pretrain_learning_rate),
-       optax.constant_schedule(config.optimizer.learning_rate)], [config.pretrain_steps])
+  g_lr = generator_schedule(config)
   # The EMA starts as a copy (own buffers: the steps donate the state's buffers).
   g_state = state_lib.AveragedTrainState.create(
       apply_fn=g_model.apply, params=g_vars['params'], tx=tx(g_lr),
@@ -308,7 +331,7 @@ class _Evaluator:
   def table(self, summary: dict) -> str:
     """The results table of `summary`; for photographs it names the metric convention."""
     if not self.photos:
-      return evaluate_lib.results_table(summary)
+      return evaluate_lib.results_table(summary, evaluate_lib.fid_name(self.run.config.data))
     config = self.run.config
     return evaluate_lib.photo_results_table(summary, evaluate_lib.photo_convention(
         validation.crop_border(config), config.eval.y_channel, summary['eval_images']))
