@@ -30,10 +30,16 @@ ARCHITECTURE_FIELDS = (
     'generator.upsample_batch_norm', 'discriminator.features', 'discriminator.head',
     'discriminator.dense_features', 'loss.auxiliary', 'classifier.architecture',
 )
+# Config fields that fix shapes only with the dense discriminator head (its dense layer is
+# sized from the crop: 96 -> 6x6xC); the patch head and the generator are fully convolutional,
+# so with them a run may resume on other crops. A config that predates a field has its
+# default (0: whole images).
+DENSE_HEAD_FIELDS = (('data.hr_crop', 0),)
 
 
 def architecture_mismatches(saved: dict, current: dict) -> list:
-  """Names the architecture fields whose values differ between two config dicts."""
+  """Names the architecture fields whose values differ between two config dicts (and the
+  crop size when both use the dense discriminator head)."""
   out = []
   for field in ARCHITECTURE_FIELDS:
     a = config_utils.get_field(saved, field, None)
@@ -44,6 +50,15 @@ def architecture_mismatches(saved: dict, current: dict) -> list:
       b = list(b)
     if a != b:
       out.append(f'{field}: checkpoint has {a!r}, config has {b!r}')
+  dense = 'dense'
+  if (config_utils.get_field(saved, 'discriminator.head', None) == dense and
+      config_utils.get_field(current, 'discriminator.head', None) == dense):
+    for field, default in DENSE_HEAD_FIELDS:
+      a = config_utils.get_field(saved, field, default)
+      b = config_utils.get_field(current, field, default)
+      if a != b:
+        out.append(f'{field}: checkpoint has {a!r}, config has {b!r} (it sizes the dense '
+                   'discriminator head)')
   return out
 
 
