@@ -1,4 +1,4 @@
-"""Training of the MNIST classifiers: the guide of the auxiliary loss, and the judge.
+"""Training of the classifiers: the guide of the auxiliary loss, and the judge.
 
 - The guide (`config.classifier.architecture`, the seed's CNN) steers the generator through the
   auxiliary classifier loss and the classifier-feature content loss.
@@ -6,6 +6,12 @@
   are; it is never used in any loss, so a generator cannot game it.
 Both are trained on the training split minus a held-out validation set (which picks the best
 epoch) and report accuracy on the test split. Each is cached in its own workdir.
+
+They train on whatever labelled dataset of whole, same-size images config.data names (MNIST's
+28x28 digits; cifar10's 32x32 RGB photographs): the network is initialised at the dataset's
+image size and channels, with one output per class (config.data.num_classes when set, else the
+tfds label feature's num_classes), and both are recorded in the checkpoint's extra facts
+('image_size', 'num_classes') so that it restores without the data.
 """
 
 import copy
@@ -47,11 +53,48 @@ def role_config(config, role: str):
   return c
 
 
+def dataset_num_classes(config, labels: np.ndarray) -> int:
+  """The number of classes of config.data's labels: config.data.num_classes when > 0, else
+  MNIST's 10, else the tfds label feature's num_classes (read from the dataset's metadata,
+  no download), else the largest label + 1. A label outside the classes is a ConfigError."""
+  data = config.data
+  n = int(data.get('num_classes', 0) or 0)
+  if n <= 0 and data.name == 'mnist':
+    n = 10
+  if n <= 0:
+    n = _tfds_num_classes(data.name)
+  if n <= 0:
+    n = int(labels.max()) + 1
+  if labels.size and (labels.min() < 0 or labels.max() >= n):
+    raise ConfigError(
+        f'The labels of {data.name!r} range over {int(labels.min())}..{int(labels.max())}, '
+        f'outside the {n} classes of the classifier; set --config.data.num_classes.')
+  return n
+
+
+def _tfds_num_classes(name: str) -> int:
+  """num_classes of tfds dataset `name`'s 'label' feature (0 when unknown or not a tfds
+  dataset); from the builder's metadata, which needs neither the data nor the network."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    return int(getattr(tfds.builder(name).info.features['label'], 'num_classes', 0) or 0)
+  except Exception:  # pylint: disable=broad-except
+    return 0
+
+
+def random_hflip(images, rng):
+  """Each image mirrored left-right with probability 1/2: the standard augmentation of
+  photographs (cifar10), never of digits (a mirrored digit is another shape)."""
+  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1], images)
+
+
 def random_shift(images, rng, max_shift: int):
   """Each image translated by up to `max_shift` pixels in x and y (background filled in).
 
   The classic MNIST augmentation: digits are centred by their centre of mass, so small shifts
-  are the variation a classifier sees at test time (and in SR outputs).
+  are the variation a classifier sees at test time (and in SR outputs). On photographs it is
+  the standard random crop of an image zero-padded (black) by `max_shift` (cifar10: 4).
   """
   if max_shift <= 0:
     return images
@@ -66,10 +109,12 @@ def random_shift(images, rng, max_shift: int):
   return jax.vmap(crop)(padded, offsets)
 
 
-def _train_step(state, batch, rng, *, max_shift, ema_decay, axis_name=AXIS):
+def _train_step(state, batch, rng, *, max_shift, ema_decay, hflip=False, axis_name=AXIS):
   rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   shift_rng, rng = jax.random.split(rng)
   images = random_shift(image_ops.to_model_range(batch['hr']), shift_rng, max_shift)
+  if hflip:  # A separate key, so that MNIST's shifts and dropout stay what they were.
+    images = random_hflip(images, jax.random.fold_in(shift_rng, 1))
 
   def loss_fn(params):
     variables = {'params': params}
@@ -119,27 +164,30 @@ def learning_rate_schedule(config, steps: int):
   return optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, warmup, max(steps, warmup + 1))
 
 
-def create_state(config, rng, steps, conv_plan=None):
+def create_state(config, rng, steps, conv_plan=None,
+                 image_size=models.CLASSIFIER_IMAGE_SIZE, num_classes: int = 10):
   """The classifier's state: a TrainState with the Polyak average of its parameters
   (`ema_params`, what is evaluated and saved), like the generator's. Its network computes
-  convs by config.conv_implementation (with `conv_plan` when 'tuned')."""
+  convs by config.conv_implementation (with `conv_plan` when 'tuned'), takes images of
+  `image_size` (an int or (height, width); MNIST: 28) and has `num_classes` outputs."""
   model = models.create_classifier(config.classifier.architecture,
                                    config.classifier.dropout_rate, AXIS,
-                                   config.conv_implementation, conv_plan)
-  variables = models.init_classifier(models.create_classifier(config.classifier.architecture),
-                                     rng, config.data.channels)
+                                   config.conv_implementation, conv_plan, num_classes)
+  variables = models.init_classifier(
+      models.create_classifier(config.classifier.architecture, num_classes=num_classes),
+      rng, config.data.channels, image_size)
   tx = optax.adam(learning_rate_schedule(config, steps))
-  return state_lib.AveragedTrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                               batch_stats=variables.get('batch_stats', {}),
-                               ema_params=variables['params'])
+  return state_lib.AveragedTrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
+      batch_stats=variables.get('batch_stats', {}), ema_params=variables['params'])
 
 
-def conv_networks(config, eval_batch_per_device: int):
-  """The classifier as its training step and its evaluations run it, at one device's batch,
-  for conv_tuning."""
+def conv_networks(config, eval_batch_per_device: int, image_size=models.CLASSIFIER_IMAGE_SIZE):
+  """The classifier as its training step and its evaluations run it, at one device's batch
+  and the dataset's `image_size` (MNIST: 28), for conv_tuning."""
   architecture = config.classifier.architecture
   model = models.create_classifier(architecture)
-  image = (models.CLASSIFIER_IMAGE_SIZE, models.CLASSIFIER_IMAGE_SIZE, config.data.channels)
+  image = models.classifier_image_shape(image_size) + (config.data.channels,)
   return [conv_tuning.Network(f'{architecture} classifier', model,
                               (config.classifier.batch_size // jax.device_count(),) + image),
           conv_tuning.Network(f'{architecture} classifier in evaluation', model,
@@ -164,29 +212,43 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ConfigError(
         f'config.classifier.validation_examples = {n_val} must be between 1 and the number of '
         f'training examples - 1 ({full.num_examples - 1}).')
+  image_size = tuple(int(d) for d in full.hr.shape[1:3])
+  if config.classifier.max_shift >= min(image_size):
+    raise ConfigError(f'config.classifier.max_shift = {config.classifier.max_shift} must be '
+                      f'smaller than the images ({image_size[0]}x{image_size[1]}): a few '
+                      'pixels (MNIST: 1, cifar10: 4).')
+  num_classes = dataset_num_classes(config, np.concatenate(
+      [full.labels] + ([] if test.labels is None else [test.labels])))
   train = input_pipeline.Split(full.hr[:-n_val], full.lr[:-n_val], full.labels[:-n_val])
   val = input_pipeline.Split(full.hr[-n_val:], full.lr[-n_val:], full.labels[-n_val:])
 
   bs = config.classifier.batch_size
-  eval_batch = 1000 // len(devices) * len(devices)
+  # Evaluation batches of up to 1000 images, fewer when the splits are smaller (padding a few
+  # test images to 1000 would cost more than the evaluation itself).
+  nd = len(devices)
+  largest = max(val.num_examples, test.num_examples)
+  eval_batch = min(1000 // nd * nd, -(-largest // nd) * nd)
   per_epoch = input_pipeline.steps_per_epoch(train.num_examples, bs)
   total = per_epoch * config.classifier.num_epochs
   rng = jax.random.PRNGKey(config.seed)
   conv_plan = conv_tuning.plan_for(config.conv_implementation,
-                                   conv_networks(config, eval_batch // len(devices)))
-  state = create_state(config, rng, total, conv_plan)
+                                   conv_networks(config, eval_batch // len(devices), image_size))
+  state = create_state(config, rng, total, conv_plan, image_size, num_classes)
   state = distributed.replicate(state, step_devices, AXIS)
   model = models.create_classifier(config.classifier.architecture,
-                                   conv=config.conv_implementation, conv_plan=conv_plan)
+                                   conv=config.conv_implementation, conv_plan=conv_plan,
+                                   num_classes=num_classes)
   step_fn = jax.pmap(functools.partial(_train_step, max_shift=config.classifier.max_shift,
-                                       ema_decay=config.classifier.ema_decay),
+                                       ema_decay=config.classifier.ema_decay,
+                                       hflip=bool(config.classifier.get('hflip', False))),
                      axis_name=AXIS, in_axes=(None, 0, None),
                      out_axes=(None, None), devices=step_devices)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   progress = writers.Progress(total)
-  logging.info('Training the %s classifier (%d parameters) for %d epoch(s) in %s.',
-               config.classifier.architecture, models.count_params(state.params),
-               config.classifier.num_epochs, workdir)
+  logging.info('Training the %s classifier (%d parameters; %dx%dx%d images, %d classes) for '
+               '%d epoch(s) in %s.', config.classifier.architecture,
+               models.count_params(state.params), *image_size, config.data.channels,
+               num_classes, config.classifier.num_epochs, workdir)
   best_acc, best_vars, best_epoch = -1.0, None, 0
   t0 = time.time()
   step = 0
@@ -213,6 +275,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
              'best_epoch': best_epoch, 'train_seconds': time.time() - t0}
   writer.write_scalars(step, {f'final/{k}': v for k, v in results.items()})
   writer.close()
+  # What the network was built for, so that it restores without the data (inference).
+  results.update(image_size=list(image_size), num_classes=num_classes)
   mngr = checkpoints.manager(workdir, keep=1)
   checkpoints.save(mngr, step, jax.device_get(state), best_vars, config, extra=results)
   logging.info('Classifier %s: test accuracy %.4f (best epoch %d, %.0f s).',

@@ -3,6 +3,10 @@
 Every figure is reported for SR, for the bicubic baseline (LR upsampled by bicubic) and, where
 it makes sense, for HR itself (the ceiling). Recognisability is measured by the *judge*, a
 classifier never used in any loss, so a generator cannot score well by pleasing its teacher.
+The FID is the Fréchet distance between the judge's penultimate features of SR (or bicubic)
+and of HR test images: on MNIST "digit-FID"; on another labelled dataset (cifar10) the same
+figure in its own judge's features, named "judge-FID" (not the Inception FID of published
+tables, whose network and features differ). Its keys are fid_{bicubic,sr} on every dataset.
 
 Photographs (a PhotoSplit) are evaluated as the SR literature does, so the numbers compare
 with published tables: each whole test image, cut to a multiple of the scale, is upscaled on
@@ -25,6 +29,7 @@ from srgan_jax import image_ops
 from srgan_jax import images as images_lib
 from srgan_jax import input_pipeline
 from srgan_jax import metrics
+from srgan_jax import validation
 from srgan_jax.errors import ImageDataError
 
 ROWS = ('hr', 'bicubic', 'sr')
@@ -63,7 +68,8 @@ def evaluate(eval_fn, g_vars, judge_vars, split, batch_size: int, num_devices: i
   """Runs `eval_fn` over the whole split and returns the summary figures.
 
   Keys: psnr_{bicubic,sr}, ssim_{bicubic,sr} (means over images), and with a judge
-  judge_accuracy_{hr,bicubic,sr} and fid_{bicubic,sr} (digit-FID against HR; 0 for HR itself).
+  judge_accuracy_{hr,bicubic,sr} and fid_{bicubic,sr} (the judge-feature FID against HR, digit-FID
+  on MNIST; 0 for HR itself).
   """
   sums, count = {}, 0
   moments = {}
@@ -89,11 +95,17 @@ def evaluate(eval_fn, g_vars, judge_vars, split, batch_size: int, num_devices: i
   return summary
 
 
-def results_table(summary: dict) -> str:
-  """Markdown table comparing HR, bicubic and SR on every figure in `summary`."""
+def fid_name(data_config) -> str:
+  """The name of the judge-feature FID in tables: 'digit-FID' on MNIST, else 'judge-FID'."""
+  return 'digit-FID' if validation.is_mnist(data_config) else 'judge-FID'
+
+
+def results_table(summary: dict, fid_label: str = 'digit-FID') -> str:
+  """Markdown table comparing HR, bicubic and SR on every figure in `summary`; `fid_label`
+  names the FID column (fid_name: 'digit-FID' on MNIST)."""
   def cell(key, fmt):
     return fmt.format(summary[key]) if key in summary else '—'
-  lines = ['| images | PSNR (dB) | SSIM | judge accuracy | digit-FID |',
+  lines = [f'| images | PSNR (dB) | SSIM | judge accuracy | {fid_label} |',
            '|---|---|---|---|---|']
   for row, label in (('hr', 'HR (ceiling)'), ('bicubic', 'bicubic'), ('sr', 'SR')):
     psnr = 'inf' if row == 'hr' else cell(f'psnr_{row}', '{:.2f}')

@@ -24,7 +24,8 @@ Image conventions of `Upscaler.upscale` and `Classifier.predict` / `.logits`:
   to one channel for greyscale input. RGB input to a 1-channel network is an error: convert it
   to greyscale first (e.g. PIL's `.convert('L')`).
 * Sizes: the generator is fully convolutional, so any H and W work (output: scale*H x
-  scale*W). The classifiers need the 28x28 images they were trained on.
+  scale*W). The classifiers need images of the size they were trained on (MNIST: 28x28,
+  cifar10: 32x32).
 * Large images are upscaled by tiles (`tile_size` LR pixels square, default 128), so device
   memory is bounded by `tile_batch_size` tiles whatever the image size. Each tile is computed
   with `tile_margin` LR pixels of context on every side (default: the generator's receptive
@@ -493,7 +494,7 @@ def load_generator(workdir: str, step: Optional[int] = None) -> Upscaler:
 
 
 class Classifier:
-  """A trained MNIST classifier: `predict(images)` -> labels, `logits(images)` -> (N, 10)."""
+  """A trained classifier: `predict(images)` -> labels, `logits(images)` -> (N, classes)."""
 
   def __init__(self, model, variables, config: ml_collections.ConfigDict, extra: dict):
     self.model = model
@@ -502,6 +503,7 @@ class Classifier:
     self.extra = dict(extra or {})
     self.architecture = config.classifier.architecture
     self.channels = int(config.data.channels)
+    self.image_size = classifier_image_size(self.extra)
     self._apply = jax.jit(
         lambda v, x: model.apply(v, _to_model_range(x, self.channels), train=False)[0])
 
@@ -510,12 +512,14 @@ class Classifier:
             f'test_accuracy={self.extra.get("test_accuracy")})')
 
   def logits(self, images, batch_size: int = 1000) -> np.ndarray:
-    """float32 (N, 10) logits ((10,) for one (H, W) image) of 28x28 images."""
+    """float32 (N, classes) logits ((classes,) for one (H, W) image) of images of the size it
+    was trained on (28x28 for MNIST)."""
     batch_size = _check_batch_size(batch_size)
     x, layout = _to_nhwc(images, self.channels, 'classifier')
-    if x.shape[1:3] != (CLASSIFIER_SIZE, CLASSIFIER_SIZE):
-      raise ValueError(f'classifier: images must be {CLASSIFIER_SIZE}x{CLASSIFIER_SIZE} (the '
-                       f'size it was trained on); got {x.shape[1]}x{x.shape[2]}.')
+    if x.shape[1:3] != self.image_size:
+      height, width = self.image_size
+      raise ValueError(f'classifier: images must be {height}x{width} (the size it was trained '
+                       f'on); got {x.shape[1]}x{x.shape[2]}.')
     fn = lambda chunk: self._apply(self.variables, chunk)
     out = _batched(fn, x, batch_size, (self.model.num_classes,), np.float32)
     return out[0] if layout.ndim == 2 else out
@@ -528,29 +532,49 @@ class Classifier:
 CLASSIFIER_FIELDS = ('task', 'data.channels', 'classifier.architecture')
 
 
+def classifier_image_size(extra: dict) -> tuple:
+  """(height, width) a classifier checkpoint was trained at: its 'extra' facts' image_size,
+  or 28x28 for the MNIST checkpoints made before classifiers took their dataset's size."""
+  return models.classifier_image_shape(tuple(extra.get('image_size', (CLASSIFIER_SIZE,) * 2)))
+
+
+def classifier_num_classes(extra: dict) -> int:
+  """The classes of a classifier checkpoint: its 'extra' facts' num_classes, or MNIST's 10."""
+  return int(extra.get('num_classes', 10))
+
+
 def restore_classifier(workdir: str, expected_config=None):
   """(flax module, variables, extra facts) of the classifier saved in `workdir`.
 
-  With `expected_config`, a checkpoint made for another architecture or channel count is a
-  CheckpointError that names the path and what to do.
+  The network is rebuilt at the image size and number of classes recorded in the checkpoint's
+  extra facts (MNIST checkpoints without them: 28x28, 10 classes). With `expected_config`, a
+  checkpoint made for another architecture, channel count or dataset is a CheckpointError that
+  names the path and what to do.
   """
-  _, saved, _ = checkpoints.read_config(workdir)
+  _, saved, extra = checkpoints.read_config(workdir)
   if saved.get('task') != 'classifier':
     raise CheckpointError(
         f'The checkpoint in {checkpoints.checkpoint_dir(workdir)!r} is a {saved.get("task")!r} '
         f'checkpoint, not a classifier; use load_generator({workdir!r}).')
   if expected_config is not None:
-    diffs = [d for d in checkpoints.architecture_mismatches(
-        saved, config_utils.config_to_dict(expected_config))
+    expected = config_utils.config_to_dict(expected_config)
+    diffs = [d for d in checkpoints.architecture_mismatches(saved, expected)
              if d.split(':')[0] in CLASSIFIER_FIELDS]
+    # A guide of another dataset would score SR images against classes they are not of.
+    saved_name = config_utils.get_field(saved, 'data.name', None)
+    expected_name = config_utils.get_field(expected, 'data.name', None)
+    if saved_name != expected_name:
+      diffs.append(f'data.name: checkpoint has {saved_name!r}, config has {expected_name!r}')
     if diffs:
       raise CheckpointError(
           f'The classifier checkpoint in {checkpoints.checkpoint_dir(workdir)!r} does not fit '
           f'this run:\n  ' + '\n  '.join(diffs) + f'\nDelete {workdir!r} to retrain it (it is '
           f'trained automatically when missing), or point the config at another directory.')
   config = config_utils.dict_to_config(saved)
-  model = models.create_classifier(config.classifier.architecture)
-  template = models.classifier_template(model, config.data.channels)
+  model = models.create_classifier(config.classifier.architecture,
+                                   num_classes=classifier_num_classes(extra))
+  template = models.classifier_template(model, config.data.channels,
+                                        classifier_image_size(extra))
   _, restored = checkpoints.restore(workdir, {'model': template})
   return model, restored['model'], restored['extra']
 

@@ -19,7 +19,9 @@ import numpy as np
 
 MAX_MATMUL_PATCH = 3 * 3 * 512
 DISCRIMINATOR_HEADS = ('dense', 'patch')
-CLASSIFIER_IMAGE_SIZE = 28  # The MNIST classifiers (guide and judge) see 28x28 digits.
+# The classifiers (guide and judge) are initialised at their dataset's image size: 28x28 for
+# MNIST, whose checkpoints carry no size (the default), 32x32 for cifar10, and so on.
+CLASSIFIER_IMAGE_SIZE = 28
 CLASSIFIER_FEATURE_LAYERS = ('conv1', 'conv2', 'conv3', 'dense1', 'dense2')
 
 
@@ -441,6 +443,10 @@ class Discriminator(nn.Module):
 class Classifier(nn.Module):
   """The seed's MNIST CNN, which guides the generator through the auxiliary loss.
 
+  Its convs and pools fit any image size and channel count and its first dense layer is sized
+  at initialisation (28x28 digits: 7x7x128; cifar10's 32x32: 8x8x128), so it also guides on a
+  labelled dataset of photographs.
+
   conv3x3 32-BN-ReLU, conv3x3 64-BN-ReLU, maxpool, conv3x3 128-BN-ReLU, maxpool, dropout,
   dense 128-BN-ReLU, dropout, dense 64-BN-ReLU, dropout, dense 10.
   Returns (logits, features) where features maps 'conv1'..'conv3', 'dense1', 'dense2' to the
@@ -475,7 +481,8 @@ class LeNetJudge(nn.Module):
 
   A different architecture from `Classifier` (5x5 convs, no BatchNorm), so that a generator
   cannot score well by exploiting the particular classifier that guided it.
-  Returns (logits, features) with 'penultimate' (dense 256) used for digit-FID.
+  Returns (logits, features) with 'penultimate' (dense 256) used for digit-FID (the judge's
+  feature FID). Like Classifier, it fits any image size and channel count.
   """
   num_classes: int = 10
   dropout_rate: float = 0.5
@@ -512,7 +519,9 @@ def create_generator(config, axis_name=None, conv: str = 'auto',
 def create_discriminator(config, axis_name=None, conv: str = 'auto',
                          conv_plan: Optional[ConvPlan] = None) -> Discriminator:
   """The discriminator of `config`; `conv` and `conv_plan` as in create_generator."""
-  num_classes = 10 if config.loss.auxiliary == 'discriminator_head' else 0
+  # The AC-GAN head: one logit per class of the dataset (config.data.num_classes; MNIST: 10).
+  num_classes = ((config.data.get('num_classes', 0) or 10)
+                 if config.loss.auxiliary == 'discriminator_head' else 0)
   return Discriminator(features=tuple(config.discriminator.features),
                        head=config.discriminator.head,
                        dense_features=config.discriminator.dense_features,
@@ -521,24 +530,38 @@ def create_discriminator(config, axis_name=None, conv: str = 'auto',
 
 
 def create_classifier(architecture: str, dropout_rate: float = 0.5, axis_name=None,
-                      conv: str = 'auto', conv_plan: Optional[ConvPlan] = None):
-  """A classifier of `architecture`; `conv` and `conv_plan` as in create_generator."""
+                      conv: str = 'auto', conv_plan: Optional[ConvPlan] = None,
+                      num_classes: int = 10):
+  """A classifier of `architecture` with `num_classes` outputs (MNIST, cifar10: 10); `conv`
+  and `conv_plan` as in create_generator."""
   if architecture not in CLASSIFIER_ARCHITECTURES:
     raise ValueError(f'Unknown classifier architecture {architecture!r}: use one of '
                      f'{sorted(CLASSIFIER_ARCHITECTURES)}.')
   return CLASSIFIER_ARCHITECTURES[architecture](dropout_rate=dropout_rate, axis_name=axis_name,
-                                                conv=conv, conv_plan=conv_plan)
+                                                conv=conv, conv_plan=conv_plan,
+                                                num_classes=int(num_classes))
 
 
-def init_classifier(module, rng, channels: int):
-  """The variables of a classifier module for `channels`-channel 28x28 images (jitted init)."""
-  shape = (1, CLASSIFIER_IMAGE_SIZE, CLASSIFIER_IMAGE_SIZE, channels)
+def classifier_image_shape(image_size=CLASSIFIER_IMAGE_SIZE) -> Tuple[int, int]:
+  """(height, width) of a classifier's images from an int (square) or a (height, width)."""
+  if isinstance(image_size, (int, np.integer)):
+    return int(image_size), int(image_size)
+  height, width = image_size
+  return int(height), int(width)
+
+
+def init_classifier(module, rng, channels: int, image_size=CLASSIFIER_IMAGE_SIZE):
+  """The variables of a classifier module for `channels`-channel images of `image_size` (an
+  int or (height, width); 28: MNIST) (jitted init). The dense layers are sized from it: the
+  convs are size-agnostic, so one architecture fits any dataset's images."""
+  shape = (1,) + classifier_image_shape(image_size) + (channels,)
   return jax.jit(lambda r: module.init(r, jnp.zeros(shape), train=False))(rng)
 
 
-def classifier_template(module, channels: int):
+def classifier_template(module, channels: int, image_size=CLASSIFIER_IMAGE_SIZE):
   """The shapes and dtypes of init_classifier's variables, computing nothing."""
-  return jax.eval_shape(lambda: init_classifier(module, jax.random.PRNGKey(0), channels))
+  return jax.eval_shape(
+      lambda: init_classifier(module, jax.random.PRNGKey(0), channels, image_size))
 
 
 def count_params(params) -> int:

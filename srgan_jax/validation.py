@@ -42,10 +42,17 @@ def uses_crops(data_config) -> bool:
 
 
 def is_mnist(data_config) -> bool:
-  """Whether the data are the whole 28x28 MNIST digits that the guide classifier, the judge
-  and digit-FID are made for."""
-  return (data_config.source in ('auto', 'offline', 'tfds') and data_config.name == 'mnist'
-          and not uses_crops(data_config))
+  """Whether the data are the whole 28x28 MNIST digits (the judge's feature FID is then
+  digit-FID, and the classifiers' checkpoints are the 28x28 ones of before)."""
+  return is_labelled_whole(data_config) and data_config.name == 'mnist'
+
+
+def is_labelled_whole(data_config) -> bool:
+  """Whether the data can train the classifiers (the guide, the judge): a tfds dataset (MNIST
+  included) of whole images of one size (hr_crop = 0, e.g. cifar10's 32x32), not random crops
+  nor the unlabelled photographs of a folder or skimage. Whether its records carry labels is
+  known once they are read, and checked there (a clear error before training)."""
+  return (data_config.source in ('auto', 'offline', 'tfds') and not uses_crops(data_config))
 
 
 def crop_border(config) -> int:
@@ -106,28 +113,33 @@ def _validate_dense_head(config) -> None:
 
 
 def _validate_photographs(config) -> None:
-  """What cannot apply to photographs: the digit judge, the guide, labels."""
+  """What cannot apply to unlabelled photographs or random crops: the guide, the judge and
+  labels, which need a labelled dataset of whole images (MNIST, cifar10, ...)."""
   data = config.data
-  if is_mnist(data):
+  if is_labelled_whole(data):
     return
-  what = (f"config.data.source = {data.source!r}" if data.source in sources.PHOTO_SOURCES
-          else f'config.data.name = {data.name!r}' + (
-              f' with hr_crop = {data.hr_crop}' if uses_crops(data) else ''))
+  if data.source in sources.PHOTO_SOURCES:
+    what = f'config.data.source = {data.source!r}, which has no class labels'
+  else:
+    what = (f'config.data.name = {data.name!r} with hr_crop = {data.hr_crop}: a classifier '
+            'needs whole images of one size, not random crops (set hr_crop = 0)')
   if needs_guide(config):
     field = ('loss.content' if config.loss.content == 'classifier' else 'loss.auxiliary')
     raise ConfigError(
-        f'config.{field} = {config.loss[field.split(".")[1]]!r} uses the MNIST guide '
-        f'classifier, made for whole 28x28 digits; it cannot apply to {what}. Use '
+        f'config.{field} = {config.loss[field.split(".")[1]]!r} uses a guide classifier (the '
+        f'MNIST guide classifier, or one trained on another labelled tfds dataset of whole '
+        f'images of one size, e.g. cifar10); it cannot apply to {what}. Use '
         f"loss.auxiliary='none' and loss.content='mse' (or 'vgg').")
   if config.eval.judge_workdir:
     raise ConfigError(
-        f'config.eval.judge_workdir = {config.eval.judge_workdir!r} asks for the digit judge '
-        f'(judge accuracy, digit-FID), made for whole 28x28 MNIST digits; it cannot apply to '
-        f'{what}. Set --config.eval.judge_workdir="" (PSNR/SSIM only).')
+        f'config.eval.judge_workdir = {config.eval.judge_workdir!r} asks for a judge '
+        f'classifier (judge accuracy and judge-feature FID: the digit judge on MNIST, or one '
+        f'trained on another labelled tfds dataset of whole images, e.g. cifar10); it cannot '
+        f'apply to {what}. Set --config.eval.judge_workdir="" (PSNR/SSIM only).')
   if config.loss.auxiliary == 'discriminator_head' and data.source in sources.PHOTO_SOURCES:
     raise ConfigError(
-        f"config.loss.auxiliary = 'discriminator_head' needs class labels, and {what} has "
-        "none; use loss.auxiliary='none'.")
+        f"config.loss.auxiliary = 'discriminator_head' needs class labels, and {what}; use "
+        "loss.auxiliary='none'.")
 
 
 def _validate_classifier(config, num_devices):
@@ -141,9 +153,23 @@ def _validate_classifier(config, num_devices):
   for name in ('warmup_fraction', 'ema_decay', 'dropout_rate'):
     if not 0 <= c[name] < 1:
       raise ConfigError(f'config.classifier.{name} = {c[name]} must be in [0, 1).')
-  if not 0 <= c.max_shift < models.CLASSIFIER_IMAGE_SIZE:
+  if c.max_shift < 0 or (is_mnist(config.data) and c.max_shift >= models.CLASSIFIER_IMAGE_SIZE):
     raise ConfigError(f'config.classifier.max_shift = {c.max_shift} must be 0 (no shifts) '
                       f'or a few pixels.')
+  if 'hflip' in c and not isinstance(c.hflip, bool):
+    raise ConfigError(f'config.classifier.hflip = {c.hflip!r} must be True (photographs) or '
+                      'False (digits).')
+  if not is_labelled_whole(config.data):
+    raise ConfigError(
+        f'A classifier (the guide or the judge, config.task = {config.task!r}) trains on a '
+        f'labelled tfds dataset of whole images of one size (MNIST, cifar10, ...), not on '
+        f'config.data.source = {config.data.source!r} with hr_crop = '
+        f'{config.data.get("hr_crop", 0)}.')
+  num_classes = config.data.get('num_classes', 0)
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
+      num_classes < 0 or num_classes == 1):
+    raise ConfigError(f'config.data.num_classes = {num_classes!r} must be 0 (from the '
+                      'dataset) or the number of classes (>= 2).')
 
 
 def _validate_srgan(config, num_devices):
