@@ -138,6 +138,68 @@ def test_skimage_photographs_offline():
   assert min(min(im.shape[:2]) for im in images) >= photos.get_config().data.hr_crop
 
 
+def test_skimage_training_photographs_load_offline_grey_tiled_and_disjoint(monkeypatch):
+  """The training photographs include greyscale ones (camera, moon, ...), tiled to RGB; every
+  one loads from the installed wheel with the network refused (no pooch download), fits a
+  crop, and none is a test image ('cat' is chelsea)."""
+  import socket  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise OSError('no network in this test')
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  names, images = sources.load_skimage_photos('train', 3)
+  assert names == sources.SKIMAGE_TRAIN and len(images) == len(names)
+  _, tests = sources.load_skimage_photos('test', 3)
+  crop = photos.get_config().data.hr_crop
+  grey = 0
+  for name, image in zip(names, images):
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3, name
+    assert min(image.shape[:2]) >= crop, name
+    grey += int(np.array_equal(image[..., 0], image[..., 1]) and
+                np.array_equal(image[..., 0], image[..., 2]))
+    assert not any(image.shape == t.shape and np.array_equal(image, t) for t in tests), name
+  assert grey >= 1 and 'cat' not in names
+  # A cycled colour photograph is its original with the channels in that order.
+  original, cycled = images[names.index('astronaut')], images[names.index('astronaut:gbr')]
+  np.testing.assert_array_equal(cycled, original[..., [1, 2, 0]])
+  _, as_grey = sources.load_skimage_photos('train', 1)
+  assert all(image.shape[-1] == 1 for image in as_grey)
+
+
+@pytest.mark.parametrize('decay', ['none', 'cosine'])
+def test_generator_schedule_is_what_pretrain_decay_says(decay):
+  """optimizer.pretrain_decay: 'none' keeps the pretraining rate constant (the default, so
+  every other config trains as before); 'cosine' decays it by a half cosine to 0 at the last
+  pretraining step; the GAN stage runs at optimizer.learning_rate either way."""
+  assert photos.get_config().optimizer.pretrain_decay == 'cosine'
+  config = photos.get_config()
+  config.optimizer.pretrain_decay = decay
+  config.pretrain_steps = 100
+  rate, gan = config.optimizer.pretrain_learning_rate, config.optimizer.learning_rate
+  schedule = train.generator_schedule(config)
+  at = lambda step: float(schedule(step))
+  if decay == 'none':
+    assert [at(s) for s in (0, 50, 99)] == pytest.approx([rate] * 3, rel=1e-6)
+  else:
+    for step in (0, 25, 50, 99):
+      expected = rate * 0.5 * (1 + np.cos(np.pi * step / 100))
+      assert at(step) == pytest.approx(expected, rel=1e-5, abs=1e-6 * rate), step
+    assert at(99) < 1e-3 * rate
+  assert [at(s) for s in (100, 150)] == pytest.approx([gan, gan], rel=1e-6)
+
+
+def test_default_pretrain_decay_is_none_and_bad_values_are_refused():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  assert default.get_config().optimizer.pretrain_decay == 'none'
+  config = default.get_config()
+  config.pretrain_steps = 10
+  schedule = train.generator_schedule(config)
+  assert float(schedule(9)) == pytest.approx(config.optimizer.pretrain_learning_rate)
+  config.optimizer.pretrain_decay = 'linear'
+  with pytest.raises(errors.ConfigError, match='pretrain_decay'):
+    train.generator_schedule(config)
+
+
 def test_mnist_keeps_its_in_memory_batches():
   hr = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
   split = ip.Split(hr=hr, lr=image_ops.downsample_bicubic(hr, 4))
@@ -358,3 +420,30 @@ def test_training_on_a_folder_of_photographs_then_resume(tmp_path, photo_dirs):
   assert len(gan) == 2 and all(np.isfinite(r['d_real']) and np.isfinite(r['d_fake']) for r in gan)
   assert train.checkpoints.read_config(workdir)[0] == 4
   assert resumed['psnr_bicubic'] == summary['psnr_bicubic']  # the same test image.
+
+
+def test_architecture_mismatch_names_the_crop_of_a_dense_head():
+  """data.hr_crop sizes the dense discriminator head, so it is an architecture field with that
+  head; the patch head is fully convolutional (other crops resume), and a config saved before
+  the field existed counts as its default, 0."""
+  saved = {'discriminator': {'head': 'dense'}, 'data': {'hr_crop': 48}}
+  current = {'discriminator': {'head': 'dense'}, 'data': {'hr_crop': 96}}
+  diffs = train.checkpoints.architecture_mismatches(saved, current)
+  assert len(diffs) == 1 and diffs[0].startswith('data.hr_crop: checkpoint has 48, config has 96')
+  patch = lambda crop: {'discriminator': {'head': 'patch'}, 'data': {'hr_crop': crop}}
+  assert not train.checkpoints.architecture_mismatches(patch(48), patch(96))
+  old = {'discriminator': {'head': 'dense'}, 'data': {}}
+  assert not train.checkpoints.architecture_mismatches(
+      old, {'discriminator': {'head': 'dense'}, 'data': {'hr_crop': 0}})
+
+
+def test_resume_with_another_crop_and_a_dense_head_names_the_field(tmp_path, photo_dirs):
+  """Not Orbax's shape error: the dense head was sized from the checkpoint's crop."""
+  workdir = str(tmp_path / 'run')
+  config = _photo_config(*photo_dirs, pretrain_steps=0, **{'data.eval_examples': 1})
+  train.train_and_evaluate(config, workdir)
+  other = _photo_config(*photo_dirs, pretrain_steps=0, num_train_steps=4,
+                        **{'data.eval_examples': 1, 'data.hr_crop': 12})
+  with pytest.raises(errors.CheckpointError,
+                     match='data.hr_crop: checkpoint has 16, config has 12'):
+    train.train_and_evaluate(other, workdir)
