@@ -136,10 +136,15 @@ def _predict(variables, batch, *, model):
   return jnp.argmax(logits, -1) == batch['label']
 
 
-def accuracy(model, variables, split, batch_size, devices) -> float:
-  """Top-1 accuracy of a classifier on a split."""
-  predict = jax.pmap(functools.partial(_predict, model=model), in_axes=(None, 0),
-                     devices=devices)
+def make_predict(model, devices):
+  """The pmapped (variables, sharded batch) -> correct per example of `model` on `devices`."""
+  return jax.pmap(functools.partial(_predict, model=model), in_axes=(None, 0), devices=devices)
+
+
+def accuracy(model, variables, split, batch_size, devices, predict=None) -> float:
+  """Top-1 accuracy of a classifier on a split; `predict` (make_predict's) is reused across
+  calls when given, so that each evaluation does not trace and compile it again."""
+  predict = predict or make_predict(model, devices)
   correct = total = 0
   for batch in input_pipeline.eval_batches(split, batch_size):
     mask = batch.pop('mask')
@@ -243,6 +248,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        hflip=bool(config.classifier.get('hflip', False))),
                      axis_name=AXIS, in_axes=(None, 0, None),
                      out_axes=(None, None), devices=step_devices)
+  predict = make_predict(model, devices)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   progress = writers.Progress(total)
   logging.info('Training the %s classifier (%d parameters; %dx%dx%d images, %d classes) for '
@@ -264,13 +270,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
         logging.info('%s | loss=%.4f', progress.update(step), metrics['loss'])
     # On the host: the state lives on every process's devices, evaluation on this process's.
-    val_acc = accuracy(model, jax.device_get(_variables(state)), val,
-                       eval_batch, devices)
+    val_acc = accuracy(model, jax.device_get(_variables(state)), val, eval_batch, devices,
+                       predict)
     writer.write_scalars(step, {'validation/accuracy': val_acc, 'epoch': epoch})
     logging.info('Epoch %d: validation accuracy %.4f', epoch, val_acc)
     if val_acc > best_acc:
       best_acc, best_vars, best_epoch = val_acc, jax.device_get(_variables(state)), epoch
-  test_acc = accuracy(model, best_vars, test, eval_batch, devices)
+  test_acc = accuracy(model, best_vars, test, eval_batch, devices, predict)
   results = {'test_accuracy': test_acc, 'validation_accuracy': best_acc,
              'best_epoch': best_epoch, 'train_seconds': time.time() - t0}
   writer.write_scalars(step, {f'final/{k}': v for k, v in results.items()})
