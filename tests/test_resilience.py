@@ -33,6 +33,7 @@ OVERRIDES = {
     'keep_checkpoints': 3,
     'ema_decay': 0.9,
     'cpu_devices_per_core': False,
+    'conv_implementation': 'tuned',  # The default: a resume must reuse the run's decisions.
 }
 TOTAL_STEPS = 16
 SLOW_STEP_SECONDS = 0.3  # Leaves seconds between checkpoints to signal a run in.

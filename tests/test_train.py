@@ -31,6 +31,7 @@ def _records(workdir):
 def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_config,
                                                               monkeypatch):
   workdir = str(tmp_path / 'run')
+  tiny_config.conv_implementation = 'tuned'  # The default, whose decisions a resume reuses.
   summary = train.train_and_evaluate(tiny_config, workdir)
   for key in ('psnr_sr', 'psnr_bicubic', 'ssim_sr', 'ssim_bicubic'):
     assert np.isfinite(summary[key])
@@ -61,7 +62,7 @@ def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_con
                       lambda *a, **kw: used.append(kw['conv_plan']) or real_create(*a, **kw))
 
   # The same command with a larger budget resumes at step 8 instead of starting over.
-  longer = make_tiny_config(num_train_steps=6)
+  longer = make_tiny_config(num_train_steps=6, conv_implementation='tuned')
   train.train_and_evaluate(longer, workdir)
   assert used == [plan]
   logged = [r['step'] for r in _records(workdir) if 'generator' in r]
