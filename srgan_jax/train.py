@@ -326,7 +326,7 @@ class _Evaluator:
     generator = models.create_generator(config, conv=config.conv_implementation,
                                         conv_plan=run.conv_plan)
     self.eval_fn = evaluate_lib.make_eval_fn(generator, run.judge, config.data.scale,
-                                             config.eval.crop_border, jax.local_devices())
+                                             validation.crop_border(config), jax.local_devices())
 
   def table(self, summary: dict) -> str:
     """The results table of `summary`; for photographs it names the metric convention."""

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import types
 import sys
 
 import jax
@@ -192,3 +193,18 @@ def test_main_reports_a_bad_task_as_a_message(tmp_path):
   assert "ConfigError: config.task = 'gan' is not supported" in run.stderr
   assert "'srgan', 'classifier'" in run.stderr and 'Traceback' not in run.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_digit_evaluation_shaves_the_scale_for_crop_border_minus_one(monkeypatch, tiny_config):
+  """eval.crop_border = -1 means the scale on every evaluation path, not only photographs'."""
+  seen = []
+  monkeypatch.setattr(train.evaluate_lib, 'make_eval_fn',
+                      lambda generator, judge, scale, crop_border, devices: seen.append(
+                          (scale, crop_border)))
+  tiny_config.eval.crop_border = -1
+  split = input_pipeline.Split(hr=np.zeros((4, 28, 28, 1), np.uint8),
+                               lr=np.zeros((4, 7, 7, 1), np.uint8),
+                               labels=np.zeros((4,), np.int32))
+  run = types.SimpleNamespace(config=tiny_config, test_split=split, conv_plan=None, judge=None)
+  train._Evaluator(run, writer=None)  # pylint: disable=protected-access
+  assert seen == [(4, 4)]
