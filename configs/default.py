@@ -36,6 +36,7 @@ def get_config():
   config.data.channels = 1             # 1, or 3 (grey tiled to RGB, as the seed did).
   config.data.train_examples = 0       # 0: all of the training split.
   config.data.eval_examples = 10000    # test images used by PSNR/SSIM/judge/FID.
+  config.data.num_classes = 0          # 0: MNIST's 10, else the tfds label feature's count.
 
   config.generator = ml_collections.ConfigDict()
   config.generator.num_res_blocks = 16  # paper: B = 16 residual blocks.
@@ -132,6 +133,7 @@ def get_config():
   config.classifier.warmup_fraction = 0.1  # share of the steps spent warming the rate up.
   config.classifier.ema_decay = 0.99       # Polyak average of the evaluated weights; 0: off.
   config.classifier.max_shift = 1          # random translation (pixels) of training digits.
+  config.classifier.hflip = False          # random horizontal flips (photographs, e.g. cifar10).
   config.classifier.validation_examples = 5000  # held out of train for model selection.
   config.classifier.dropout_rate = 0.5
 
