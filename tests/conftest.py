@@ -53,6 +53,7 @@ def _shared_fixture_group(item):
   return group
 
 
+@pytest.hookimpl(tryfirst=True)  # Before xdist's worker reads the groups into the node ids.
 def pytest_collection_modifyitems(items):
   """Keep each expensive shared fixture in one worker (`--dist loadgroup`): every test of a
   module that uses a session fixture (one_command_run) joins that fixture's group, and the tests
