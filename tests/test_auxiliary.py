@@ -69,7 +69,8 @@ def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_r
 
 def _frozen_classifier(config, seed=0):
   model = models.create_classifier('seed_cnn')
-  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, config.data.channels)))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(seed),
+                                  jnp.zeros((1, 28, 28, config.data.channels)))
   return steps.Frozen(classifier=model, classifier_vars=variables)
 
 
@@ -86,12 +87,15 @@ def test_auxiliary_gradient_reaches_generator_and_classifier_stays_fixed():
   frozen = _frozen_classifier(config)
   before = jax.device_get(frozen.classifier_vars)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
-  grads, (_, _, metrics) = jax.grad(steps.generator_loss, has_aux=True)(
-      g_state.params, g_state, d_state, _batch(), frozen, config=config, adversarial=False)
+  # Jitted (one compilation each; op by op, these passes took 20 s).
+  grad_fn = jax.jit(lambda params, g, d, batch: jax.grad(steps.generator_loss, has_aux=True)(
+      params, g, d, batch, frozen, config=config, adversarial=False))
+  grads, (_, _, metrics) = grad_fn(g_state.params, g_state, d_state, _batch())
   norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads))
   assert norm > 0 and float(metrics['auxiliary']) > 0
-  new_g, _, _ = steps.generator_step(g_state, d_state, _batch(), frozen, config=config,
-                                     adversarial=False, axis_name=None)
+  step_fn = jax.jit(lambda g, d, batch: steps.generator_step(
+      g, d, batch, frozen, config=config, adversarial=False, axis_name=None))
+  new_g, _, _ = step_fn(g_state, d_state, _batch())
   assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
       jax.tree_util.tree_leaves(new_g.params), jax.tree_util.tree_leaves(g_state.params)))
   after = jax.device_get(frozen.classifier_vars)
@@ -105,8 +109,9 @@ def test_pseudo_labels_are_the_classifier_argmax_on_hr():
   frozen = _frozen_classifier(config)
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
   batch = _batch()
-  loss, (sr, _, _) = steps.generator_loss(g_state.params, g_state, d_state, batch, frozen,
-                                          config=config, adversarial=False)
+  loss, (sr, _, _) = jax.jit(lambda params, g, d, b: steps.generator_loss(
+      params, g, d, b, frozen, config=config, adversarial=False))(
+          g_state.params, g_state, d_state, batch)
   hr = image_ops.to_model_range(batch['hr'])
   hr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, hr)
   sr_logits, _ = frozen.classifier.apply(frozen.classifier_vars, sr)
@@ -120,11 +125,13 @@ def test_acgan_discriminator_head_losses():
   config = make_tiny_config(**{'loss.auxiliary': 'discriminator_head'})
   g_state, d_state = train.create_train_states(config, jax.random.PRNGKey(0), axis_name=None)
   batch = _batch()
-  _, (sr, _, metrics) = steps.generator_loss(g_state.params, g_state, d_state, batch,
-                                             steps.Frozen(), config=config, adversarial=True)
+  _, (sr, _, metrics) = jax.jit(lambda params, g, d, b: steps.generator_loss(
+      params, g, d, b, steps.Frozen(), config=config, adversarial=True))(
+          g_state.params, g_state, d_state, batch)
   # Chance-level cross-entropy at initialisation is about log(10).
   assert 0.5 < float(metrics['auxiliary']) < 10
-  _, d_metrics = steps.discriminator_step(d_state, batch, sr, config=config, axis_name=None)
+  _, d_metrics = jax.jit(lambda d, b, x: steps.discriminator_step(
+      d, b, x, config=config, axis_name=None))(d_state, batch, sr)
   assert float(d_metrics['discriminator']) == pytest.approx(
       float(d_metrics['discriminator_adversarial'] + d_metrics['discriminator_auxiliary']),
       rel=1e-5)
