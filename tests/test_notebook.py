@@ -109,6 +109,10 @@ def test_notebook_runs_top_to_bottom_on_the_trained_workdir(one_command_run, tmp
   assert Image.open(tmp_path / 'lr_digit.png').size == (7, 7)
   assert Image.open(tmp_path / 'lr_digit_x4.png').size == (28, 28)
   _png(_tagged(nb, 'image-file'))
+  # A photograph by tiles, scored as SR papers do (the digit generator on its luma).
+  photograph = _text(_tagged(nb, 'photograph'))
+  assert 'bicubic: Y-PSNR ' in photograph and 'SR: Y-PSNR ' in photograph, photograph
+  assert _png(_tagged(nb, 'photograph')).shape[1] > 600
   _png(_tagged(nb, 'curves'))
   assert 'records, steps 2-8' in _text(_tagged(nb, 'curves'))
   # Headless, TensorBoard is not opened inline; the command to open it is printed.
