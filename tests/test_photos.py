@@ -447,3 +447,26 @@ def test_resume_with_another_crop_and_a_dense_head_names_the_field(tmp_path, pho
   with pytest.raises(errors.CheckpointError,
                      match='data.hr_crop: checkpoint has 16, config has 12'):
     train.train_and_evaluate(other, workdir)
+
+
+def test_tfds_photographs_of_any_size_are_read_lazily():
+  """configs/div2k_srgan.py's source (tfds div2k, images of many sizes) on tfds' mock data:
+  records read one at a time per batch, crops and their LR as for a folder, exact per step."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = div2k_srgan.get_config()
+  config.data.hr_crop = 16
+  config.data.in_memory = False
+  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+    train_split = ip.load_photo_split(config.data, 'train')
+    test_split = ip.load_photo_split(config.data, 'test')
+    assert not train_split.in_memory and train_split.sizes is None  # Nothing decoded yet.
+    assert train_split.num_examples == test_split.num_examples == 3
+    assert train_split.names[0] == f'{config.data.name}/train[0]'
+    images = [train_split.read(i) for i in range(3)]
+    assert all(x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3 for x in images)
+    batch = ip.photo_batch(train_split, 0, 5, 2, 16, 4)
+    again = ip.photo_batch(train_split, 0, 5, 2, 16, 4)
+  assert batch['hr'].shape == (2, 16, 16, 3) and batch['lr'].shape == (2, 4, 4, 3)
+  np.testing.assert_array_equal(batch['lr'], image_ops.downsample_bicubic(batch['hr'], 4))
+  for key in batch:
+    np.testing.assert_array_equal(batch[key], again[key])
