@@ -90,8 +90,10 @@ def run(config, options: Optional[Options] = None, out=None) -> dict:
   # The machine's matmul peak, measured before the step timings and again after them (the
   # larger is kept: on a shared machine the load in between can halve either).
   peak_before = timing.measure_peak(options.peak_matmul_size, options.peak_runs, devices)
-  seconds = {'pretrain': _time_pretrain(workload, batch, pmapped['pretrain'], options, rep),
-             'gan': _time_gan_iterations(workload, counter is not None, options, rep)}
+  # Timed with the steps compiled above: calling the pmapped functions would compile each again.
+  seconds = {'pretrain': _time_pretrain(workload, batch, compiled['pretrain'], options, rep),
+             'gan': _time_gan_iterations(workload, counter is not None, options, rep,
+                                         compiled['gan'])}
   peak_after = timing.measure_peak(options.peak_matmul_size, options.peak_runs, devices)
   peak_one, peak_all = _report_peaks(peak_before, peak_after, len(devices), options, rep)
   _report_utilisation(flops, seconds, peak_all, rep)
@@ -177,10 +179,10 @@ def _time_pretrain(workload: workloads.Workload, batch, pretrain_step, options: 
 class _Iteration:
   """A GAN iteration variant, its batch, and the states it consumes and carries call to call."""
 
-  def __init__(self, workload: workloads.Workload, variant: str):
+  def __init__(self, workload: workloads.Workload, variant: str, fn=None):
     self.variant = variant
     self.devices = workload.devices[:1] if variant == 'one_device' else workload.devices
-    self.fn = workloads.make_gan_iteration(workload.config, self.devices, variant)
+    self.fn = fn or workloads.make_gan_iteration(workload.config, self.devices, variant)
     self.batch = workload.batch(0, len(self.devices))
     self.g_state = workloads.fresh_copy(workload.g_state, self.devices)
     self.d_state = workloads.fresh_copy(workload.d_state, self.devices)
@@ -195,10 +197,11 @@ class _Iteration:
 
 
 def _prepare_iteration(workload: workloads.Workload, variant: str, flops_on_cpu: bool,
-                       rep: timing.Reporter) -> _Iteration:
+                       rep: timing.Reporter, fn=None) -> _Iteration:
   """The variant's iteration after its first call (reported, with the compile time and FLOPs
-  of one_device, whose pmapped call has other shapes than the training path's)."""
-  iteration = _Iteration(workload, variant)
+  of one_device, whose pmapped call has other shapes than the training path's); `fn`: the
+  variant's function when it is compiled already."""
+  iteration = _Iteration(workload, variant, fn)
   if variant == 'one_device':
     compiled, lo, co = timing.lower_compile(iteration.fn, *iteration.args())
     rep.figure(f'variant/{variant}/compile_s', lo + co, 's')
@@ -220,7 +223,7 @@ def _prepare_iteration(workload: workloads.Workload, variant: str, flops_on_cpu:
 
 
 def _time_gan_iterations(workload: workloads.Workload, flops_on_cpu: bool, options: Options,
-                         rep: timing.Reporter) -> float:
+                         rep: timing.Reporter, compiled_train=None) -> float:
   """Steady state of the GAN iteration, per variant; returns the training path's median
   seconds per step.
 
@@ -231,7 +234,9 @@ def _time_gan_iterations(workload: workloads.Workload, flops_on_cpu: bool, optio
   if 'one_device' in order and len(workload.devices) == 1:
     rep.info('variant one_device skipped: there is only one device')
     order.remove('one_device')
-  iterations = [_prepare_iteration(workload, variant, flops_on_cpu, rep) for variant in order]
+  iterations = [_prepare_iteration(workload, variant, flops_on_cpu, rep,
+                                   compiled_train if variant == 'train' else None)
+                for variant in order]
   per_step = {v: [] for v in order}
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
