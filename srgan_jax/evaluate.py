@@ -133,10 +133,9 @@ def sample_grid(generator, g_vars, split, num_images: int, scale: int,
 # ----------------------------------------------------------------------------- photographs
 
 
-def to_uint8(images) -> np.ndarray:
-  """float [-1, 1] images -> uint8 [0, 255], rounded, as an image file holds them."""
-  unit = np.clip(np.asarray(image_ops.to_unit_range(images), np.float64), 0.0, 1.0)
-  return np.round(unit * 255.0).astype(np.uint8)
+def _model_output_to_uint8(images) -> np.ndarray:
+  """The generator's tanh range [-1, 1] -> uint8, rounded as a saved file (metrics.to_uint8)."""
+  return metrics.to_uint8(np.asarray(images), (-1.0, 1.0))
 
 
 def make_sr_fn(generator):
@@ -159,7 +158,7 @@ def super_resolve(sr_fn, g_vars, lr: np.ndarray, scale: int, bucket: int) -> np.
   """uint8 (h, w, C) LR -> uint8 (h*scale, w*scale, C) SR, through a padded bucket."""
   h, w = lr.shape[:2]
   sr = sr_fn(g_vars, pad_to_bucket(lr, bucket)[None])[0]
-  return to_uint8(jax.device_get(sr)[:h * scale, :w * scale])
+  return _model_output_to_uint8(jax.device_get(sr)[:h * scale, :w * scale])
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -170,7 +169,7 @@ def _bicubic(lr, scale: int):
 def bicubic_uint8(lr: np.ndarray, scale: int) -> np.ndarray:
   """The baseline: uint8 LR (h, w, C) -> bicubic upsampling, clipped and rounded to uint8
   (jitted: one compilation per size, instead of one per operation and size)."""
-  return to_uint8(jax.device_get(_bicubic(lr[None], scale))[0])
+  return _model_output_to_uint8(jax.device_get(_bicubic(lr[None], scale))[0])
 
 
 def _channel_view(image: np.ndarray) -> np.ndarray:
@@ -261,8 +260,8 @@ def photo_sample_grid(sr_fn, g_vars, split, num_images: int, scale: int,
     hrs.append(image[top:top + size, left:left + size])
   hr = np.stack(hrs)
   lr = image_ops.downsample_bicubic(hr, scale)
-  sr = to_uint8(jax.device_get(sr_fn(g_vars, lr)))
-  bicubic = to_uint8(jax.device_get(_bicubic(lr, scale)))
+  sr = _model_output_to_uint8(jax.device_get(sr_fn(g_vars, lr)))
+  bicubic = _model_output_to_uint8(jax.device_get(_bicubic(lr, scale)))
   zoom = max(1, 96 // max(size, 1))
   return images_lib.make_grid([[hr[k], bicubic[k], sr[k]] for k in range(num_images)],
                               zoom=zoom)

@@ -320,7 +320,8 @@ def test_whole_image_evaluation_of_odd_sizes(photo_dirs):
   psnr, ssim, psnr_bic = [], [], []
   for i in range(2):
     hr, lr = ip.eval_pair(test, i, 2)
-    sr = evaluate.to_uint8(exact.sr_fn(g_vars, lr[None])[0])  # the image at its own size.
+    # The image at its own size, rounded as a saved file.
+    sr = metrics.to_uint8(np.asarray(exact.sr_fn(g_vars, lr[None])[0]), (-1, 1))
     padded = evaluate.super_resolve(bucketed.sr_fn, g_vars, lr, 2, 32)
     assert padded.shape == hr.shape == sr.shape
     # Padding only reaches the last rows and columns (the generator's receptive field).
