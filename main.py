@@ -32,9 +32,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   platform.quiet_orbax_logs()
-  # Both before the first JAX computation (importing jax starts no backend).
-  platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
   try:
+    # Before the first JAX computation (importing jax starts no backend).
+    platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
+    platform.configure_cpu_convolutions(FLAGS.config.cpu_conv_library)
     distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
     task = FLAGS.config.task
     if task not in TASKS:

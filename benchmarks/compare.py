@@ -345,6 +345,8 @@ flags.DEFINE_integer('torch_threads', Options.torch_threads,
                      'torch.set_num_threads of the PyTorch side; 0: one per CPU core.')
 flags.DEFINE_bool('cpu_devices_per_core', True, 'One JAX host device per CPU core (main.py\'s '
                   'default, config.cpu_devices_per_core).')
+flags.DEFINE_enum('cpu_conv_library', 'eigen', list(platform.CONV_LIBRARIES),
+                  'The library XLA:CPU runs convolutions on (config.cpu_conv_library).')
 
 
 def main(argv):
@@ -352,6 +354,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Before the first JAX computation (importing jax starts no backend).
   platform.configure_cpu_devices(FLAGS.cpu_devices_per_core)
+  platform.configure_cpu_convolutions(FLAGS.cpu_conv_library)
   run(Options(which=tuple(FLAGS.which), steps=FLAGS.steps, runs=FLAGS.runs,
               warmup=FLAGS.warmup,
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},

@@ -35,6 +35,7 @@ import numpy as np
 
 from srgan_jax import files
 from srgan_jax import models
+from srgan_jax import platform as process_setup
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'
 CACHE_FILE = 'conv_plans.json'
@@ -134,11 +135,13 @@ def cpu_model() -> str:
 
 def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend and the
-  devices timed on (they share the cores), and the candidates it was made among (a digest of
-  models.PHASE_CANDIDATES)."""
+  devices timed on (they share the cores), the candidates it was made among (a digest of
+  models.PHASE_CANDIDATES) and, on CPU, the library XLA runs its convolutions on (what 'xla'
+  means there: platform.configure_cpu_convolutions)."""
   candidates = hashlib.sha1(repr(sorted(models.PHASE_CANDIDATES.items())).encode()).hexdigest()
+  library = f' | xla convs on {process_setup.cpu_conv_library()}' if backend == 'cpu' else ''
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
-          f'{num_devices} {backend} devices | candidates {candidates[:8]}')
+          f'{num_devices} {backend} devices | candidates {candidates[:8]}{library}')
 
 
 def signature_key(sig: models.ConvSignature) -> str:

@@ -1,10 +1,18 @@
-"""Process-level set-up of a command: host devices before JAX starts, and a quiet Orbax log."""
+"""Process-level set-up of a command before JAX starts: XLA:CPU's host devices and convolution
+library; and a quiet Orbax log."""
 
 import os
 
 from absl import logging
 
+from srgan_jax import errors
+
 _HOST_DEVICES_FLAG = '--xla_force_host_platform_device_count'
+# XLA:CPU (jax 0.10) hands each convolution to YNNPACK unless this fusion type is removed; it
+# then runs on XLA's own (Eigen) convolution. YNNPACK keeps its other fusions (dots, elementwise).
+_YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+_YNN_CONVOLUTIONS_OFF = f'{_YNN_FUSION_FLAG}=-individual_convolution'
+CONV_LIBRARIES = ('eigen', 'ynnpack')
 
 
 def configure_cpu_devices(enabled: bool = True) -> None:
@@ -21,6 +29,37 @@ def configure_cpu_devices(enabled: bool = True) -> None:
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if cores and cores > 1:
     os.environ['XLA_FLAGS'] = f'{flags} {_HOST_DEVICES_FLAG}={cores}'.strip()
+
+
+def configure_cpu_convolutions(library: str = 'eigen') -> None:
+  """Which library XLA:CPU runs its convolutions on (what the 'xla' conv implementation means):
+  'eigen' (XLA's own) or 'ynnpack' (XLA:CPU's default in jax 0.10).
+
+  Measured on a 2-core Intel Xeon (Sapphire Rapids class, AVX-512): YNNPACK's input and kernel
+  gradients were 2-4x slower than Eigen's for most of this project's convs (the seed CNN's
+  3x3x32->64 at 28x28: kernel gradient 57 vs 14 ms), and with Eigen the seed CNN's train step
+  ran 1.5x faster, the GAN iteration 1.25x (benchmarks/README.md). The setting is process-wide,
+  so `conv_tuning` keys its decisions by it. Respects a YNNPACK fusion setting already in
+  XLA_FLAGS. Call before the first JAX computation.
+  """
+  if library not in CONV_LIBRARIES:
+    raise errors.ConfigError(f'config.cpu_conv_library = {library!r} is not supported; use one '
+                             f'of {list(CONV_LIBRARIES)}.')
+  flags = os.environ.get('XLA_FLAGS', '')
+  if library == 'eigen' and _YNN_FUSION_FLAG not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {_YNN_CONVOLUTIONS_OFF}'.strip()
+
+
+def cpu_conv_library() -> str:
+  """The library XLA:CPU runs convolutions on in this process, as XLA_FLAGS sets it."""
+  flags = os.environ.get('XLA_FLAGS', '').split()
+  ynn = [f.partition('=')[2] for f in flags if f.startswith(_YNN_FUSION_FLAG + '=')]
+  if not ynn:
+    return 'ynnpack'
+  types = ynn[-1].split(',')
+  if all(t[:1] in '+-' for t in types):  # Changes to XLA's default list, which has convs.
+    return 'eigen' if '-individual_convolution' in types else 'ynnpack'
+  return 'ynnpack' if 'individual_convolution' in types else 'eigen'  # The whole list.
 
 
 def quiet_orbax_logs(min_level: int = logging.WARNING) -> None:

@@ -6,6 +6,9 @@ import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
+# The convolution library main.py sets by default (config.cpu_conv_library = 'eigen').
+from srgan_jax import platform  # pylint: disable=g-import-not-at-top
+platform.configure_cpu_convolutions('eigen')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent XLA cache for the session: many tests compile the same tiny programs, and on
 # 2 CPU cores compiling is most of their time.

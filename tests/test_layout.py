@@ -22,9 +22,9 @@ PACKAGE = 'srgan_jax'
 
 TIERS = (
     # Shared basics: no import from the package.
-    ('errors', 'files', 'config_utils', 'platform', 'safe_pickle'),
-    # Training state and pixels.
-    ('state', 'image_ops', 'images', 'metrics', 'distributed'),
+    ('errors', 'files', 'config_utils', 'safe_pickle'),
+    # Training state, pixels, the process's XLA set-up.
+    ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform'),
     # The parts: data sources, networks, losses, checkpoints, logs.
     ('sources', 'models', 'losses', 'vgg', 'checkpoints', 'writers'),
     # What a config may say; convs timed and chosen per machine.

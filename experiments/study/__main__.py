@@ -30,6 +30,7 @@ def main(argv):
   f = flags.FLAGS
   platform.quiet_orbax_logs()
   platform.configure_cpu_devices(True)
+  platform.configure_cpu_convolutions()
   jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(f.workdir),
                                                               'jax_cache'))
   arms = [a.strip() for a in f.arms.split(',') if a.strip()] if f.arms else None

@@ -1,0 +1,100 @@
+"""The process set-up of platform.py: the library XLA:CPU runs convolutions on, as a config
+selects it, as the conv tuner keys its decisions by it, and as XLA then compiles."""
+
+import os
+import subprocess
+import sys
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import pytest
+
+from srgan_jax import conv_tuning
+from srgan_jax import errors
+from srgan_jax import platform
+from srgan_jax import validation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Prints whether XLA:CPU compiled a conv's forward pass and both gradients into YNNPACK fusions.
+_PROBE = '''
+import sys
+from srgan_jax import platform
+from srgan_jax import validation
+platform.configure_cpu_convolutions(sys.argv[1])
+import tests.test_platform as t
+print(t.conv_fusions())
+'''
+
+
+def conv_fusions():
+  """YNNPACK fusions in the compiled forward pass and gradients of one 3x3 conv (large enough
+  for XLA's cost model to hand it to YNNPACK by default)."""
+  x, w = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+  conv = lambda x, w: jnp.sum(lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+  text = jax.jit(jax.grad(conv, argnums=(0, 1))).lower(x, w).compile().as_text()
+  return sum('kind=kCustom' in line and 'ynn_fusion' in line for line in text.splitlines())
+
+
+@pytest.mark.parametrize('flags, library', [
+    ('', 'ynnpack'),
+    ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 'eigen'),
+    ('--xla_cpu_experimental_ynn_fusion_type=-individual_dot', 'ynnpack'),
+    ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise', 'eigen'),
+    ('--xla_cpu_experimental_ynn_fusion_type=individual_convolution', 'ynnpack'),
+])
+def test_cpu_conv_library_reads_xla_flags(monkeypatch, flags, library):
+  monkeypatch.setenv('XLA_FLAGS', f'--xla_force_host_platform_device_count=2 {flags}')
+  assert platform.cpu_conv_library() == library
+
+
+def test_configure_sets_the_flag_once_and_respects_the_users(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  platform.configure_cpu_convolutions('eigen')
+  platform.configure_cpu_convolutions('eigen')
+  assert os.environ['XLA_FLAGS'].count('ynn_fusion_type') == 1
+  assert platform.cpu_conv_library() == 'eigen'
+  mine = '--xla_cpu_experimental_ynn_fusion_type=individual_convolution'
+  monkeypatch.setenv('XLA_FLAGS', mine)
+  platform.configure_cpu_convolutions('eigen')
+  assert os.environ['XLA_FLAGS'] == mine
+  monkeypatch.setenv('XLA_FLAGS', '')
+  platform.configure_cpu_convolutions('ynnpack')
+  assert platform.cpu_conv_library() == 'ynnpack'
+
+
+def test_an_unknown_library_is_a_config_error(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '')
+  with pytest.raises(errors.ConfigError, match=r"cpu_conv_library = 'mkl'.*'eigen', 'ynnpack'"):
+    platform.configure_cpu_convolutions('mkl')
+  assert os.environ['XLA_FLAGS'] == ''
+
+
+def test_tuning_decisions_are_kept_apart_per_library(monkeypatch):
+  keys = {}
+  for library in platform.CONV_LIBRARIES:
+    monkeypatch.setenv('XLA_FLAGS', '')
+    platform.configure_cpu_convolutions(library)
+    keys[library] = conv_tuning.machine_key('Test CPU', 'cpu', 1)
+  assert keys['eigen'] != keys['ynnpack'] and 'eigen' in keys['eigen']
+  assert 'eigen' not in conv_tuning.machine_key('Test GPU', 'gpu', 1)
+
+
+@pytest.mark.parametrize('library, fused', [('eigen', False), ('ynnpack', True)])
+def test_xla_compiles_convolutions_on_the_library_selected(library, fused):
+  # A fresh process, with XLA's optimisations on as in a user's run (conftest turns most off).
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_DISABLE_MOST_OPTIMIZATIONS'}
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  run = subprocess.run([sys.executable, '-c', _PROBE, library], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=True)
+  fusions = int(run.stdout.split()[-1])
+  assert fusions >= 3 if fused else fusions == 0, run.stdout  # Forward and both gradients.
+
+
+def test_the_config_names_a_library(tiny_config):
+  validation.validate_config(tiny_config)
+  tiny_config.cpu_conv_library = 'onednn'
+  with pytest.raises(errors.ConfigError, match=r"config.cpu_conv_library = 'onednn'"):
+    validation.validate_config(tiny_config)
