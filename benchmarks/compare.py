@@ -48,6 +48,7 @@ from srgan_jax import classifier_train
 from srgan_jax import conv_tuning
 from srgan_jax import distributed
 from srgan_jax import input_pipeline
+from srgan_jax import models
 from srgan_jax import platform
 from srgan_jax import steps as steps_lib
 from srgan_jax import validation
@@ -73,6 +74,7 @@ class Options:
   # PyTorch's memory format: channels_last measured as fast as NCHW or faster on every step.
   channels_last: bool = True
   torch_threads: int = 0      # torch.set_num_threads; 0: one per core.
+  conv_implementation: str = 'tuned'  # config.conv_implementation of the JAX steps.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,9 +86,11 @@ def _batch(config, split, batch_size: int, num_devices: int) -> dict:
   return input_pipeline.shard(input_pipeline.get_batch(split, idx), num_devices)
 
 
-def jax_cnn_step(batch_size: int, devices, rep: timing.Reporter) -> Tuple[int, Callable]:
+def jax_cnn_step(batch_size: int, devices, rep: timing.Reporter,
+                 conv_implementation: str = 'tuned') -> Tuple[int, Callable]:
   """classifier_train's pmapped train step of the seed CNN (configs/classifier.py)."""
   config = classifier_config.get_config()
+  config.conv_implementation = conv_implementation
   config.classifier.batch_size = batch_size or config.classifier.batch_size
   validation.validate_config(config, len(devices))
   rng = jax.random.PRNGKey(config.seed)
@@ -114,9 +118,11 @@ def jax_cnn_step(batch_size: int, devices, rep: timing.Reporter) -> Tuple[int, C
   return bs, once
 
 
-def jax_generator_step(batch_size: int, devices, rep: timing.Reporter) -> Tuple[int, Callable]:
+def jax_generator_step(batch_size: int, devices, rep: timing.Reporter,
+                       conv_implementation: str = 'tuned') -> Tuple[int, Callable]:
   """steps.make_pmapped_steps' pretrain step with configs/mnist_srgan.py."""
   config = mnist_srgan.get_config()
+  config.conv_implementation = conv_implementation
   config.batch_size = batch_size or config.batch_size
   validation.validate_config(config, len(devices))
   workload = workloads.make_workload(config, devices, rep)
@@ -147,9 +153,11 @@ def gan_config(batch_size: int = 0):
   return config
 
 
-def jax_gan_step(batch_size: int, devices, rep: timing.Reporter) -> Tuple[int, Callable]:
+def jax_gan_step(batch_size: int, devices, rep: timing.Reporter,
+                 conv_implementation: str = 'tuned') -> Tuple[int, Callable]:
   """steps.gan_step (make_pmapped_steps' GAN iteration) with gan_config()."""
   config = gan_config(batch_size)
+  config.conv_implementation = conv_implementation
   validation.validate_config(config, len(devices))
   workload = workloads.make_workload(config, devices, rep)
   iteration = speed._Iteration(workload, 'train')  # pylint: disable=protected-access
@@ -295,8 +303,11 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   cores = len(os.sched_getaffinity(0))
   rep.info(f'cpu: {cpu_model()}, {cores} cores')
   per_core = ' (one per core, as main.py sets up)' if len(devices) == cores > 1 else ''
+  library = (f', XLA\'s on {platform.cpu_conv_library()}' if devices[0].platform == 'cpu'
+             else '')
   rep.info(f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, {len(devices)} '
-           f'{devices[0].platform} host devices{per_core}')
+           f'{devices[0].platform} host devices{per_core}; convs {options.conv_implementation}'
+           f'{library}')
   rep.info(f'{options.runs} runs of {options.steps} steps after {options.warmup} warm-up '
            'step(s), JAX and PyTorch in turns; medians; a shared machine makes them noisy')
   lines = []
@@ -305,7 +316,8 @@ def run(options: Optional[Options] = None, out=None) -> dict:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
       for name in options.which:
-        batch_size, once = JAX_STEPS[name](options.batches.get(name, 0), devices, rep)
+        batch_size, once = JAX_STEPS[name](options.batches.get(name, 0), devices, rep,
+                                           options.conv_implementation)
         timing.time_runs(once, 1, 0, 1 + options.warmup)  # Compiles, then warms up.
         jax_steps[name] = batch_size, once
       if server is not None:
@@ -345,6 +357,9 @@ flags.DEFINE_integer('torch_threads', Options.torch_threads,
                      'torch.set_num_threads of the PyTorch side; 0: one per CPU core.')
 flags.DEFINE_bool('cpu_devices_per_core', True, 'One JAX host device per CPU core (main.py\'s '
                   'default, config.cpu_devices_per_core).')
+flags.DEFINE_enum('conv_implementation', Options.conv_implementation,
+                  list(models.CONV_IMPLEMENTATIONS),
+                  'config.conv_implementation of the JAX steps (the configs\' default: tuned).')
 flags.DEFINE_enum('cpu_conv_library', 'eigen', list(platform.CONV_LIBRARIES),
                   'The library XLA:CPU runs convolutions on (config.cpu_conv_library).')
 
@@ -359,7 +374,8 @@ def main(argv):
               warmup=FLAGS.warmup,
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},
               torch=FLAGS.torch, channels_last=FLAGS.channels_last,
-              torch_threads=FLAGS.torch_threads))
+              torch_threads=FLAGS.torch_threads,
+              conv_implementation=FLAGS.conv_implementation))
 
 
 if __name__ == '__main__':

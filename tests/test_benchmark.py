@@ -69,6 +69,7 @@ def command_line_run():
   proc = subprocess.Popen(
       [sys.executable, '-m', 'benchmarks', '--config=configs/seed_x2_rgb.py',
        *TINY, '--config.loss.content=vgg', '--random_vgg', '--config.loss.auxiliary=classifier',
+       '--config.conv_implementation=xla',  # Tuning has tests of its own.
        '--steps=1', '--runs=5', '--peak_matmul_size=64', '--variants=two_steps',
        '--input_pipeline_steps=5', '--breakdown'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

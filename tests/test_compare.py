@@ -51,8 +51,9 @@ def test_jax_side_times_the_gan_step():
   """The JAX side alone, in-process (the 4 test devices, batch 4: one image per device), on the
   step the command-line test below leaves out; together they time every step."""
   out = io.StringIO()
-  options = compare.Options(which=('gan',), steps=1, runs=2, warmup=0, torch=False,
-                            batches={'gan': 4})
+  # XLA's convs: tuning is tested on its own (test_conv_tuning) and in the one-command run.
+  options = compare.Options(which=('gan',), steps=1, runs=1, warmup=0, torch=False,
+                            batches={'gan': 4}, conv_implementation='xla')
   results = compare.run(options, out)
   text = out.getvalue()
   assert set(results) == {'gan'}, text
@@ -61,6 +62,7 @@ def test_jax_side_times_the_gan_step():
   assert results['gan']['torch'] is None and results['gan']['ratio'] is None
   assert f'jax {jax.__version__}' in text and '4 cpu host devices' in text
   assert 'info: cpu: ' in text and 'batch 4' in text and 'VGG19 relu3_4 l1 + lsgan' in text
+  assert "convs xla, XLA's on eigen" in text and 'Conv tuning' not in text
 
 
 def test_unknown_step_raises():
@@ -122,6 +124,7 @@ def test_command_line_times_both_sides():
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',
        '--runs=2', '--warmup=0', '--cnn_batch=4', '--generator_batch=2',
+       '--conv_implementation=xla',
        '--torch' if has_torch else '--notorch'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,7 +137,8 @@ def test_command_line_times_both_sides():
       assert values['ratio'] == pytest.approx(values['jax'] / values['torch'], rel=0.01)
     else:
       assert values['torch'] is None and values['ratio'] is None, proc.stdout
-  assert '2 cpu host devices' in proc.stdout
+  assert '2 cpu host devices' in proc.stdout and "convs xla, XLA's on eigen" in proc.stdout
+  assert 'Conv tuning' not in proc.stderr + proc.stdout
   assert 'cnn: classifier_train step' in proc.stdout and 'generator: pretrain step' in proc.stdout
   if has_torch:
     threads = len(os.sched_getaffinity(0))
