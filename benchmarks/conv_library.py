@@ -108,11 +108,16 @@ def compare(layers: Sequence[Layer], runs: int, out=None) -> Dict[str, float]:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('layers', ';'.join(','.join(map(str, layer)) for layer in LAYERS),
-                    'Layers as batch,size,in,out,kernel; separated by ";".')
-flags.DEFINE_integer('runs', 3, 'Timed runs of each phase (the best is kept).')
-flags.DEFINE_enum('library', None, list(platform.CONV_LIBRARIES),
-                  'Time on this library in this process (the comparison sets it).')
+
+
+def define_flags():
+  """The command's flags (defined when run, not on import: benchmarks.compare, imported beside
+  it in one process, has a --runs of its own)."""
+  flags.DEFINE_string('layers', ';'.join(','.join(map(str, layer)) for layer in LAYERS),
+                      'Layers as batch,size,in,out,kernel; separated by ";".')
+  flags.DEFINE_integer('runs', 3, 'Timed runs of each phase (the best is kept).')
+  flags.DEFINE_enum('library', None, list(platform.CONV_LIBRARIES),
+                    'Time on this library in this process (the comparison sets it).')
 
 
 def main(argv):
@@ -130,4 +135,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
