@@ -127,9 +127,12 @@ def test_load_generator_in_a_fresh_process_reproduces_training(trained, tmp_path
   sr_float = np.load(tmp_path / 'sr_float.npy')
   assert sr_uint8.shape == sr_float.shape == (NUM_LR, 28, 28)
   assert sr_uint8.dtype == np.uint8 and sr_float.dtype == np.float32
-  # uint8 input goes through exactly the training code path: the same numbers.
-  np.testing.assert_array_equal(
-      sr_uint8, np.clip(np.round(expected[..., 0] * 255.0), 0, 255).astype(np.uint8))
+  # uint8 input goes through exactly the training code path: the same numbers, up to float
+  # rounding (XLA:CPU's Eigen convs block their work by the threads a device gets, which
+  # depends on the device count: 1 there, 4 here), so at most one grey level at a boundary.
+  want = np.clip(np.round(expected[..., 0] * 255.0), 0, 255).astype(np.int16)
+  off = np.abs(sr_uint8.astype(np.int16) - want)
+  assert off.max() <= 1 and np.mean(off > 0) < 1e-3, (off.max(), np.mean(off > 0))
   np.testing.assert_allclose(sr_float, expected[..., 0], atol=1e-5)
 
 

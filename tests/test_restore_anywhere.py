@@ -97,9 +97,16 @@ def test_a_4_device_run_restores_and_resumes_on_1_device(one_command_run, tmp_pa
                         capture_output=True, text=True, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
   print(f'restore + resume on 1 device: {time.time() - t0:.1f} s')
-  # The generator restored on 1 device computes what it computes here, on 4.
-  np.testing.assert_array_equal(np.load(tmp_path / 'sr_restored.npy'),
-                                inference.load_generator(workdir).upscale(lr))
+  # The generator restored on 1 device computes what it computes here, on 4: the same pixels
+  # up to float rounding. XLA:CPU's Eigen convolutions (config.cpu_conv_library='eigen', as in
+  # this session) block their work by the threads a device gets, which depends on the device
+  # count, so a value at a rounding boundary can land one grey level apart (measured: 1 pixel
+  # of 6272 in 1 of 5 runs); a wrong or half-restored generator is tens of levels off.
+  restored = np.load(tmp_path / 'sr_restored.npy').astype(np.int16)
+  here = inference.load_generator(workdir).upscale(lr).astype(np.int16)
+  assert restored.shape == here.shape
+  assert np.abs(restored - here).max() <= 1 and np.mean(restored != here) < 1e-3, (
+      np.abs(restored - here).max(), np.mean(restored != here))
   # The resume continued from the 4-device checkpoint, not from scratch.
   assert f'Resumed from the checkpoint at step {trained_step}' in proc.stderr, proc.stderr[-4000:]
   assert f'resumed to step {total_steps}' in proc.stdout, proc.stdout[-2000:]
