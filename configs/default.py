@@ -147,7 +147,8 @@ def get_config():
   # Per-core host devices on CPU (XLA:CPU runs a convolution on one core); set before JAX starts.
   config.cpu_devices_per_core = True
   # The library XLA:CPU runs convolutions on (what 'xla' above means on CPU), process-wide, set
-  # before JAX starts: 'eigen' (XLA's own; measured faster here, benchmarks/README.md) or
+  # before JAX starts: 'eigen' (XLA's own; 1.2-1.5x faster steps on an Intel Xeon, see
+  # benchmarks/README.md; the AMD class is not measured yet) or
   # 'ynnpack' (jax 0.10's default). No effect on GPU/TPU, parameters or checkpoints.
   config.cpu_conv_library = 'eigen'
   return config

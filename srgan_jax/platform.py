@@ -35,14 +35,14 @@ def configure_cpu_convolutions(library: str = 'eigen') -> None:
   """Which library XLA:CPU runs its convolutions on (what the 'xla' conv implementation means):
   'eigen' (XLA's own) or 'ynnpack' (XLA:CPU's default in jax 0.10).
 
-  Measured on a 2-core Intel Xeon (Sapphire Rapids class, AVX-512): YNNPACK's input and kernel
-  gradients were 2-4x slower than Eigen's for most of this project's convs (the seed CNN's
-  3x3x32->64 at 28x28: kernel gradient 54 vs 14 ms), and with Eigen the seed CNN's train step
-  ran 1.4-1.5x faster, the seed's GAN iteration 1.2x (benchmarks/README.md). Eigen's results
-  depend in their last bits on the device count (it blocks work by a device's threads), so a
-  checkpoint restored on another count matches to float rounding, not bit for bit. The setting is process-wide,
-  so `conv_tuning` keys its decisions by it. Respects a YNNPACK fusion setting already in
-  XLA_FLAGS. Call before the first JAX computation.
+  Measured on a 2-core Intel Xeon (cpu family 6 model 167, AVX-512): YNNPACK's input and
+  kernel gradients were 2-4x slower than Eigen's for most of this project's convs (the seed
+  CNN's 3x3x32->64 at 28x28: kernel gradient 54 vs 14 ms), and with Eigen the seed CNN's train
+  step ran 1.4-1.5x faster, the seed's GAN iteration 1.2x (benchmarks/README.md). Eigen's
+  results depend in their last bits on the device count (it blocks work by a device's
+  threads), so a checkpoint restored on another count matches to float rounding, not bit for
+  bit. The setting is process-wide, so `conv_tuning` keys its decisions by it. Respects a
+  YNNPACK fusion setting already in XLA_FLAGS. Call before the first JAX computation.
   """
   if library not in CONV_LIBRARIES:
     raise errors.ConfigError(f'config.cpu_conv_library = {library!r} is not supported; use one '
