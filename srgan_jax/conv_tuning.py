@@ -46,6 +46,9 @@ HOPELESS = 2.0
 # (tuning them could save at most the remaining share).
 WORTH_TUNING = 0.95
 LONG_CALL_S = 0.05  # a call this long is timed precisely enough once.
+# How time_phases measures; part of the cache key, so decisions timed another way are retimed
+# (1: first calls counted; 2: each candidate's first call untimed).
+TIMING_METHOD = 2
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
@@ -136,12 +139,13 @@ def cpu_model() -> str:
 def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend and the
   devices timed on (they share the cores), the candidates it was made among (a digest of
-  models.PHASE_CANDIDATES) and, on CPU, the library XLA runs its convolutions on (what 'xla'
+  models.PHASE_CANDIDATES), how they were timed (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla'
   means there: platform.configure_cpu_convolutions)."""
   candidates = hashlib.sha1(repr(sorted(models.PHASE_CANDIDATES.items())).encode()).hexdigest()
   library = f' | xla convs on {process_setup.cpu_conv_library()}' if backend == 'cpu' else ''
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
-          f'{num_devices} {backend} devices | candidates {candidates[:8]}{library}')
+          f'{num_devices} {backend} devices | candidates {candidates[:8]} | '
+          f'timing {TIMING_METHOD}{library}')
 
 
 def signature_key(sig: models.ConvSignature) -> str:
@@ -177,8 +181,11 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
   """Seconds per call of each job (the fastest call), pmapped over `devices` as training runs.
 
   The jobs are compiled first, on a thread pool (XLA compiles outside the GIL; compiling is most
-  of the cost), then each is called once; the candidates within HOPELESS times the fastest
-  first call of their phase are called `runs` times more, unless that call took LONG_CALL_S.
+  of the cost), then each is called twice, the first call untimed: it pays one-time costs (on
+  an AMD EPYC, XLA's 3x3x64->128 conv took 37-66 ms on its first call and 11 ms after, so
+  timing first calls chose a 30 ms im2col instead). The candidates within HOPELESS times the
+  fastest second call of their phase are called `runs` times more, unless that call took
+  LONG_CALL_S.
   """
   inputs = {sig: _device_inputs(sig, devices) for sig in dict.fromkeys(j[0] for j in jobs)}
 
@@ -190,7 +197,10 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
   workers = max(1, min(len(devices), os.cpu_count() or 1))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     compiled = dict(zip(jobs, pool.map(compile_job, jobs)))
-  seconds = {job: _call_seconds(compiled[job], inputs[job[0]]) for job in jobs}
+  seconds = {}
+  for job in jobs:
+    _call_seconds(compiled[job], inputs[job[0]])
+    seconds[job] = _call_seconds(compiled[job], inputs[job[0]])
   fastest = collections.defaultdict(lambda: float('inf'))
   for (sig, phase, _), t in seconds.items():
     fastest[(sig, phase)] = min(fastest[(sig, phase)], t)
