@@ -1,4 +1,4 @@
-"""Pixel ranges, channel counts and bicubic resizing of image batches (NHWC).
+"""Pixel ranges, channel counts, bicubic resizing and 2x2 max pooling of image batches (NHWC).
 
 Files hold uint8 [0, 255]; the networks see float32 [-1, 1] (to_model_range / to_unit_range).
 LR images are made from HR by antialiased bicubic downsampling on the CPU, rounded to uint8
@@ -88,3 +88,19 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
   if have == 4:
     return to_channels(images[..., :3], channels)
   raise ValueError(f'cannot convert {have}-channel images to {channels} channels')
+
+
+def max_pool_2x2(x):
+  """2x2 max pooling at stride 2, as nn.max_pool(x, (2, 2), (2, 2)) (odd sizes: the last row or
+  column dropped), written with elementwise selects so that its gradient is elementwise too.
+
+  Why: XLA:CPU computes nn.max_pool's gradient (select-and-scatter, lowered to reduce-windows
+  and iota fusions) slowly: the seed CNN's train step took 190 ms at batch 64 with it, 139 ms
+  with this. The gradient is select-and-scatter's: all of it to the first maximum of each
+  window in row-major order.
+  """
+  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+  a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+  cd = jnp.where(c >= d, c, d)
+  bcd = jnp.where(b >= cd, b, cd)
+  return jnp.where(a >= bcd, a, bcd)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srgan_jax import image_ops
+
 
 MAX_MATMUL_PATCH = 3 * 3 * 512
 DISCRIMINATOR_HEADS = ('dense', 'patch')
@@ -35,11 +37,13 @@ CONV_IMPLEMENTATIONS = ('auto', 'xla', 'matmul', 'tuned')
 # layers below) and w.r.t. its kernel (to train it). Each can use its own implementation.
 CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # The candidates of each phase: 'xla' (XLA's convolution and its autodiff), 'matmul' (the
-# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather + one matmul), and
-# 'xla_t' | 'gather_t', which compute a gradient as a conv over the output gradient dilated by
-# the stride (see conv_input_grad, conv_kernel_grad).
+# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather + one matmul), 'kn2row'
+# (one matmul of each input pixel with every kernel tap, then the taps' shifted outputs summed:
+# the cheap side when a conv has few output features, like the 9x9 convs to 1 or 3 channels
+# that end the generator), and 'xla_t' | 'gather_t', which compute a gradient as a conv over
+# the output gradient dilated by the stride (see conv_input_grad, conv_kernel_grad).
 PHASE_CANDIDATES = {
-    'forward': ('xla', 'gather'),
+    'forward': ('xla', 'gather', 'kn2row'),
     'input_grad': ('xla', 'matmul', 'xla_t'),
     'kernel_grad': ('xla', 'gather', 'gather_t'),
 }
@@ -109,6 +113,9 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
   item = jnp.dtype(sig.dtype).itemsize
   if implementation in ('matmul', 'gather'):
     return sig.batch * oh * ow * k2 * sig.in_features * item
+  if implementation == 'kn2row':
+    (t, b), (l, r) = sig.padding()
+    return sig.batch * (sig.height + t + b) * (sig.width + l + r) * k2 * sig.features * item
   if implementation == 'gather_t':
     (t, b), (l, r) = sig.padding()
     rows, cols = ((sig.height, sig.width) if phase == 'input_grad' else
@@ -118,11 +125,14 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
 
 
 def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
-  """The implementations worth trying for a phase of `sig`: im2col buffers within bounds, and
-  no 'xla_t' for strided convs (XLA folds its dilation back into its own backprop conv: the same
-  program as 'xla', measured 1.9 vs 2.1 s for a stride-2 3x3x512->512 conv on 4x4 maps)."""
+  """The implementations worth trying for a phase of `sig`: im2col buffers within bounds, no
+  'xla_t' for strided convs (XLA folds its dilation back into its own backprop conv: the same
+  program as 'xla', measured 1.9 vs 2.1 s for a stride-2 3x3x512->512 conv on 4x4 maps), and
+  'kn2row' only for convs with fewer output than input features (otherwise im2col does the
+  same matmul with a buffer no larger; 3x3x64->64: 31 vs 5.7 ms for XLA's on an AMD EPYC)."""
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
-           if not (c == 'xla_t' and sig.strides > 1)}
+           if not (c == 'xla_t' and sig.strides > 1)
+           and not (c == 'kn2row' and sig.features >= sig.in_features)}
   smallest = min([b for b in sizes.values() if b] or [0])
   return tuple(c for c, b in sizes.items()
                if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
@@ -158,6 +168,14 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
     patches = jnp.concatenate(_taps(xp, k, s, oh, ow), axis=-1)
   elif implementation == 'gather':
     patches = _gather_patches(xp, k, s, oh, ow)
+  elif implementation == 'kn2row':
+    # kn2row (Vasudevan et al. 2017): z[pixel, tap] = xp[pixel] @ kernel[tap], then
+    # y[p] = sum over taps t of z[p + t, t], which XLA fuses into one pass over z.
+    z = xp.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)
+    z = z.reshape(n, hp, wp, k * k, f)
+    return functools.reduce(jnp.add, (
+        z[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, i * k + j]
+        for i in range(k) for j in range(k)))
   else:
     raise ValueError(f'Unknown conv implementation {implementation!r}.')
   y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
@@ -322,22 +340,6 @@ def pixel_shuffle(x, factor: int):
   return x.reshape(n, h * factor, w * factor, out_c)
 
 
-def max_pool_2x2(x):
-  """2x2 max pooling at stride 2, as nn.max_pool(x, (2, 2), (2, 2)) (odd sizes: the last row or
-  column dropped), written with elementwise selects so that its gradient is elementwise too.
-
-  Why: XLA:CPU computes nn.max_pool's gradient (select-and-scatter, lowered to reduce-windows
-  and iota fusions) slowly: the seed CNN's train step took 190 ms at batch 64 with it, 139 ms
-  with this. The gradient is select-and-scatter's: all of it to the first maximum of each
-  window in row-major order.
-  """
-  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
-  a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
-  cd = jnp.where(c >= d, c, d)
-  bcd = jnp.where(b >= cd, b, cd)
-  return jnp.where(a >= bcd, a, bcd)
-
-
 def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
   # PyTorch defaults: momentum 0.1 (flax 0.9), eps 1e-5.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -465,9 +467,9 @@ class Classifier(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     x = features['conv1'] = nn.relu(bn()(_conv(self, 32, 3)(x)))
     x = features['conv2'] = nn.relu(bn()(_conv(self, 64, 3)(x)))
-    x = max_pool_2x2(x)
+    x = image_ops.max_pool_2x2(x)
     x = features['conv3'] = nn.relu(bn()(_conv(self, 128, 3)(x)))
-    x = max_pool_2x2(x)
+    x = image_ops.max_pool_2x2(x)
     x = drop(x.reshape(x.shape[0], -1))
     x = features['dense1'] = nn.relu(bn()(nn.Dense(128)(x)))
     x = drop(x)
@@ -493,9 +495,9 @@ class LeNetJudge(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.relu(_conv(self, 32, 5)(x))
-    x = max_pool_2x2(x)
+    x = image_ops.max_pool_2x2(x)
     x = nn.relu(_conv(self, 64, 5)(x))
-    x = max_pool_2x2(x)
+    x = image_ops.max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(256)(x))
     penultimate = x

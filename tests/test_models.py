@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srgan_jax import image_ops
 from srgan_jax import models
 
 
@@ -208,9 +209,11 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   # kernel gradient, im2col of the output gradient (81 x 1) is.
   wide_in = models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
   assert models.phase_candidates(wide_in, 'kernel_grad') == ('xla', 'gather_t')
-  assert models.phase_candidates(wide_in, 'forward') == ('xla',)
+  # Its forward pass: kn2row's buffer (81 x 1 per padded pixel), not im2col's.
+  assert models.phase_candidates(wide_in, 'forward') == ('xla', 'kn2row')
   wide_out = models.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
   assert models.phase_candidates(wide_out, 'kernel_grad') == ('xla', 'gather')
+  assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
 
 
 @pytest.mark.parametrize('shape', [(2, 6, 8, 3), (1, 7, 5, 2)])
@@ -218,7 +221,7 @@ def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   # Few distinct values: windows with tied maxima, whose gradient goes to the first one.
   x = jax.random.randint(jax.random.PRNGKey(0), shape, 0, 3).astype(jnp.float32)
   flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
-  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  np.testing.assert_array_equal(image_ops.max_pool_2x2(x), flax_pool(x))
   w = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
-  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x) for f in (models.max_pool_2x2, flax_pool)]
+  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x) for f in (image_ops.max_pool_2x2, flax_pool)]
   np.testing.assert_array_equal(*grads)
