@@ -46,6 +46,9 @@ HOPELESS = 2.0
 # (tuning them could save at most the remaining share).
 WORTH_TUNING = 0.95
 LONG_CALL_S = 0.05  # a call this long is timed precisely enough once.
+# A first call this long is counted: its one-time costs (tens of ms) cannot change a ranking,
+# and calling again would cost as much (XLA's stride-2 3x3x512->512 input gradient: 0.66 s).
+LONG_FIRST_CALL_S = 0.5
 # How time_phases measures; part of the cache key, so decisions timed another way are retimed
 # (1: first calls counted; 2: each candidate's first call untimed).
 TIMING_METHOD = 2
@@ -183,9 +186,9 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
   The jobs are compiled first, on a thread pool (XLA compiles outside the GIL; compiling is most
   of the cost), then each is called twice, the first call untimed: it pays one-time costs (on
   an AMD EPYC, XLA's 3x3x64->128 conv took 37-66 ms on its first call and 11 ms after, so
-  timing first calls chose a 30 ms im2col instead). The candidates within HOPELESS times the
-  fastest second call of their phase are called `runs` times more, unless that call took
-  LONG_CALL_S.
+  timing first calls chose a 30 ms im2col instead), unless it took LONG_FIRST_CALL_S. The
+  candidates within HOPELESS times the fastest timed call of their phase are called `runs`
+  times more, unless that call took LONG_CALL_S.
   """
   inputs = {sig: _device_inputs(sig, devices) for sig in dict.fromkeys(j[0] for j in jobs)}
 
@@ -199,8 +202,9 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
     compiled = dict(zip(jobs, pool.map(compile_job, jobs)))
   seconds = {}
   for job in jobs:
-    _call_seconds(compiled[job], inputs[job[0]])
-    seconds[job] = _call_seconds(compiled[job], inputs[job[0]])
+    first = _call_seconds(compiled[job], inputs[job[0]])
+    seconds[job] = (first if first >= LONG_FIRST_CALL_S else
+                    _call_seconds(compiled[job], inputs[job[0]]))
   fastest = collections.defaultdict(lambda: float('inf'))
   for (sig, phase, _), t in seconds.items():
     fastest[(sig, phase)] = min(fastest[(sig, phase)], t)

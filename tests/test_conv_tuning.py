@@ -177,7 +177,7 @@ def test_time_phases_does_not_count_a_first_call(monkeypatch):
 
   def fake_call_seconds(fn, args):
     calls[fn] += 1
-    return {'xla': 0.001, 'matmul': 0.002}[fn.impl] if calls[fn] > 1 else 1.0
+    return {'xla': 0.001, 'matmul': 0.002}[fn.impl] if calls[fn] > 1 else 0.4
 
   class Compiled:  # What compile_job returns, tagged with its implementation.
     def __init__(self, impl):
@@ -193,6 +193,11 @@ def test_time_phases_does_not_count_a_first_call(monkeypatch):
   monkeypatch.setattr(conv_tuning, '_device_inputs', lambda sig, devices: ())
   seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
   assert seconds == {jobs[0]: 0.001, jobs[1]: 0.002}
+  # A first call as long as LONG_FIRST_CALL_S is counted, not repeated.
+  calls.clear()
+  monkeypatch.setattr(conv_tuning, 'LONG_FIRST_CALL_S', 0.3)
+  assert conv_tuning.time_phases(jobs[:1], jax.local_devices()[:2], runs=1) == {jobs[0]: 0.4}
+  assert sum(calls.values()) == 1
 
 
 def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypatch):
