@@ -223,5 +223,6 @@ def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
   np.testing.assert_array_equal(image_ops.max_pool_2x2(x), flax_pool(x))
   w = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
-  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x) for f in (image_ops.max_pool_2x2, flax_pool)]
+  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x)
+           for f in (image_ops.max_pool_2x2, flax_pool)]
   np.testing.assert_array_equal(*grads)
