@@ -296,7 +296,7 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   rep = timing.Reporter(out)
   server = None
   if options.torch and torch_available():
-    server = TorchServer(options)  # It builds and warms up while JAX compiles.
+    server = TorchServer(options)
   elif options.torch:
     rep.warning('PyTorch is not installed (pip install .[torch]): the JAX side only.')
   devices = jax.local_devices()
@@ -312,6 +312,11 @@ def run(options: Optional[Options] = None, out=None) -> dict:
            'step(s), JAX and PyTorch in turns; medians; a shared machine makes them noisy')
   lines = []
   try:
+    if server is not None:
+      # Ready before JAX starts: PyTorch's warm-up on the same cores would skew conv tuning's
+      # timings (measured on the Intel Xeon: the seed CNN's conv3 forward timed at 50 ms
+      # instead of 6, and the tuner chose a slower candidate).
+      rep.info(f'torch {server.wait_ready()}')
     jax_steps = {}
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # "Some donated buffers were not usable".
@@ -320,8 +325,6 @@ def run(options: Optional[Options] = None, out=None) -> dict:
                                            options.conv_implementation)
         timing.time_runs(once, 1, 0, 1 + options.warmup)  # Compiles, then warms up.
         jax_steps[name] = batch_size, once
-      if server is not None:
-        rep.info(f'torch {server.wait_ready()}')
       for name, (batch_size, once) in jax_steps.items():
         torch_run = None if server is None else functools.partial(server.time_run, name)
         jax_runs, torch_runs = _time_in_turns(once, torch_run, options)
