@@ -65,6 +65,40 @@ def test_jax_side_times_the_gan_step():
   assert "convs xla, XLA's on eigen" in text and 'Conv tuning' not in text
 
 
+def test_torch_is_ready_before_jax_tunes(monkeypatch):
+  """PyTorch's warm-up must be over before JAX builds (and tunes the convs of) its steps, or
+  the tuner times its candidates on cores that PyTorch shares (it chose a 6x slower conv)."""
+  events = []
+
+  class FakeServer:
+    def __init__(self, options):
+      events.append('torch started')
+
+    def wait_ready(self):
+      events.append('torch ready')
+      return 'fake'
+
+    def time_run(self, name):
+      events.append(f'torch timed {name}')
+      return 0.5
+
+    def close(self):
+      events.append('torch closed')
+
+  def fake_step(batch_size, devices, rep, conv_implementation):
+    events.append('jax built cnn')
+    return 8, lambda: jnp.zeros(())
+
+  monkeypatch.setattr(compare, 'torch_available', lambda: True)
+  monkeypatch.setattr(compare, 'TorchServer', FakeServer)
+  monkeypatch.setitem(compare.JAX_STEPS, 'cnn', fake_step)
+  results = compare.run(compare.Options(which=('cnn',), steps=1, runs=2, warmup=0),
+                        io.StringIO())
+  assert events[:3] == ['torch started', 'torch ready', 'jax built cnn'], events
+  assert events.count('torch timed cnn') == 2 and events[-1] == 'torch closed', events
+  assert results['cnn']['torch'] == 16.0  # 8 images in 0.5 s a step.
+
+
 def test_unknown_step_raises():
   with pytest.raises(ValueError, match='which'):
     compare.run(compare.Options(which=('cnn', 'vgg'), torch=False), io.StringIO())
