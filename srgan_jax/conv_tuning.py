@@ -39,7 +39,9 @@ from srgan_jax import platform as process_setup
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'
 CACHE_FILE = 'conv_plans.json'
-RUNS = 2  # timed calls per contender after the first (the fastest is kept: load only slows)
+# Timed calls per contender after its first timed one (the fastest is kept: load only slows).
+# 1 since 2026-12-02: with 2, the main job's three tunings took 10.1 s on an Intel Xeon.
+RUNS = 1
 # A candidate whose first call is this many times slower than its phase's fastest is not rerun.
 HOPELESS = 2.0
 # The phases that make up this share of XLA's time are tuned; the rest keep XLA's convolution
