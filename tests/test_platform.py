@@ -65,6 +65,37 @@ def test_configure_sets_the_flag_once_and_respects_the_users(monkeypatch):
   assert platform.cpu_conv_library() == 'ynnpack'
 
 
+def test_configure_cpu_devices_sets_one_device_per_core_and_the_scheduler(monkeypatch):
+  cores = len(os.sched_getaffinity(0))
+  monkeypatch.setenv('XLA_FLAGS', '')
+  platform.configure_cpu_devices(True)
+  platform.configure_cpu_devices(True)
+  flags = os.environ['XLA_FLAGS'].split()
+  assert flags.count('--xla_cpu_enable_concurrency_optimized_scheduler=false') == 1, flags
+  assert (f'--xla_force_host_platform_device_count={cores}' in flags) == (cores > 1), flags
+  assert len(flags) == 1 + (cores > 1), flags
+  mine = ('--xla_force_host_platform_device_count=3 '
+          '--xla_cpu_enable_concurrency_optimized_scheduler=true')
+  monkeypatch.setenv('XLA_FLAGS', mine)
+  platform.configure_cpu_devices(True)
+  assert os.environ['XLA_FLAGS'] == mine
+  monkeypatch.setenv('XLA_FLAGS', '')
+  platform.configure_cpu_devices(False)
+  assert os.environ['XLA_FLAGS'] == ''
+
+
+def test_xla_accepts_the_cpu_device_flags():
+  """A jaxlib that no longer knew a flag would abort every command at start-up."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  probe = ('from srgan_jax import platform; platform.configure_cpu_devices(True); '
+           'import jax, os; print(len(jax.devices()), os.environ["XLA_FLAGS"])')
+  run = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr
+  devices, flags = run.stdout.split(maxsplit=1)
+  assert int(devices) == max(1, len(os.sched_getaffinity(0))) and 'scheduler=false' in flags
+
+
 def test_an_unknown_library_is_a_config_error(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '')
   with pytest.raises(errors.ConfigError, match=r"cpu_conv_library = 'mkl'.*'eigen', 'ynnpack'"):
