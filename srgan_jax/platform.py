@@ -1,5 +1,5 @@
-"""Process-level set-up of a command before JAX starts: XLA:CPU's host devices and convolution
-library; and a quiet Orbax log."""
+"""Process-level set-up of a command before JAX starts: XLA:CPU's host devices, their scheduler
+and convolution library; and a quiet Orbax log."""
 
 import os
 
@@ -13,11 +13,10 @@ _HOST_DEVICES_FLAG = '--xla_force_host_platform_device_count'
 _YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 _YNN_CONVOLUTIONS_OFF = f'{_YNN_FUSION_FLAG}=-individual_convolution'
 CONV_LIBRARIES = ('eigen', 'ynnpack')
-# XLA:CPU's concurrency-optimized scheduler orders a step's ops so that independent ones can run
-# side by side on a device's threads; with one device per core there is nothing to run beside
-# them, and XLA's default order keeps fewer buffers live. Measured on a 2-core Intel Xeon
-# (benchmarks/README.md, 2026-12-02): the SRResNet pretrain step 384-389 -> 428-443 images/s,
-# the seed CNN step and the GAN iteration 1-4% faster.
+# XLA:CPU's concurrency-optimized scheduler (on by default in jax 0.10) orders a step's ops so
+# that independent ones can run side by side; with one device per core, XLA's default order was
+# faster. Measured on a 2-core Intel Xeon (benchmarks/README.md, 2026-12-02): the SRResNet
+# pretrain step 384-389 -> 428-443 images/s, the seed CNN step and the GAN iteration 1-4%.
 _SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
 
 
