@@ -144,9 +144,11 @@ def cpu_model() -> str:
 def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend and the
   devices timed on (they share the cores), the candidates it was made among (a digest of
-  models.PHASE_CANDIDATES), how they were timed (TIMING_METHOD) and, on CPU, the library XLA
-  runs its convolutions on (what 'xla' means there: platform.configure_cpu_convolutions)."""
-  candidates = hashlib.sha1(repr(sorted(models.PHASE_CANDIDATES.items())).encode()).hexdigest()
+  models.PHASE_CANDIDATES and models.CANDIDATES_REVISION), how they were timed
+  (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla' means
+  there: platform.configure_cpu_convolutions)."""
+  candidates = hashlib.sha1(repr((models.CANDIDATES_REVISION, sorted(
+      models.PHASE_CANDIDATES.items()))).encode()).hexdigest()
   library = f' | xla convs on {process_setup.cpu_conv_library()}' if backend == 'cpu' else ''
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
           f'{num_devices} {backend} devices | candidates {candidates[:8]} | '

@@ -137,6 +137,9 @@ def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
   monkeypatch.setattr(conv_tuning, 'TIMING_METHOD', conv_tuning.TIMING_METHOD - 1)
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   monkeypatch.undo()
+  monkeypatch.setattr(models, 'CANDIDATES_REVISION', models.CANDIDATES_REVISION - 1)
+  assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
+  monkeypatch.undo()
   monkeypatch.setattr(jax, '__version__', '0.0.1')
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   # Another machine's decisions are not used: it times again, in the same file.
