@@ -48,7 +48,8 @@ PHASE_CANDIDATES = {
     'kernel_grad': ('xla', 'gather', 'gather_t'),
 }
 # Bumped when a candidate's program changes under the same name, so that conv_tuning's cached
-# decisions are retimed (2: 'xla' kernel gradients with their layouts spelled out).
+# decisions are retimed (2: 'xla' kernel gradients with their layouts spelled out, 'kn2row'
+# padding the products instead of the input).
 CANDIDATES_REVISION = 2
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
@@ -172,13 +173,7 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
   elif implementation == 'gather':
     patches = _gather_patches(xp, k, s, oh, ow)
   elif implementation == 'kn2row':
-    # kn2row (Vasudevan et al. 2017): z[pixel, tap] = xp[pixel] @ kernel[tap], then
-    # y[p] = sum over taps t of z[p + t, t], which XLA fuses into one pass over z.
-    z = xp.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)
-    z = z.reshape(n, hp, wp, k * k, f)
-    return functools.reduce(jnp.add, (
-        z[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, i * k + j]
-        for i in range(k) for j in range(k)))
+    return _kn2row(xp, kernel, s, ((0, 0), (0, 0)))
   else:
     raise ValueError(f'Unknown conv implementation {implementation!r}.')
   y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
@@ -188,8 +183,31 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
 def conv_forward(implementation: str, x, kernel, s: int):
   """The SAME conv of x (NHWC) with an HWIO kernel at stride s, without bias."""
   sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
+  if implementation == 'kn2row':
+    return _kn2row(x, kernel, s, sig.padding())
   return _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
                      kernel, s)
+
+
+def _kn2row(x, kernel, s: int, padding):
+  """kn2row (Vasudevan et al. 2017): z[pixel, tap] = x[pixel] @ kernel[tap] for every input
+  pixel, then y[p] = sum over taps t of z[p + t, t], which XLA fuses into one pass over z.
+
+  The padding goes on z, not on x: the zeros it adds are those that padded pixels would give.
+  Padding x, XLA:CPU fused the pad into the loop that recomputes x when x is a fused layout
+  change (the pixel shuffle before the generator's last conv): 5.1 ms a device, and the
+  matmul ran over the padded pixels too. Measured on a 2-core Intel Xeon: the SRResNet
+  pretrain step 161 -> 145 ms a device in a profile, 412 -> 428 and 393 -> 414 images/s
+  timed in turns; the seed's GAN iteration unchanged (benchmarks/README.md, 2026-12-02).
+  """
+  k, _, c, f = kernel.shape
+  n, h, w, _ = x.shape
+  z = x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)
+  z = jnp.pad(z.reshape(n, h, w, k * k, f), ((0, 0),) + tuple(padding) + ((0, 0), (0, 0)))
+  oh, ow = (z.shape[1] - k) // s + 1, (z.shape[2] - k) // s + 1
+  return functools.reduce(jnp.add, (
+      z[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, i * k + j]
+      for i in range(k) for j in range(k)))
 
 
 def _dilated(dy, pads):
