@@ -75,6 +75,9 @@ class Options:
   channels_last: bool = True
   torch_threads: int = 0      # torch.set_num_threads; 0: one per core.
   conv_implementation: str = 'tuned'  # config.conv_implementation of the JAX steps.
+  # The JAX side keeps freed memory as main.py does (platform.keep_freed_memory); True runs
+  # PyTorch's process under the same malloc settings (glibc tunables) instead of glibc's.
+  torch_keep_freed_memory: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +188,8 @@ class TorchServer:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get('PYTHONPATH')) if p))
+    if options.torch_keep_freed_memory:
+      env['GLIBC_TUNABLES'] = platform.KEEP_FREED_MEMORY_TUNABLES
     args = [sys.executable, '-m', TORCH_MODULE, f'--which={",".join(options.which)}',
             f'--steps={options.steps}', f'--warmup={options.warmup}',
             *[f'--{name}_batch={b}' for name, b in options.batches.items() if b]]
@@ -294,6 +299,8 @@ def run(options: Optional[Options] = None, out=None) -> dict:
     raise ValueError(f'which must name some of {STEPS} (unknown: {unknown}); runs and steps '
                      'must be >= 1')
   rep = timing.Reporter(out)
+  jax_malloc = ('freed memory kept (platform.keep_freed_memory, as main.py)'
+                if platform.keep_freed_memory() else 'as the environment sets it')
   server = None
   if options.torch and torch_available():
     server = TorchServer(options)
@@ -308,6 +315,9 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   rep.info(f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, {len(devices)} '
            f'{devices[0].platform} host devices{per_core}; convs {options.conv_implementation}'
            f'{library}')
+  torch_malloc = ('the same settings (GLIBC_TUNABLES)' if options.torch_keep_freed_memory
+                  else "glibc's defaults")
+  rep.info(f'malloc: JAX {jax_malloc}; PyTorch {torch_malloc}')
   rep.info(f'{options.runs} runs of {options.steps} steps after {options.warmup} warm-up '
            'step(s), JAX and PyTorch in turns; medians; a shared machine makes them noisy')
   lines = []
@@ -363,6 +373,9 @@ flags.DEFINE_bool('cpu_devices_per_core', True, 'One JAX host device per CPU cor
 flags.DEFINE_enum('conv_implementation', Options.conv_implementation,
                   list(models.CONV_IMPLEMENTATIONS),
                   'config.conv_implementation of the JAX steps (the configs\' default: tuned).')
+flags.DEFINE_bool('torch_keep_freed_memory', Options.torch_keep_freed_memory,
+                  'Run PyTorch under the malloc settings of the JAX side '
+                  '(platform.keep_freed_memory), not glibc\'s defaults.')
 flags.DEFINE_enum('cpu_conv_library', 'eigen', list(platform.CONV_LIBRARIES),
                   'The library XLA:CPU runs convolutions on (config.cpu_conv_library).')
 
@@ -378,7 +391,8 @@ def main(argv):
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},
               torch=FLAGS.torch, channels_last=FLAGS.channels_last,
               torch_threads=FLAGS.torch_threads,
-              conv_implementation=FLAGS.conv_implementation))
+              conv_implementation=FLAGS.conv_implementation,
+              torch_keep_freed_memory=FLAGS.torch_keep_freed_memory))
 
 
 if __name__ == '__main__':

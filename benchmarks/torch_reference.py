@@ -301,8 +301,10 @@ def main(argv: Sequence[str]) -> None:
   # OpenMP's spin-waiting: on cores shared with other jobs, OMP_WAIT_POLICY=PASSIVE measured
   # up to 5x faster than the default (a spinning thread waits for a descheduled one).
   wait_policy = os.environ.get('OMP_WAIT_POLICY', 'default')
+  # glibc's malloc settings (compare --torch_keep_freed_memory sets the JAX side's).
+  tunables = os.environ.get('GLIBC_TUNABLES', 'default')
   print(f'{READY} version={torch.__version__} threads={torch.get_num_threads()} '
-        f'layout={layout} OMP_WAIT_POLICY={wait_policy}', flush=True)
+        f'layout={layout} OMP_WAIT_POLICY={wait_policy} GLIBC_TUNABLES={tunables}', flush=True)
   serve(steps, args.steps, sys.stdin, sys.stdout)
 
 

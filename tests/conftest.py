@@ -9,6 +9,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 # The convolution library main.py sets by default (config.cpu_conv_library = 'eigen').
 from srgan_jax import platform  # pylint: disable=g-import-not-at-top
 platform.configure_cpu_convolutions('eigen')
+platform.keep_freed_memory()  # As main.py: a step's freed buffers stay mapped for the next.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent XLA cache for the session: many tests compile the same tiny programs, and on
 # 2 CPU cores compiling is most of their time.

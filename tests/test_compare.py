@@ -16,6 +16,7 @@ import pytest
 from benchmarks import compare
 from configs import mnist_srgan
 from srgan_jax import models
+from srgan_jax import platform
 from srgan_jax import vgg
 import test_models
 
@@ -158,7 +159,7 @@ def test_command_line_times_both_sides():
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',
        '--runs=2', '--warmup=0', '--cnn_batch=4', '--generator_batch=2',
-       '--conv_implementation=xla',
+       '--conv_implementation=xla', '--torch_keep_freed_memory',
        '--torch' if has_torch else '--notorch'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -177,3 +178,7 @@ def test_command_line_times_both_sides():
   if has_torch:
     threads = len(os.sched_getaffinity(0))
     assert f'threads={threads} layout=channels_last' in proc.stdout, proc.stdout
+    # PyTorch's process ran under the JAX side's malloc settings, as asked.
+    assert f'GLIBC_TUNABLES={platform.KEEP_FREED_MEMORY_TUNABLES}' in proc.stdout, proc.stdout
+  assert 'malloc: JAX freed memory kept' in proc.stdout, proc.stdout
+  assert 'PyTorch the same settings' in proc.stdout, proc.stdout

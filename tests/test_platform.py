@@ -96,6 +96,55 @@ def test_xla_accepts_the_cpu_device_flags():
   assert int(devices) == max(1, len(os.sched_getaffinity(0))) and 'scheduler=false' in flags
 
 
+# Allocates, touches and frees a 48 MiB block a few times, on the main thread and on a worker
+# thread (XLA's buffers come from both); prints the minor page faults of each round after the
+# first, and whether platform.keep_freed_memory made its setting. 48 MiB: over glibc's largest
+# threshold for mapping a block (32 MiB), within a worker thread's arena (64 MiB).
+_ALLOCATOR_PROBE = '''
+import ctypes, resource, sys, threading
+from srgan_jax import platform
+kept = platform.keep_freed_memory() if sys.argv[1] == 'keep' else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+SIZE = 48 << 20
+faults = []
+def rounds():
+  for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+rounds()
+worker = threading.Thread(target=rounds)
+worker.start()
+worker.join()
+print(kept, faults[1:4] + faults[5:])
+'''
+
+
+@pytest.mark.parametrize('mode', ['keep', 'default', 'users_tunables'])
+def test_keep_freed_memory_stops_page_faults_on_reuse(mode):
+  """Freed buffers stay mapped: a block freed and allocated again faults no fresh pages (glibc's
+  default maps and unmaps it each time: a fault per 4 KiB page), unless the user set malloc's
+  own settings, which then win."""
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES',)}
+  if mode == 'users_tunables':
+    env['GLIBC_TUNABLES'] = 'glibc.malloc.check=0'
+  run = subprocess.run([sys.executable, '-c', _ALLOCATOR_PROBE,
+                        'default' if mode == 'default' else 'keep'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  kept, faults = run.stdout.split(maxsplit=1)
+  faults = [int(f) for f in faults.strip('[]\n').split(',')]
+  pages = (48 << 20) // 4096
+  assert kept == {'keep': 'True', 'default': 'None', 'users_tunables': 'False'}[mode]
+  if mode == 'keep':
+    assert max(faults) < pages // 10, faults
+  else:
+    assert min(faults) > pages * 9 // 10, faults
+
+
 def test_an_unknown_library_is_a_config_error(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '')
   with pytest.raises(errors.ConfigError, match=r"cpu_conv_library = 'mkl'.*'eigen', 'ynnpack'"):

@@ -31,6 +31,7 @@ def main(argv):
   platform.quiet_orbax_logs()
   platform.configure_cpu_devices(True)
   platform.configure_cpu_convolutions()
+  platform.keep_freed_memory()
   jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(f.workdir),
                                                               'jax_cache'))
   arms = [a.strip() for a in f.arms.split(',') if a.strip()] if f.arms else None
