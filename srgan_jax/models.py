@@ -47,10 +47,11 @@ PHASE_CANDIDATES = {
     'input_grad': ('xla', 'matmul', 'xla_t'),
     'kernel_grad': ('xla', 'gather', 'gather_t'),
 }
-# Bumped when a candidate's program changes under the same name, so that conv_tuning's cached
-# decisions are retimed (2: 'xla' kernel gradients with their layouts spelled out, 'kn2row'
-# padding the products instead of the input).
-CANDIDATES_REVISION = 2
+# Bumped when a candidate's program changes under the same name, or the rules of
+# phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
+# gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
+# 3: no 'xla' input gradient for wide strided convs).
+CANDIDATES_REVISION = 3
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -133,13 +134,23 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   'xla_t' for strided convs (XLA folds its dilation back into its own backprop conv: the same
   program as 'xla', measured 1.9 vs 2.1 s for a stride-2 3x3x512->512 conv on 4x4 maps), and
   'kn2row' only for convs with fewer output than input features (otherwise im2col does the
-  same matmul with a buffer no larger; 3x3x64->64: 31 vs 5.7 ms for XLA's on an AMD EPYC)."""
+  same matmul with a buffer no larger; 3x3x64->64: 31 vs 5.7 ms for XLA's on an AMD EPYC).
+
+  Nor XLA's input gradient of a strided conv whose patch has MAX_MATMUL_PATCH values or more,
+  while another candidate is left: XLA:CPU's slowest case, which only costs tuning time. The
+  discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
+  0.87 s on an AVX-512 AMD EPYC, 1.01 s on an AVX2 one, against 3.9-8.4 ms for 'matmul'.
+  """
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
            and not (c == 'kn2row' and sig.features >= sig.in_features)}
   smallest = min([b for b in sizes.values() if b] or [0])
-  return tuple(c for c, b in sizes.items()
-               if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
+  within = tuple(c for c, b in sizes.items()
+                 if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
+  patch = sig.kernel_size * sig.kernel_size * sig.in_features
+  if phase == 'input_grad' and sig.strides > 1 and patch >= MAX_MATMUL_PATCH and len(within) > 1:
+    return tuple(c for c in within if c != 'xla')
+  return within
 
 
 def _taps(xp, k: int, s: int, oh: int, ow: int):

@@ -216,6 +216,16 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
 
 
+def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
+  # XLA:CPU's slowest case (about 1 s a call on 4x4 maps, 'matmul' 4-8 ms) costs tuning time.
+  wide = models.ConvSignature(32, 4, 4, 512, 512, 3, 2, 'float32')
+  assert models.phase_candidates(wide, 'input_grad') == ('matmul',)
+  assert models.phase_candidates(wide, 'forward') == ('xla', 'gather')
+  assert models.phase_candidates(wide._replace(strides=1), 'input_grad')[0] == 'xla'
+  narrower = wide._replace(in_features=256, height=7, width=7, features=256)
+  assert models.phase_candidates(narrower, 'input_grad') == ('xla', 'matmul')
+
+
 @pytest.mark.parametrize('shape', [(2, 6, 8, 3), (1, 7, 5, 2)])
 def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   # Few distinct values: windows with tied maxima, whose gradient goes to the first one.
