@@ -90,17 +90,52 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f'cannot convert {have}-channel images to {channels} channels')
 
 
+def _window_taps(x):
+  """The four taps of each 2x2 window at stride 2 (top-left, top-right, bottom-left,
+  bottom-right), odd sizes' last row or column dropped."""
+  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+  return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
 def max_pool_2x2(x):
   """2x2 max pooling at stride 2, as nn.max_pool(x, (2, 2), (2, 2)) (odd sizes: the last row or
   column dropped), written with elementwise selects so that its gradient is elementwise too.
+  The gradient is select-and-scatter's: all of it to the first maximum of each window in
+  row-major order.
 
   Why: XLA:CPU computes nn.max_pool's gradient (select-and-scatter, lowered to reduce-windows
   and iota fusions) slowly: the seed CNN's train step took 190 ms at batch 64 with it, 139 ms
-  with this. The gradient is select-and-scatter's: all of it to the first maximum of each
-  window in row-major order.
+  with selects. Why a custom gradient: autodiff of the selects scatters each tap's gradient
+  back with a stride-2 interior pad, and XLA:CPU fused the four pads into the next layer's
+  backward pass, recomputing the tap selects for each: 18 and 14 ms a device for the seed
+  CNN's two pools on an AVX2 AMD EPYC (benchmarks/README.md, 2026-12-03). Here the taps'
+  gradients are computed once at the pooled size and interleaved by one reshape.
   """
-  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
-  a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+  a, b, c, d = _window_taps(x)
   cd = jnp.where(c >= d, c, d)
   bcd = jnp.where(b >= cd, b, cd)
   return jnp.where(a >= bcd, a, bcd)
+
+
+def _max_pool_2x2_fwd(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x, g):
+  a, b, c, d = _window_taps(x)
+  cd = jnp.where(c >= d, c, d)
+  to_a = a >= jnp.where(b >= cd, b, cd)
+  to_b = ~to_a & (b >= cd)
+  to_c = ~to_a & ~to_b & (c >= d)
+  to_d = ~(to_a | to_b | to_c)
+  zero = jnp.zeros((), g.dtype)
+  ga, gb, gc, gd = (jnp.where(m, g, zero) for m in (to_a, to_b, to_c, to_d))
+  n, h, w, ch = g.shape
+  # (n, h, 2, w, 2, ch): row offset then column offset inside each window.
+  dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2)
+  dx = dx.reshape(n, 2 * h, 2 * w, ch)
+  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * h), (0, x.shape[2] - 2 * w), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
