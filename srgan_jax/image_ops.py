@@ -90,11 +90,20 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f'cannot convert {have}-channel images to {channels} channels')
 
 
-def _window_taps(x):
+def _window_winners(x):
   """The four taps of each 2x2 window at stride 2 (top-left, top-right, bottom-left,
-  bottom-right), odd sizes' last row or column dropped."""
+  bottom-right; odd sizes' last row or column dropped) and, for each tap, where it is the
+  window's first maximum in row-major order: select-and-scatter's choice, which both the
+  pooled value and its gradient follow."""
   x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
-  return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+  a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+  c_wins = c >= d
+  cd = jnp.where(c_wins, c, d)
+  b_wins = b >= cd
+  a_wins = a >= jnp.where(b_wins, b, cd)
+  to_b = ~a_wins & b_wins
+  to_c = ~a_wins & ~b_wins & c_wins
+  return (a, b, c, d), (a_wins, to_b, to_c, ~(a_wins | b_wins | c_wins))
 
 
 @jax.custom_vjp
@@ -102,7 +111,7 @@ def max_pool_2x2(x):
   """2x2 max pooling at stride 2, as nn.max_pool(x, (2, 2), (2, 2)) (odd sizes: the last row or
   column dropped), written with elementwise selects so that its gradient is elementwise too.
   The gradient is select-and-scatter's: all of it to the first maximum of each window in
-  row-major order.
+  row-major order. Reverse-mode only (a custom_vjp: jax.jvp does not go through it).
 
   Why: XLA:CPU computes nn.max_pool's gradient (select-and-scatter, lowered to reduce-windows
   and iota fusions) slowly: the seed CNN's train step took 190 ms at batch 64 with it, 139 ms
@@ -112,10 +121,8 @@ def max_pool_2x2(x):
   CNN's two pools on an AVX2 AMD EPYC (benchmarks/README.md, 2026-12-03). Here the taps'
   gradients are computed once at the pooled size and interleaved by one reshape.
   """
-  a, b, c, d = _window_taps(x)
-  cd = jnp.where(c >= d, c, d)
-  bcd = jnp.where(b >= cd, b, cd)
-  return jnp.where(a >= bcd, a, bcd)
+  (a, b, c, d), (to_a, to_b, to_c, _) = _window_winners(x)
+  return jnp.where(to_a, a, jnp.where(to_b, b, jnp.where(to_c, c, d)))
 
 
 def _max_pool_2x2_fwd(x):
@@ -123,14 +130,9 @@ def _max_pool_2x2_fwd(x):
 
 
 def _max_pool_2x2_bwd(x, g):
-  a, b, c, d = _window_taps(x)
-  cd = jnp.where(c >= d, c, d)
-  to_a = a >= jnp.where(b >= cd, b, cd)
-  to_b = ~to_a & (b >= cd)
-  to_c = ~to_a & ~to_b & (c >= d)
-  to_d = ~(to_a | to_b | to_c)
+  _, winners = _window_winners(x)
   zero = jnp.zeros((), g.dtype)
-  ga, gb, gc, gd = (jnp.where(m, g, zero) for m in (to_a, to_b, to_c, to_d))
+  ga, gb, gc, gd = (jnp.where(wins, g, zero) for wins in winners)
   n, h, w, ch = g.shape
   # (n, h, 2, w, 2, ch): row offset then column offset inside each window.
   dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2)
