@@ -7,8 +7,8 @@ layer (kernel, channels, map size, stride, batch) and on the machine, so it is m
 than guessed. `tune` collects the conv signatures a network runs without running it
 (jax.eval_shape with an interceptor on models.Conv) and times, pmapped over the devices as
 training runs them, the forward pass, the input gradient and the kernel gradient of each with
-XLA's convolution, then with the other candidates of models.PHASE_CANDIDATES for the phases
-that make up most of XLA's time. It returns a models.ConvPlan that the networks receive as
+XLA's convolution (or what stands in for it, models.phase_candidates), then with the other
+candidates of models.PHASE_CANDIDATES for the phases that make up most of that time. It returns a models.ConvPlan that the networks receive as
 their `conv_plan` attribute. Decisions are cached in `conv_plans.json` under
 $SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax), keyed by the CPU, jax and jaxlib versions,
 backend and signature, so a later run on the same machine times nothing. Off CPU, XLA's
@@ -39,21 +39,24 @@ from srgan_jax import platform as process_setup
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'
 CACHE_FILE = 'conv_plans.json'
-# Timed calls per contender after its first timed one (the fastest is kept: load only slows).
+# Calls per contender after the first two (the fastest is kept: load only slows).
 # 1 since 2026-12-02: with 2, the main job's three tunings took 10.1 s on an Intel Xeon.
 RUNS = 1
-# A candidate whose first call is this many times slower than its phase's fastest is not rerun.
-HOPELESS = 2.0
-# The phases that make up this share of XLA's time are tuned; the rest keep XLA's convolution
-# (tuning them could save at most the remaining share).
+# A candidate this many times slower than its phase's fastest after two calls is not called
+# again. In the main job's tuning on an AVX2 AMD EPYC, the faster of two calls was within 1.25x
+# of a third call for 102 of 106 candidates.
+HOPELESS = 1.25
+# The phases that make up this share of their reference's time are tuned; the rest keep the
+# reference (tuning them could save at most the remaining share).
 WORTH_TUNING = 0.95
 LONG_CALL_S = 0.05  # a call this long is timed precisely enough once.
 # A first call this long is counted: its one-time costs (tens of ms) cannot change a ranking,
 # and calling again would cost as much (XLA's stride-2 3x3x512->512 input gradient: 0.66 s).
 LONG_FIRST_CALL_S = 0.5
-# How time_phases measures; part of the cache key, so decisions timed another way are retimed
-# (1: first calls counted; 2: each candidate's first call untimed).
-TIMING_METHOD = 2
+# How PhaseTimer measures; part of the cache key, so decisions timed another way are retimed
+# (1: first calls counted; 2: each candidate's first call untimed; 3: the faster of the first
+# two calls, contenders called again only where there are two).
+TIMING_METHOD = 3
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
@@ -184,39 +187,70 @@ def _call_seconds(fn, args) -> float:
   return time.perf_counter() - t0
 
 
-def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, float]:
-  """Seconds per call of each job (the fastest call), pmapped over `devices` as training runs.
+class PhaseTimer:
+  """measure() for tune: seconds per call of each job (the fastest call), pmapped over
+  `devices` as training runs.
 
-  The jobs are compiled first, on a thread pool (XLA compiles outside the GIL; compiling is most
-  of the cost), then each is called twice, the first call untimed: it pays one-time costs (on
+  Each job is compiled (on a thread pool: XLA compiles outside the GIL, and compiling is most
+  of the cost), then called twice, the faster call kept: a first call pays one-time costs (on
   an AMD EPYC, XLA's 3x3x64->128 conv took 37-66 ms on its first call and 11 ms after, so
-  timing first calls chose a 30 ms im2col instead), unless it took LONG_FIRST_CALL_S. The
-  candidates within HOPELESS times the fastest timed call of their phase are called `runs`
-  times more, unless that call took LONG_CALL_S.
-  """
-  inputs = {sig: _device_inputs(sig, devices) for sig in dict.fromkeys(j[0] for j in jobs)}
+  timing first calls alone chose a 30 ms im2col instead), unless it took LONG_FIRST_CALL_S.
 
-  def compile_job(job):
+  A call can be slowed by load, so a phase's contenders, its candidates within HOPELESS times
+  its fastest, are called `runs` times more (unless a call took LONG_CALL_S), but only when
+  there are two: a call only lowers a time, so it cannot change a phase with one contender.
+  The timer keeps what it compiled and timed, so that candidates timed in a later call (tune
+  times each phase's reference first, the others after) are compared with the earlier ones of
+  their phase, and the reference is called again only when another candidate comes close.
+  """
+
+  def __init__(self, devices, runs: int = RUNS):
+    self.devices, self.runs = list(devices), runs
+    self._inputs, self._compiled, self._calls = {}, {}, collections.Counter()
+    self.seconds: Dict[Job, float] = {}
+
+  def _compile(self, job):
     sig, phase, impl = job
     fn, _ = models.conv_phase(phase, impl, sig)
-    return jax.pmap(fn, devices=devices).lower(*inputs[sig]).compile()
+    return jax.pmap(fn, devices=self.devices).lower(*self._inputs[sig]).compile()
 
-  workers = max(1, min(len(devices), os.cpu_count() or 1))
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    compiled = dict(zip(jobs, pool.map(compile_job, jobs)))
-  seconds = {}
-  for job in jobs:
-    first = _call_seconds(compiled[job], inputs[job[0]])
-    seconds[job] = (first if first >= LONG_FIRST_CALL_S else
-                    _call_seconds(compiled[job], inputs[job[0]]))
-  fastest = collections.defaultdict(lambda: float('inf'))
-  for (sig, phase, _), t in seconds.items():
-    fastest[(sig, phase)] = min(fastest[(sig, phase)], t)
-  for job in jobs:
-    if seconds[job] < LONG_CALL_S and seconds[job] <= HOPELESS * fastest[job[:2]]:
-      seconds[job] = min([seconds[job]] + [_call_seconds(compiled[job], inputs[job[0]])
-                                           for _ in range(runs)])
-  return seconds
+  def _call(self, job) -> float:
+    self._calls[job] += 1
+    return _call_seconds(self._compiled[job], self._inputs[job[0]])
+
+  def __call__(self, jobs: Sequence[Job]) -> Dict[Job, float]:
+    """Times `jobs`; returns their seconds and those of the earlier jobs of the same phases
+    that were timed again."""
+    new = [job for job in dict.fromkeys(jobs) if job not in self._compiled]
+    for sig in dict.fromkeys(job[0] for job in new):
+      if sig not in self._inputs:
+        self._inputs[sig] = _device_inputs(sig, self.devices)
+    workers = max(1, min(len(self.devices), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      self._compiled.update(zip(new, pool.map(self._compile, new)))
+    for job in new:
+      first = self._call(job)
+      self.seconds[job] = first if first >= LONG_FIRST_CALL_S else min(first, self._call(job))
+    phases = collections.defaultdict(list)
+    for job in self.seconds:
+      phases[job[:2]].append(job)
+    touched = {job[:2] for job in jobs}
+    retimed = set()
+    for phase in touched:
+      fastest = min(self.seconds[job] for job in phases[phase])
+      contenders = [job for job in phases[phase] if self.seconds[job] <= HOPELESS * fastest]
+      if len(contenders) < 2:
+        continue
+      for job in contenders:
+        while self.seconds[job] < LONG_CALL_S and self._calls[job] < 2 + self.runs:
+          self.seconds[job] = min(self.seconds[job], self._call(job))
+          retimed.add(job)
+    return {job: self.seconds[job] for job in set(jobs) | retimed}
+
+
+def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, float]:
+  """Seconds per call of each job, as PhaseTimer times them in one call."""
+  return PhaseTimer(devices, runs)(jobs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,22 +287,23 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, fl
   """Times the candidates of the (signature, phase) pairs `todo` and records the fastest of
   each in `entries`; returns (candidates timed, seconds).
 
-  XLA's implementation of every phase is timed first. Its time, times the `calls` of the
-  signature, bounds what tuning the phase can save, so the other candidates are only tried for
-  the phases that make up WORTH_TUNING of that total; the rest keep XLA's. A phase with one
-  candidate is not timed.
+  Each phase's reference implementation (the first of models.phase_candidates: XLA's, or what
+  stands in for it) is timed first. Its time, times the `calls` of the signature, bounds what
+  tuning the phase can save, so the other candidates are only tried for the phases that make up
+  WORTH_TUNING of that total; the rest keep the reference. A phase with one candidate is not
+  timed.
   """
   candidates = {key: models.phase_candidates(*key) for key in sorted(todo)}
   contested = [key for key, impls in candidates.items() if len(impls) > 1]
   t0 = time.perf_counter()
-  seconds = dict(measure([key + ('xla',) for key in contested])) if contested else {}
-  cost = {key: seconds[key + ('xla',)] * calls[key[0]] for key in contested}
+  seconds = dict(measure([key + candidates[key][:1] for key in contested])) if contested else {}
+  cost = {key: seconds[key + candidates[key][:1]] * calls[key[0]] for key in contested}
   covered, others = 0.0, []
   for key in sorted(contested, key=cost.get, reverse=True):
     if covered >= WORTH_TUNING * sum(cost.values()):
       break
     covered += cost[key]
-    others += [key + (impl,) for impl in candidates[key] if impl != 'xla']
+    others += [key + (impl,) for impl in candidates[key][1:]]
   seconds.update(measure(others) if others else {})
   elapsed = time.perf_counter() - t0
   by_phase = {key: {impls[0]: 0.0} for key, impls in candidates.items() if len(impls) == 1}
@@ -288,7 +323,7 @@ def tune(networks: Sequence[Network], devices=None, *,
   """The plan of the fastest implementation of each phase of the networks' convs.
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
-  `measure(jobs) -> {job: seconds}` (default: time_phases on `devices`, the local devices by
+  `measure(jobs) -> {job: seconds}` (default: a PhaseTimer on `devices`, the local devices by
   default) and added to the cache. A conv that only runs forward (evaluation, at its own batch)
   takes the forward decision of the same layer at another batch when one is known: timing a
   large evaluation batch would cost more than it can save. Off CPU nothing is timed: XLA's
@@ -307,7 +342,7 @@ def tune(networks: Sequence[Network], devices=None, *,
       log(f'Convs of the {name}: XLA\'s convolution on {backend} (it tunes its own), not timed.')
     return tuple(sorted((sig, models.ConvChoice()) for sig in needed))
 
-  measure = measure or (lambda jobs: time_phases(jobs, devices))
+  measure = measure or PhaseTimer(devices)
   path = cache_path(directory)
   cache = read_cache(path)
   entries = cache.setdefault(machine_key(cpu or cpu_model(), backend, len(devices)), {})

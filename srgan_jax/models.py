@@ -50,8 +50,8 @@ PHASE_CANDIDATES = {
 # Bumped when a candidate's program changes under the same name, or the rules of
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
-# 3: no 'xla' input gradient for wide strided convs).
-CANDIDATES_REVISION = 3
+# 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs).
+CANDIDATES_REVISION = 4
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -130,12 +130,18 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
 
 
 def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
-  """The implementations worth trying for a phase of `sig`: im2col buffers within bounds, no
-  'xla_t' for strided convs (XLA folds its dilation back into its own backprop conv: the same
-  program as 'xla', measured 1.9 vs 2.1 s for a stride-2 3x3x512->512 conv on 4x4 maps), and
-  'kn2row' only for convs with fewer output than input features (otherwise im2col does the
-  same matmul with a buffer no larger; 3x3x64->64: 31 vs 5.7 ms for XLA's on an AMD EPYC).
+  """The implementations worth trying for a phase of `sig`, the phase's reference first (XLA's
+  own, or what stands in for it; conv_tuning times it first and keeps it where tuning would
+  not pay): im2col buffers within bounds, no 'xla_t' for strided convs (XLA folds its dilation
+  back into its own backprop conv: the same program as 'xla', measured 1.9 vs 2.1 s for a
+  stride-2 3x3x512->512 conv on 4x4 maps), and 'kn2row' only for convs with fewer output than
+  input features (otherwise im2col does the same matmul with a buffer no larger; 3x3x64->64: 31
+  vs 5.7 ms for XLA's on an AMD EPYC).
 
+  Nor XLA's input gradient of a stride-1 conv: 'xla_t' is the same conv (of the output
+  gradient with the flipped kernel) with the kernel's flip and transpose spelled out, and XLA's
+  lost to it in each of the 21 phases timed on an AVX-512 and an AVX2 AMD EPYC (1.1-8x slower:
+  9x9x64->1 @28x28, 12.1 vs 1.5 ms), so it only cost tuning time; 'xla_t' is the reference.
   Nor XLA's input gradient of a strided conv whose patch has MAX_MATMUL_PATCH values or more,
   while another candidate is left: XLA:CPU's slowest case, which only costs tuning time. The
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
@@ -147,8 +153,12 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   smallest = min([b for b in sizes.values() if b] or [0])
   within = tuple(c for c, b in sizes.items()
                  if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
+  if phase != 'input_grad':
+    return within
+  if sig.strides == 1:
+    return ('xla_t',) + tuple(c for c in within if c not in ('xla', 'xla_t'))
   patch = sig.kernel_size * sig.kernel_size * sig.in_features
-  if phase == 'input_grad' and sig.strides > 1 and patch >= MAX_MATMUL_PATCH and len(within) > 1:
+  if patch >= MAX_MATMUL_PATCH and len(within) > 1:
     return tuple(c for c in within if c != 'xla')
   return within
 

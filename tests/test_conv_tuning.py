@@ -84,22 +84,25 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
   assert tuned.apply(variables, lr).shape == (2, 10, 10, 1)
 
 
-def test_phases_where_xla_takes_next_to_nothing_are_not_tuned(tmp_path):
-  """XLA's time of each phase (times its calls) bounds what tuning it can save: only the phases
-  that make up WORTH_TUNING of it get their other candidates compiled and timed."""
+def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path):
+  """A phase's reference time (XLA's, or xla_t for a stride-1 input gradient) times its calls
+  bounds what tuning it can save: only the phases that make up WORTH_TUNING of it get their
+  other candidates compiled and timed; the others keep the reference."""
   big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
+  reference = lambda sig, phase: models.phase_candidates(sig, phase)[0]
 
   def timer(jobs):
-    return {job: (1000.0 if job[0] == big else 1.0) if job[2] == 'xla' else 0.5
+    return {job: (1000.0 if job[0] == big else 1.0) if job[2] == reference(*job[:2]) else 0.5
             for job in jobs}
   timed = []
   plan = conv_tuning.tune(_networks()[:1], jax.local_devices()[:1],
                           measure=lambda jobs: timed.extend(jobs) or timer(jobs),
                           cpu='Test CPU', directory=str(tmp_path), log=lambda line: None)
-  assert {sig for sig, _, impl in timed if impl != 'xla'} == {big}
-  assert 'xla' not in dict(plan)[big]  # Its other candidates were faster.
+  assert {sig for sig, phase, impl in timed if impl != reference(sig, phase)} == {big}
+  # Its other candidates were faster.
+  assert all(impl != reference(big, phase) for phase, impl in dict(plan)[big]._asdict().items())
   assert dict(plan)[models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')] == (
-      models.ConvChoice('xla', 'xla', 'xla'))
+      models.ConvChoice('xla', 'xla_t', 'xla'))
 
 
 def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
@@ -173,16 +176,16 @@ def test_time_phases_times_real_candidates():
   assert set(seconds) == set(jobs) and all(0 < t < 10 for t in seconds.values())
 
 
-def test_time_phases_does_not_count_a_first_call(monkeypatch):
-  # A first call pays one-time costs (XLA's conv: 37-66 ms, then 11 ms, on an AMD EPYC): timed,
-  # it would decide for the wrong candidate.
+def _fake_calls(monkeypatch, seconds):
+  """Candidates that take seconds[impl][i] on their i-th call (the last value after that), as
+  PhaseTimer compiles and calls them; returns the Counter of calls per implementation."""
   calls = collections.Counter()
 
   def fake_call_seconds(fn, args):
-    calls[fn] += 1
-    return {'xla': 0.001, 'matmul': 0.002}[fn.impl] if calls[fn] > 1 else 0.4
+    calls[fn.impl] += 1
+    return seconds[fn.impl][min(calls[fn.impl], len(seconds[fn.impl])) - 1]
 
-  class Compiled:  # What compile_job returns, tagged with its implementation.
+  class Compiled:  # What PhaseTimer._compile returns, tagged with its implementation.
     def __init__(self, impl):
       self.impl = impl
 
@@ -191,9 +194,16 @@ def test_time_phases_does_not_count_a_first_call(monkeypatch):
       lower=lambda *args: types.SimpleNamespace(compile=lambda: Compiled(fn.impl))))
   monkeypatch.setattr(models, 'conv_phase', lambda phase, impl, sig: (
       types.SimpleNamespace(impl=impl), None))
+  monkeypatch.setattr(conv_tuning, '_device_inputs', lambda sig, devices: ())
+  return calls
+
+
+def test_time_phases_drops_a_first_call_that_paid_one_time_costs(monkeypatch):
+  # A first call pays one-time costs (XLA's conv: 37-66 ms, then 11 ms, on an AMD EPYC): timed
+  # alone, it would decide for the wrong candidate.
+  calls = _fake_calls(monkeypatch, {'xla': [0.4, 0.001], 'matmul': [0.4, 0.002]})
   sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
   jobs = [(sig, 'input_grad', 'xla'), (sig, 'input_grad', 'matmul')]
-  monkeypatch.setattr(conv_tuning, '_device_inputs', lambda sig, devices: ())
   seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
   assert seconds == {jobs[0]: 0.001, jobs[1]: 0.002}
   # A first call as long as LONG_FIRST_CALL_S is counted, not repeated.
@@ -201,6 +211,25 @@ def test_time_phases_does_not_count_a_first_call(monkeypatch):
   monkeypatch.setattr(conv_tuning, 'LONG_FIRST_CALL_S', 0.3)
   assert conv_tuning.time_phases(jobs[:1], jax.local_devices()[:2], runs=1) == {jobs[0]: 0.4}
   assert sum(calls.values()) == 1
+
+
+def test_phase_timer_calls_again_only_where_a_call_can_change_the_decision(monkeypatch):
+  calls = _fake_calls(monkeypatch, {'xla': [0.010, 0.011, 0.008], 'matmul': [0.012, 0.0105, 0.009],
+                                    'xla_t': [0.05, 0.04, 0.001]})
+  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  job = lambda impl: (sig, 'input_grad', impl)
+  timer = conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=1)
+  # Alone in its phase, the reference is not called again: nothing to compare it with yet.
+  assert timer([job('xla')]) == {job('xla'): 0.010}
+  assert calls == {'xla': 2}
+  # The later candidates are compared with it: matmul comes within HOPELESS of it, so both are
+  # called once more (and the reference's new time returned); xla_t, 4x slower, is not.
+  assert timer([job('matmul'), job('xla_t')]) == {
+      job('xla'): 0.008, job('matmul'): 0.009, job('xla_t'): 0.04}
+  assert calls == {'xla': 3, 'matmul': 3, 'xla_t': 2}
+  # Nothing is compiled or called twice over.
+  assert timer([job('matmul')]) == {job('matmul'): 0.009}
+  assert calls == {'xla': 3, 'matmul': 3, 'xla_t': 2}
 
 
 def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypatch):

@@ -216,12 +216,26 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
 
 
+def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_reference():
+  # xla_t is the same conv with the kernel's flip spelled out, and XLA's lost to it in every
+  # phase timed on two machine classes: XLA's would only cost tuning time.
+  for sig in [models.ConvSignature(32, 14, 14, 64, 128, 3, 1, 'float32'),
+              models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32'),
+              models.ConvSignature(32, 28, 28, 1, 32, 3, 1, 'float32')]:
+    candidates = models.phase_candidates(sig, 'input_grad')
+    assert candidates[0] == 'xla_t' and 'xla' not in candidates, sig
+    assert models.phase_candidates(sig, 'forward')[0] == 'xla'
+  assert models.phase_candidates(
+      models.ConvSignature(32, 14, 14, 64, 128, 3, 1, 'float32'), 'input_grad') == (
+          'xla_t', 'matmul')
+
+
 def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
   # XLA:CPU's slowest case (about 1 s a call on 4x4 maps, 'matmul' 4-8 ms) costs tuning time.
   wide = models.ConvSignature(32, 4, 4, 512, 512, 3, 2, 'float32')
   assert models.phase_candidates(wide, 'input_grad') == ('matmul',)
   assert models.phase_candidates(wide, 'forward') == ('xla', 'gather')
-  assert models.phase_candidates(wide._replace(strides=1), 'input_grad')[0] == 'xla'
+  assert models.phase_candidates(wide._replace(strides=1), 'input_grad')[0] == 'xla_t'
   narrower = wide._replace(in_features=256, height=7, width=7, features=256)
   assert models.phase_candidates(narrower, 'input_grad') == ('xla', 'matmul')
 
