@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import inspect
 import os
 import platform
 import time
@@ -109,9 +110,14 @@ def conv_uses(network: Network) -> Dict[models.ConvSignature, ConvUse]:
     uses[sig] = ConvUse(tuple(p for p in models.CONV_PHASES if p in phases), before.calls + 1)
     return jnp.zeros(x.shape[:1] + sig.output_size + (module.features,), x.dtype)
 
+  # Networks with a training mode (BatchNorm, dropout) run the same convs in either; VGG19 has
+  # none.
+  mode = ({'train': False} if 'train' in inspect.signature(network.module.__call__).parameters
+          else {})
+
   def init(x):
     with nn.intercept_methods(functools.partial(intercept, x)):
-      return network.module.init(jax.random.PRNGKey(0), x, train=False)
+      return network.module.init(jax.random.PRNGKey(0), x, **mode)
 
   jax.eval_shape(init, jax.ShapeDtypeStruct(network.input_shape, network.dtype))
   return uses

@@ -110,8 +110,8 @@ def resolve_path(workdir: str, path: str) -> str:
 
 def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE):
   """The networks whose convs the SRGAN steps and evaluations run, at one device's batch, for
-  conv_tuning: G and D trained (D also w.r.t. its input: SR), the frozen guide w.r.t. its
-  input, and in evaluation (forward only) G and the judge."""
+  conv_tuning: G and D trained (D also w.r.t. its input: SR), the frozen guide and VGG19
+  w.r.t. their input, and in evaluation (forward only) G and the judge."""
   lr_size, channels = hr_size // config.data.scale, config.data.channels
   batch = config.batch_size // jax.device_count()
   eval_batch = config.eval.batch_size // jax.local_device_count()
@@ -130,6 +130,11 @@ def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST
     networks.append(conv_tuning.Network('guide classifier', frozen.classifier,
                                         (batch, hr_size, hr_size, channels), trained=False,
                                         input_grad=True))
+  if frozen.vgg_fn is not None:
+    networks.append(conv_tuning.Network(
+        'VGG19 features', frozen.vgg_fn.model,
+        frozen.vgg_fn.input_shape((batch, hr_size, hr_size, channels)), trained=False,
+        input_grad=True))
   if judge is not None:
     networks.append(conv_tuning.Network('judge in evaluation', judge,
                                         (eval_batch, hr_size, hr_size, channels),
@@ -140,7 +145,7 @@ def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST
 def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE,
                log=logging.info, workdir: Optional[str] = None):
   """(conv plan, frozen, judge) for config.conv_implementation: the plan of conv_tuning when
-  'tuned' (else None), and the frozen guide and the judge computing their convs with it.
+  'tuned' (else None), and the frozen guide, VGG19 and the judge computing their convs with it.
 
   With a `workdir`, the plan is saved there (CONV_PLAN_FILE) the first time and read back
   afterwards: a resumed run computes every conv exactly as before, even where the machine's
@@ -168,6 +173,9 @@ def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SI
   use = lambda module: module.clone(conv=config.conv_implementation, conv_plan=conv_plan)
   if frozen.classifier is not None:
     frozen = frozen.replace(classifier=use(frozen.classifier))
+  if frozen.vgg_fn is not None:
+    frozen = frozen.replace(vgg_fn=frozen.vgg_fn.with_convs(config.conv_implementation,
+                                                            conv_plan))
   return conv_plan, frozen, None if judge is None else use(judge)
 
 

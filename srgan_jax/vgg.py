@@ -23,10 +23,11 @@ File I/O happens only in the loader functions; the module and the feature and lo
 are pure.
 """
 
+import dataclasses
 import hashlib
 import os
 import urllib.request
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import flax.linen as nn
@@ -37,6 +38,7 @@ import numpy as np
 
 from srgan_jax import files
 from srgan_jax import image_ops
+from srgan_jax import models
 from srgan_jax.errors import VGGWeightsError
 
 # (channels, convolutions) of the five stages; a 2x2 max-pool separates consecutive stages.
@@ -88,10 +90,14 @@ class VGG19(nn.Module):
 
   Input: NHWC float, already preprocessed (see `preprocess`). Output: dict layer name -> map.
   Only the layers up to the deepest requested one exist, so `init` creates only their
-  parameters; `apply` ignores extra entries, so a full loaded tree can be passed as is.
+  parameters; `apply` ignores extra entries, so a full loaded tree can be passed as is. The
+  convs are models.Conv (nn.Conv's parameters), so that a tuned plan can compute them: the
+  content loss runs VGG19 forward on SR and HR and back to SR, most of a VGG-loss GAN step.
   """
   layers: Sequence[str]
   before_activation: bool = False  # True: map before the ReLU (ESRGAN); False: after (SRGAN).
+  conv: str = 'auto'  # Conv implementation: one of models.CONV_IMPLEMENTATIONS.
+  conv_plan: Optional[models.ConvPlan] = None  # What 'tuned' convs use (conv_tuning.tune).
 
   @nn.compact
   def __call__(self, x):
@@ -99,7 +105,7 @@ class VGG19(nn.Module):
     for name in _layer_prefix(self.layers):
       if name != 'conv1_1' and name.endswith('_1'):
         x = image_ops.max_pool_2x2(x)  # nn.max_pool's values, a faster gradient on CPU.
-      y = nn.Conv(LAYER_SHAPES[name][1][0], (3, 3), padding='SAME', name=name)(x)
+      y = models.Conv(LAYER_SHAPES[name][1][0], 3, 1, self.conv, self.conv_plan, name=name)(x)
       x = nn.relu(y)
       if name in self.layers:
         features[name] = y if self.before_activation else x
@@ -138,18 +144,35 @@ def preprocess(images, preprocessing: str, resize_to: int = 0):
   raise ValueError(f'preprocessing must be one of {PREPROCESSINGS}; got {preprocessing!r}.')
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureFn:
+  """`fn(params, images) -> {layer: feature map}` for images in [-1, 1]: VGG19 after the
+  preprocessing its weights expect. Pure; hashable, so the steps can hold it as static."""
+  model: VGG19
+  preprocessing: str = 'torch'
+  resize_to: int = 0
+
+  def __call__(self, params, images):
+    return self.model.apply({'params': params},
+                            preprocess(images, self.preprocessing, self.resize_to))
+
+  def input_shape(self, image_shape) -> Tuple[int, int, int, int]:
+    """The shape VGG19 sees for NHWC images of `image_shape` (3 channels, resized)."""
+    n, h, w, _ = image_shape
+    return (n, self.resize_to or h, self.resize_to or w, 3)
+
+  def with_convs(self, conv: str, conv_plan: Optional[models.ConvPlan]) -> 'FeatureFn':
+    return dataclasses.replace(self, model=self.model.clone(conv=conv, conv_plan=conv_plan))
+
+
 def make_feature_fn(layers: Sequence[str], before_activation: bool = False,
-                    preprocessing: str = 'torch', resize_to: int = 0):
-  """Pure `fn(params, images) -> {layer: feature map}` for images in [-1, 1]."""
+                    preprocessing: str = 'torch', resize_to: int = 0) -> FeatureFn:
+  """The FeatureFn of VGG19 up to `layers`."""
   model = VGG19(tuple(layers), before_activation)
   _layer_prefix(model.layers)  # Fail at construction, not at the first call.
   if preprocessing not in PREPROCESSINGS:
     raise ValueError(f'preprocessing must be one of {PREPROCESSINGS}; got {preprocessing!r}.')
-
-  def fn(params, images):
-    return model.apply({'params': params}, preprocess(images, preprocessing, resize_to))
-
-  return fn
+  return FeatureFn(model, preprocessing, resize_to)
 
 
 def load_feature_extractor(vgg_config):

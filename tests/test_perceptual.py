@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from srgan_jax import conv_tuning
 from srgan_jax import errors
 from srgan_jax import image_ops
 from srgan_jax import input_pipeline
 from srgan_jax import losses
+from srgan_jax import models
 from srgan_jax import steps
 from srgan_jax import train
 from srgan_jax import vgg
@@ -65,6 +67,45 @@ def test_vgg_content_loss_trains_and_reaches_generator(tmp_path):
   assert float(metrics['content']) > 0
   assert sum(float(np.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads)) > 0
   _assert_content_loss_was_optimised(config, str(tmp_path / 'run'))
+
+
+def test_vgg19_convs_are_tuned_with_the_networks_and_compute_the_same(tmp_path, monkeypatch):
+  """VGG19 runs forward on SR and HR and back to SR: most of a VGG-loss GAN step. Its convs
+  are tuned with G and D (forward and input gradient, no kernel gradient: it is frozen), and
+  the content loss then computes them as the plan says, with the same values and gradients."""
+  weights = str(tmp_path / 'vgg19_small.npz')
+  _write_small_vgg_npz(weights)
+  config = make_tiny_config(**{'loss.content': 'vgg', 'loss.vgg.weights': weights,
+                               'loss.vgg.layers': {'conv1_2': 1.0},
+                               'conv_implementation': 'tuned'})
+  frozen = train.prepare_frozen(config, str(tmp_path))
+  batch = config.batch_size // jax.device_count()
+  vgg_sigs = [models.ConvSignature(batch, 28, 28, 3, 64, 3, 1, 'float32'),
+              models.ConvSignature(batch, 28, 28, 64, 64, 3, 1, 'float32')]
+  timed = []
+  fastest = {'forward': 'gather', 'input_grad': 'matmul', 'kernel_grad': 'gather'}
+
+  def timer(jobs):  # Not XLA's, so that the equality below compares two implementations.
+    timed.extend(jobs)
+    return {job: (1.0 if job[2] == fastest[job[1]] else 2.0) * (
+        100 if job[0] in vgg_sigs else 1) for job in jobs}  # VGG19's worth tuning.
+  monkeypatch.setattr(conv_tuning, 'PhaseTimer', lambda devices: timer)
+  monkeypatch.setenv(conv_tuning.CACHE_ENV, str(tmp_path))  # Keep these times to this test.
+  lines = []
+  plan, tuned, _ = train.tune_convs(config, frozen, log=lines.append)
+  assert {p for sig, p, _ in timed if sig in vgg_sigs} == {'forward', 'input_grad'}
+  assert dict(plan)[vgg_sigs[1]] == models.ConvChoice('gather', 'matmul', 'xla')
+  assert any(line.startswith('Convs tuned for the VGG19 features (measured): 3x3x3->64 @28x28')
+             for line in lines)
+  assert tuned.vgg_fn.model.conv == 'tuned' and tuned.vgg_fn.model.conv_plan == plan
+
+  x = image_ops.to_model_range(np.random.default_rng(0).integers(
+      0, 256, (batch, 28, 28, 1), dtype=np.uint8))
+  feature_sum = lambda fn: lambda x: fn(frozen.vgg_params, x)['conv1_2'].sum()
+  np.testing.assert_allclose(tuned.vgg_fn(frozen.vgg_params, x)['conv1_2'],
+                             frozen.vgg_fn(frozen.vgg_params, x)['conv1_2'], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(jax.grad(feature_sum(tuned.vgg_fn))(x),
+                             jax.grad(feature_sum(frozen.vgg_fn))(x), rtol=1e-4, atol=1e-3)
 
 
 def test_missing_vgg_weights_fail_before_training(tmp_path):
