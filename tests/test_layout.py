@@ -26,7 +26,9 @@ TIERS = (
     # Training state, pixels, the process's XLA set-up.
     ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform'),
     # The parts: data sources, networks, losses, checkpoints, logs.
-    ('sources', 'models', 'losses', 'vgg', 'checkpoints', 'writers'),
+    ('sources', 'models', 'losses', 'checkpoints', 'writers'),
+    # The pretrained VGG19 of the content loss, built of models' convs (tuned like the others).
+    ('vgg',),
     # What a config may say; convs timed and chosen per machine.
     ('validation', 'conv_tuning'),
     # Data in memory, the pure training steps, inference from a checkpoint.
