@@ -209,8 +209,10 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   # kernel gradient, im2col of the output gradient (81 x 1) is.
   wide_in = models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
   assert models.phase_candidates(wide_in, 'kernel_grad') == ('xla', 'gather_t')
-  # Its forward pass: kn2row's buffer (81 x 1 per padded pixel), not im2col's.
+  # Its forward pass: kn2row's buffer (81 x 1 per padded pixel), not im2col's; its input
+  # gradient: also im2col of the output gradient (81 x 1 per pixel), not col2im's (81 x 64).
   assert models.phase_candidates(wide_in, 'forward') == ('xla', 'kn2row')
+  assert models.phase_candidates(wide_in, 'input_grad') == ('xla_t', 'gather_t')
   wide_out = models.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
   assert models.phase_candidates(wide_out, 'kernel_grad') == ('xla', 'gather')
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
@@ -227,7 +229,7 @@ def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_refer
     assert models.phase_candidates(sig, 'forward')[0] == 'xla'
   assert models.phase_candidates(
       models.ConvSignature(32, 14, 14, 64, 128, 3, 1, 'float32'), 'input_grad') == (
-          'xla_t', 'matmul')
+          'xla_t', 'matmul')  # No gather_t: its buffer would be k*k copies of the wider side.
 
 
 def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
