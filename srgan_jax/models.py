@@ -51,8 +51,8 @@ PHASE_CANDIDATES = {
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
-# input gradients for convs to fewer features).
-CANDIDATES_REVISION = 5
+# input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels).
+CANDIDATES_REVISION = 6
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -122,11 +122,8 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
   if implementation == 'kn2row':
     (t, b), (l, r) = sig.padding()
     return sig.batch * (sig.height + t + b) * (sig.width + l + r) * k2 * sig.features * item
-  if implementation == 'gather_t':
-    (t, b), (l, r) = sig.padding()
-    rows, cols = ((sig.height, sig.width) if phase == 'input_grad' else
-                  (sig.height + t + b, sig.width + l + r))
-    return sig.batch * rows * cols * k2 * sig.features * item
+  if implementation == 'gather_t':  # im2col of dy at x's pixels, k*k*out features each.
+    return sig.batch * sig.height * sig.width * k2 * sig.features * item
   return 0
 
 
@@ -263,8 +260,9 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   """d(sum(dy * conv_forward(x, kernel))) / dkernel: the gradient w.r.t. the HWIO kernel.
 
   'xla' | 'matmul' | 'gather': the transpose of that forward implementation (XLA's backprop
-  filter conv, see _xla_kernel_grad; patches^T @ dy). 'gather_t': padded x^T @ im2col of dy dilated by the stride
-  (a buffer of k*k*out features instead of k*k*in: the cheap side when out is small).
+  filter conv, see _xla_kernel_grad; patches^T @ dy). 'gather_t': x^T @ im2col of dy dilated
+  by the stride and padded, at x's own pixels (a buffer of k*k*out features instead of k*k*in:
+  the cheap side when out is small; the padding's pixels, zeros, would add nothing).
   """
   if implementation == 'xla':
     return _xla_kernel_grad(x, kernel_shape, s, dy)
@@ -273,10 +271,10 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
     return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]
   k, _, c, f = kernel_shape
   sig = conv_signature(x.shape, x.dtype, k, f, s)
-  xp = jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),))
-  n, hp, wp, _ = xp.shape
-  patches = _gather_patches(_dilated(dy, [(k - 1, k - 1, s - 1)] * 2), k, 1, hp, wp)
-  grad = xp.reshape(-1, c).T @ patches.reshape(-1, k * k * f)  # (C, k*k taps, F), taps flipped.
+  # Tap (i, j) at padded pixel p reads dy at p - (i, j) (dilated); x's pixels are p - lo.
+  pads = [(k - 1 - lo, k - 1 - hi, s - 1) for lo, hi in sig.padding()]
+  patches = _gather_patches(_dilated(dy, pads), k, 1, sig.height, sig.width)
+  grad = x.reshape(-1, c).T @ patches.reshape(-1, k * k * f)  # (C, k*k taps, F), taps flipped.
   return jnp.flip(grad.reshape(c, k, k, f).transpose(1, 2, 0, 3), (0, 1))
 
 
