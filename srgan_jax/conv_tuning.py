@@ -8,11 +8,12 @@ than guessed. `tune` collects the conv signatures a network runs without running
 (jax.eval_shape with an interceptor on models.Conv) and times, pmapped over the devices as
 training runs them, the forward pass, the input gradient and the kernel gradient of each with
 XLA's convolution (or what stands in for it, models.phase_candidates), then with the other
-candidates of models.PHASE_CANDIDATES for the phases that make up most of that time. It returns a models.ConvPlan that the networks receive as
-their `conv_plan` attribute. Decisions are cached in `conv_plans.json` under
-$SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax), keyed by the CPU, jax and jaxlib versions,
-backend and signature, so a later run on the same machine times nothing. Off CPU, XLA's
-convolution is used everywhere (cuDNN tunes itself) and nothing is timed.
+candidates of models.PHASE_CANDIDATES for the phases that make up most of that time. It
+returns a models.ConvPlan that the networks receive as their `conv_plan` attribute. Decisions
+are cached in `conv_plans.json` under $SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax),
+keyed by the CPU, jax and jaxlib versions, backend and signature, so a later run on the same
+machine times nothing. Off CPU, XLA's convolution is used everywhere (cuDNN tunes itself) and
+nothing is timed.
 """
 
 import collections
