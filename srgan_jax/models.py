@@ -51,8 +51,9 @@ PHASE_CANDIDATES = {
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
-# input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels).
-CANDIDATES_REVISION = 6
+# input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
+# 7: 'gather_t' for convs to fewer features only).
+CANDIDATES_REVISION = 7
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -132,12 +133,12 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   own, or what stands in for it; conv_tuning times it first and keeps it where tuning would
   not pay): im2col buffers within bounds, no 'xla_t' for strided convs (XLA folds its dilation
   back into its own backprop conv: the same program as 'xla', measured 1.9 vs 2.1 s for a
-  stride-2 3x3x512->512 conv on 4x4 maps), and 'kn2row' forward passes and 'gather_t' input
-  gradients only for convs with fewer output than input features: their buffers hold k*k
-  copies of the output side (otherwise im2col does the same matmul with a buffer no larger;
-  3x3x64->64 forward: 31 vs 5.7 ms for XLA's on an AMD EPYC; the generator's last conv,
-  9x9x64->1 at 28x28, b32, input gradient on an AVX2 AMD EPYC: 'gather_t' 7.9-8.7 ms, 'xla_t'
-  11.3).
+  stride-2 3x3x512->512 conv on 4x4 maps), and 'kn2row' and 'gather_t' only for convs with
+  fewer output than input features: their buffers hold k*k copies of the output side
+  (otherwise im2col does the same matmul with a buffer no larger; 3x3x64->64 forward: 31 vs
+  5.7 ms for XLA's on an AMD EPYC, kernel gradient 5.9 vs 1.8 ms on an AVX2 one, where the
+  generator's last conv, 9x9x64->1 at 28x28, b32, took 7.9-8.7 ms for its 'gather_t' input
+  gradient and 11.3 for 'xla_t').
 
   Nor XLA's input gradient of a stride-1 conv: 'xla_t' is the same conv (of the output
   gradient with the flipped kernel) with the kernel's flip and transpose spelled out, and XLA's
@@ -150,8 +151,7 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   """
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
-           and not (c in ('kn2row', 'gather_t') and phase != 'kernel_grad'
-                    and sig.features >= sig.in_features)}
+           and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)}
   smallest = min([b for b in sizes.values() if b] or [0])
   within = tuple(c for c, b in sizes.items()
                  if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
