@@ -52,8 +52,8 @@ PHASE_CANDIDATES = {
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
-# 7: 'gather_t' for convs to fewer features only).
-CANDIDATES_REVISION = 7
+# 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major).
+CANDIDATES_REVISION = 8
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -213,24 +213,31 @@ def conv_forward(implementation: str, x, kernel, s: int):
 
 
 def _kn2row(x, kernel, s: int, padding):
-  """kn2row (Vasudevan et al. 2017): z[pixel, tap] = x[pixel] @ kernel[tap] for every input
-  pixel, then y[p] = sum over taps t of z[p + t, t], which XLA fuses into one pass over z.
+  """kn2row (Vasudevan et al. 2017): z[tap, pixel] = kernel[tap] @ x[pixel] for every input
+  pixel, then y[p] = sum over taps t of z[t, p + t], which XLA fuses into one pass over z.
 
-  The padding goes on z, not on x: the zeros it adds are those that padded pixels would give.
-  Padding x, XLA:CPU fused the pad into the loop that recomputes x when x is a fused layout
-  change (the pixel shuffle before the generator's last conv): 5.1 ms a device, and the
-  matmul ran over the padded pixels too. Measured on a 2-core Intel Xeon: the SRResNet
-  pretrain step 161 -> 145 ms a device in a profile, 412 -> 428 and 393 -> 414 images/s
-  timed in turns; the seed's GAN iteration unchanged (benchmarks/README.md, 2026-12-02).
+  z is tap-major, one plane per tap and output feature, so that each tap's term is a shifted
+  copy of a contiguous plane, padded by lax.pad (the zeros that padded pixels would give) in
+  the same fused pass. Pixel-major, the sum read each tap 81 floats apart and the padded z
+  was written out first: on an AVX2 AMD EPYC, 9x9x64->3 at 28x28, b64, 108-118 vs 42-44 ms
+  (XLA's: 101), 9x9x64->1 b32 7.4-8.2 vs 6.3-6.7 (benchmarks/README.md, 2026-12-03). Padding
+  x instead, XLA:CPU fused the pad into the loop that recomputes x when x is a fused layout
+  change (the pixel shuffle before the generator's last conv), and the matmul ran over the
+  padded pixels too.
   """
   k, _, c, f = kernel.shape
   n, h, w, _ = x.shape
-  z = x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)
-  z = jnp.pad(z.reshape(n, h, w, k * k, f), ((0, 0),) + tuple(padding) + ((0, 0), (0, 0)))
-  oh, ow = (z.shape[1] - k) // s + 1, (z.shape[2] - k) // s + 1
-  return functools.reduce(jnp.add, (
-      z[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, i * k + j]
-      for i in range(k) for j in range(k)))
+  taps_by_in = kernel.reshape(k * k, c, f).transpose(1, 0, 2).reshape(c, k * k * f)
+  z = jax.lax.dot_general(taps_by_in, x.reshape(-1, c), (((0,), (1,)), ((), ())))
+  z = z.reshape(k, k, f, n, h, w)
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  oh, ow = (h + lo_h + hi_h - k) // s + 1, (w + lo_w + hi_w - k) // s + 1
+  lh, lw = (oh - 1) * s + 1, (ow - 1) * s + 1  # The rows and columns a tap's term spans.
+  zero = jnp.zeros((), x.dtype)
+  terms = (jax.lax.pad(z[i, j], zero, ((0, 0, 0), (0, 0, 0), (lo_h - i, lh - h - lo_h + i, 0),
+                                       (lo_w - j, lw - w - lo_w + j, 0)))[:, :, ::s, ::s]
+           for i in range(k) for j in range(k))
+  return functools.reduce(jnp.add, terms).transpose(1, 2, 3, 0)  # (F, n, oh, ow) -> NHWC
 
 
 def _dilated(dy, pads):
