@@ -142,8 +142,9 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
 
   Nor XLA's input gradient of a stride-1 conv: 'xla_t' is the same conv (of the output
   gradient with the flipped kernel) with the kernel's flip and transpose spelled out, and XLA's
-  lost to it in each of the 21 phases timed on an AVX-512 and an AVX2 AMD EPYC (1.1-8x slower:
-  9x9x64->1 @28x28, 12.1 vs 1.5 ms), so it only cost tuning time; 'xla_t' is the reference.
+  lost to it in each of the 25 phases timed on an AVX-512 and an AVX2 AMD EPYC (1.04-8x
+  slower: 9x9x64->1 @28x28, 12.1 vs 1.5 ms), so it only cost tuning time; 'xla_t' is the
+  reference.
   Nor XLA's input gradient of a strided conv whose patch has MAX_MATMUL_PATCH values or more,
   while another candidate is left: XLA:CPU's slowest case, which only costs tuning time. The
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
