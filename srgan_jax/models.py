@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from srgan_jax import image_ops
+from srgan_jax import winograd
 
 
 MAX_MATMUL_PATCH = 3 * 3 * 512
@@ -40,25 +41,31 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # transpose of im2col + matmul: col2im), 'gather' (im2col by one gather + one matmul), 'kn2row'
 # (one matmul of each input pixel with every kernel tap, then the taps' shifted outputs summed:
 # the cheap side when a conv has few output features, like the 9x9 convs to 1 or 3 channels
-# that end the generator), and 'xla_t' | 'gather_t', which compute a gradient as a conv over
-# the output gradient dilated by the stride (see conv_input_grad, conv_kernel_grad).
+# that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x fewer multiplies for 3x3
+# stride-1 convs, see winograd.py), and 'xla_t' | 'gather_t' | 'winograd_t', which compute a
+# gradient as a conv over the output gradient dilated by the stride (see conv_input_grad,
+# conv_kernel_grad).
 PHASE_CANDIDATES = {
-    'forward': ('xla', 'gather', 'kn2row'),
-    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t'),
-    'kernel_grad': ('xla', 'gather', 'gather_t'),
+    'forward': ('xla', 'gather', 'kn2row', 'winograd'),
+    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t'),
+    'kernel_grad': ('xla', 'gather', 'gather_t', 'winograd'),
 }
 # Bumped when a candidate's program changes under the same name, or the rules of
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
-# 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major).
-CANDIDATES_REVISION = 8
+# 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd').
+CANDIDATES_REVISION = 9
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
 MAX_WORKSPACE_BYTES = 1 << 28
 MAX_WORKSPACE_RATIO = 2
+# 'winograd' is tried for 3x3 stride-1 convs with at least this many input and output
+# features: with fewer, the transforms' memory passes cost more than the multiplies they save
+# (the first convs of the networks, on 1 or 3 channels, are a few percent of a step anyway).
+WINOGRAD_MIN_FEATURES = 16
 
 
 class ConvSignature(NamedTuple):
@@ -125,7 +132,23 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
     return sig.batch * (sig.height + t + b) * (sig.width + l + r) * k2 * sig.features * item
   if implementation == 'gather_t':  # im2col of dy at x's pixels, k*k*out features each.
     return sig.batch * sig.height * sig.width * k2 * sig.features * item
+  if implementation in ('winograd', 'winograd_t'):
+    return winograd.workspace_bytes(sig.batch, sig.height, sig.width, sig.in_features,
+                                    sig.features, item)
   return 0
+
+
+def computes(implementation: str, sig: ConvSignature) -> bool:
+  """Whether a phase implementation can compute `sig`: all can, but Winograd's F(4x4, 3x3)
+  only 3x3 stride-1 convs."""
+  return not implementation.startswith('winograd') or (
+      (sig.kernel_size, sig.strides) == (winograd.KERNEL_SIZE, 1))
+
+
+def winograd_applies(sig: ConvSignature) -> bool:
+  """Whether 'winograd' is a candidate for `sig` (see WINOGRAD_MIN_FEATURES)."""
+  return computes('winograd', sig) and min(sig.in_features,
+                                           sig.features) >= WINOGRAD_MIN_FEATURES
 
 
 def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
@@ -152,8 +175,11 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   """
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
-           and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)}
-  smallest = min([b for b in sizes.values() if b] or [0])
+           and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)
+           and not (c.startswith('winograd') and not winograd_applies(sig))}
+  # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
+  # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
+  smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])
   within = tuple(c for c, b in sizes.items()
                  if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
   if phase != 'input_grad':
@@ -198,8 +224,11 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
     patches = _gather_patches(xp, k, s, oh, ow)
   elif implementation == 'kn2row':
     return _kn2row(xp, kernel, s, ((0, 0), (0, 0)))
+  elif implementation == 'winograd' and (k, s) == (winograd.KERNEL_SIZE, 1):
+    return winograd.valid_conv(xp, kernel)
   else:
-    raise ValueError(f'Unknown conv implementation {implementation!r}.')
+    only = ' (it computes 3x3 stride-1 convs only)' if implementation == 'winograd' else ''
+    raise ValueError(f'Unknown conv implementation {implementation!r}{only}.')
   y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
   return y.reshape(n, oh, ow, f)
 
@@ -274,6 +303,9 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   """
   if implementation == 'xla':
     return _xla_kernel_grad(x, kernel_shape, s, dy)
+  if implementation == 'winograd' and (kernel_shape[0], s) == (winograd.KERNEL_SIZE, 1):
+    sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
+    return winograd.kernel_grad(jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)), dy)
   if implementation != 'gather_t':
     fn = lambda kernel: conv_forward(implementation, x, kernel, s)
     return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]

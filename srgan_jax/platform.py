@@ -76,9 +76,10 @@ def cpu_conv_library() -> str:
 
 
 # glibc's mallopt parameters (<malloc.h>).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _TOP_PAD_BYTES = 1 << 28
-_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, _TOP_PAD_BYTES))
+_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, _TOP_PAD_BYTES),
+             (_M_ARENA_MAX, 1))
 # The same settings as glibc tunables, for a process started with them (benchmarks.compare's
 # PyTorch side, when asked to run under the same policy).
 KEEP_FREED_MEMORY_TUNABLES = (f'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**31 - 1}:'
@@ -99,9 +100,14 @@ def keep_freed_memory() -> bool:
   AMD EPYC (cpu family 25, AVX2, a VM guest; benchmarks/README.md, 2026-12-03), in turns: the
   seed CNN step 464-475 -> 550-557 images/s, the SRResNet pretrain step 280-288 -> 325-327. The
   price is a resident size that stays at its peak, which a training process reaches anyway.
-  Blocks of 64 MiB or more that a worker thread allocates are still mapped each time (glibc's
-  thread arenas grow no larger); one arena for all threads (M_ARENA_MAX=1) would keep those too,
-  but made the two steps 4-10% slower. Call early (blocks already mapped keep their policy).
+  All threads share one arena (M_ARENA_MAX=1): a block of 64 MiB or more that a worker thread
+  allocates would otherwise be mapped afresh each time (glibc's thread arenas grow no larger),
+  and XLA:CPU allocates each step's temporaries as one block, 115 MB in the seed CNN step once
+  its convs are Winograd's (64 MB before). Measured on the same AVX2 EPYC (2026-12-03, in
+  turns): the seed CNN step 64,000 -> 2,600 page faults a step, 470-486 -> 635-663 images/s;
+  the GAN iteration 49-51 -> 50-56; the SRResNet step 293-300 -> 283-311 (one arena had made
+  the two steps 4-10% slower before, when every block fitted a thread's arena). Call early
+  (blocks already mapped keep their policy, threads keep the arena they have).
   """
   if any(name in os.environ for name in _MALLOC_ENV):
     return False

@@ -21,8 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = 'srgan_jax'
 
 TIERS = (
-    # Shared basics: no import from the package.
-    ('errors', 'files', 'config_utils', 'safe_pickle'),
+    # Shared basics: no import from the package (winograd: the arithmetic of a fast conv).
+    ('errors', 'files', 'config_utils', 'safe_pickle', 'winograd'),
     # Training state, pixels, the process's XLA set-up.
     ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform'),
     # The parts: data sources, networks, losses, checkpoints, logs.

@@ -158,20 +158,24 @@ def test_matmul_conv_equals_xla_conv(size, kernel, stride):
 
 
 CONV_SHAPES = [  # (height, width, in features, out features, kernel, stride)
-    (7, 7, 1, 5, 9, 1), (9, 8, 3, 4, 3, 2), (6, 6, 4, 1, 9, 1), (5, 4, 2, 3, 5, 2)]
+    (7, 7, 1, 5, 9, 1), (9, 8, 3, 4, 3, 2), (6, 6, 4, 1, 9, 1), (5, 4, 2, 3, 5, 2),
+    (7, 6, 4, 5, 3, 1), (9, 12, 3, 2, 3, 1)]  # 3x3 stride 1: Winograd's, with partial tiles.
 
 
 @pytest.mark.parametrize('height,width,cin,cout,kernel,stride', CONV_SHAPES)
 def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, stride):
   """Each phase of each implementation (what 'tuned' may pick) gives XLA's numbers: the output,
-  and the gradients w.r.t. the input and the kernel of XLA's conv."""
+  and the gradients w.r.t. the input and the kernel of XLA's conv. (Winograd's: 3x3 stride-1
+  shapes only, where it must hold.)"""
   sig = models.ConvSignature(2, height, width, cin, cout, kernel, stride, 'float32')
   x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
           for i, s in enumerate(models.conv_phase('forward', 'xla', sig)[1][:2]))
   y, vjp = jax.vjp(lambda x, w: models.conv_forward('xla', x, w, stride), x, w)
   dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
   expected = dict(zip(models.CONV_PHASES, (y,) + vjp(dy)))
-  jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls]
+  jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls
+          if models.computes(impl, sig)]
+  assert len(jobs) == 13 if (kernel, stride) == (3, 1) else 10
   outs = jax.jit(lambda x, w, dy: [models.conv_phase(phase, impl, sig)[0](x, w, dy)
                                    for phase, impl in jobs])(x, w, dy)  # One compile.
   for (phase, impl), out in zip(jobs, outs):
@@ -218,8 +222,8 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
   # As many output features as input ones: im2col of dy is no narrower (and lost: 5.9 vs 1.8 ms).
   square = models.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
-  assert models.phase_candidates(square, 'kernel_grad') == ('xla', 'gather')
-  assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul')
+  assert models.phase_candidates(square, 'kernel_grad') == ('xla', 'gather', 'winograd')
+  assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul', 'winograd_t')
 
 
 def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_reference():
@@ -233,7 +237,8 @@ def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_refer
     assert models.phase_candidates(sig, 'forward')[0] == 'xla'
   assert models.phase_candidates(
       models.ConvSignature(32, 14, 14, 64, 128, 3, 1, 'float32'), 'input_grad') == (
-          'xla_t', 'matmul')  # No gather_t: its buffer would be k*k copies of the wider side.
+          'xla_t', 'matmul', 'winograd_t')  # No gather_t: its buffer would be k*k copies of
+  # the wider side.
 
 
 def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
@@ -256,3 +261,33 @@ def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x)
            for f in (image_ops.max_pool_2x2, flax_pool)]
   np.testing.assert_array_equal(*grads)
+
+
+def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
+  wide = models.ConvSignature(64, 28, 28, 32, 64, 3, 1, 'float32')
+  assert 'winograd' in models.phase_candidates(wide, 'forward')
+  assert 'winograd_t' in models.phase_candidates(wide, 'input_grad')
+  assert 'winograd' in models.phase_candidates(wide, 'kernel_grad')
+  for other in [wide._replace(in_features=1),  # The seed CNN's first conv: transforms dominate.
+                wide._replace(strides=2), wide._replace(kernel_size=5)]:
+    assert not any(c.startswith('winograd') for phase in models.CONV_PHASES
+                   for c in models.phase_candidates(other, phase)), other
+  x = jnp.ones((1, 6, 6, 2))
+  with pytest.raises(ValueError, match='3x3 stride-1 convs only'):
+    models.conv_forward('winograd', x, jnp.ones((5, 5, 2, 3)), 1)
+
+
+def test_winograd_computes_xla_conv_on_partial_tiles_of_many_features():
+  """F(4x4, 3x3) on maps that are not a multiple of its 4x4 tiles, with enough features that
+  its float32 rounding would show: the output and both gradients as XLA's conv."""
+  sig = models.ConvSignature(2, 10, 7, 24, 20, 3, 1, 'float32')
+  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+          for i, s in enumerate(models.conv_phase('forward', 'xla', sig)[1][:2]))
+  y, vjp = jax.vjp(lambda x, w: models.conv_forward('xla', x, w, 1), x, w)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  dx, dw = vjp(dy)
+  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
+  y_w, vjp_w = jax.vjp(lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)
+  for got, want in zip((y_w,) + vjp_w(dy), (y, dx, dw)):
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(got / scale, want / scale, atol=2e-5)
