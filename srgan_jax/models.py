@@ -66,6 +66,11 @@ MAX_WORKSPACE_RATIO = 2
 # features: with fewer, the transforms' memory passes cost more than the multiplies they save
 # (the first convs of the networks, on 1 or 3 channels, are a few percent of a step anyway).
 WINOGRAD_MIN_FEATURES = 16
+# Nor on maps smaller than this: their 4x4 tiles pad 7x7 to 8x8 (and 4x4 maps are one tile),
+# and each candidate costs ~0.4 s of tuning (its compile). With every size tried, the main
+# job's SRGAN networks took 15.6 s to tune (5.9 before), and Winograd won 2 of the 18 phases of
+# maps under 14x14 (AVX2 AMD EPYC, 2026-12-03).
+WINOGRAD_MIN_SIZE = 14
 
 
 class ConvSignature(NamedTuple):
@@ -146,9 +151,10 @@ def computes(implementation: str, sig: ConvSignature) -> bool:
 
 
 def winograd_applies(sig: ConvSignature) -> bool:
-  """Whether 'winograd' is a candidate for `sig` (see WINOGRAD_MIN_FEATURES)."""
-  return computes('winograd', sig) and min(sig.in_features,
-                                           sig.features) >= WINOGRAD_MIN_FEATURES
+  """Whether 'winograd' is a candidate for `sig` (see WINOGRAD_MIN_FEATURES and _SIZE)."""
+  return (computes('winograd', sig)
+          and min(sig.in_features, sig.features) >= WINOGRAD_MIN_FEATURES
+          and min(sig.height, sig.width) >= WINOGRAD_MIN_SIZE)
 
 
 def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:

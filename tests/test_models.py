@@ -222,8 +222,8 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
   # As many output features as input ones: im2col of dy is no narrower (and lost: 5.9 vs 1.8 ms).
   square = models.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
-  assert models.phase_candidates(square, 'kernel_grad') == ('xla', 'gather', 'winograd')
-  assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul', 'winograd_t')
+  assert models.phase_candidates(square, 'kernel_grad') == ('xla', 'gather')
+  assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul')
 
 
 def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_reference():
@@ -269,6 +269,7 @@ def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
   assert 'winograd_t' in models.phase_candidates(wide, 'input_grad')
   assert 'winograd' in models.phase_candidates(wide, 'kernel_grad')
   for other in [wide._replace(in_features=1),  # The seed CNN's first conv: transforms dominate.
+                wide._replace(height=7, width=7),  # Padded to 8x8 tiles: rarely won.
                 wide._replace(strides=2), wide._replace(kernel_size=5)]:
     assert not any(c.startswith('winograd') for phase in models.CONV_PHASES
                    for c in models.phase_candidates(other, phase)), other
