@@ -233,8 +233,10 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
   elif implementation == 'winograd' and (k, s) == (winograd.KERNEL_SIZE, 1):
     return winograd.valid_conv(xp, kernel)
   else:
-    only = ' (it computes 3x3 stride-1 convs only)' if implementation == 'winograd' else ''
-    raise ValueError(f'Unknown conv implementation {implementation!r}{only}.')
+    if implementation == 'winograd':
+      raise ValueError(f"The conv implementation 'winograd' computes 3x3 stride-1 convs only, "
+                       f'not {k}x{k} at stride {s}.')
+    raise ValueError(f'Unknown conv implementation {implementation!r}.')
   y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
   return y.reshape(n, oh, ow, f)
 

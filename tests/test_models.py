@@ -175,7 +175,7 @@ def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, strid
   expected = dict(zip(models.CONV_PHASES, (y,) + vjp(dy)))
   jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls
           if models.computes(impl, sig)]
-  assert len(jobs) == 13 if (kernel, stride) == (3, 1) else 10
+  assert len(jobs) == (13 if (kernel, stride) == (3, 1) else 10)  # Winograd's 3 on 3x3/1.
   outs = jax.jit(lambda x, w, dy: [models.conv_phase(phase, impl, sig)[0](x, w, dy)
                                    for phase, impl in jobs])(x, w, dy)  # One compile.
   for (phase, impl), out in zip(jobs, outs):
