@@ -55,8 +55,9 @@ PHASE_CANDIDATES = {
 # gradients with their layouts spelled out, 'kn2row' padding the products instead of the input;
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
-# 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd').
-CANDIDATES_REVISION = 9
+# 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd'; 10:
+# Winograd's kernel transform as one matmul).
+CANDIDATES_REVISION = 10
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).

