@@ -36,6 +36,7 @@ def main(argv):
     # Before the first JAX computation (importing jax starts no backend).
     platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
     platform.configure_cpu_convolutions(FLAGS.config.cpu_conv_library)
+    platform.configure_cpu_fusion_emitters()
     platform.keep_freed_memory()
     distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
     task = FLAGS.config.task

@@ -47,6 +47,7 @@ def main(argv):
   # Before the first JAX computation (importing jax starts no backend).
   platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
   platform.configure_cpu_convolutions(FLAGS.config.cpu_conv_library)
+  platform.configure_cpu_fusion_emitters()
   platform.keep_freed_memory()
   options = speed.Options(steps=FLAGS.steps, runs=FLAGS.runs, warmup=FLAGS.warmup,
                           peak_matmul_size=FLAGS.peak_matmul_size, peak_runs=FLAGS.peak_runs,

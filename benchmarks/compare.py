@@ -310,8 +310,8 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   cores = len(os.sched_getaffinity(0))
   rep.info(f'cpu: {cpu_model()}, {cores} cores')
   per_core = ' (one per core, as main.py sets up)' if len(devices) == cores > 1 else ''
-  library = (f', XLA\'s on {platform.cpu_conv_library()}' if devices[0].platform == 'cpu'
-             else '')
+  library = (f', XLA\'s on {platform.cpu_conv_library()}, fusions by its '
+             f'{platform.cpu_fusion_emitters()} emitters' if devices[0].platform == 'cpu' else '')
   rep.info(f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, {len(devices)} '
            f'{devices[0].platform} host devices{per_core}; convs {options.conv_implementation}'
            f'{library}')
@@ -386,6 +386,7 @@ def main(argv):
   # Before the first JAX computation (importing jax starts no backend).
   platform.configure_cpu_devices(FLAGS.cpu_devices_per_core)
   platform.configure_cpu_convolutions(FLAGS.cpu_conv_library)
+  platform.configure_cpu_fusion_emitters()
   run(Options(which=tuple(FLAGS.which), steps=FLAGS.steps, runs=FLAGS.runs,
               warmup=FLAGS.warmup,
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},

@@ -156,10 +156,12 @@ def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   devices timed on (they share the cores), the candidates it was made among (a digest of
   models.PHASE_CANDIDATES and models.CANDIDATES_REVISION), how they were timed
   (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla' means
-  there: platform.configure_cpu_convolutions)."""
+  there: platform.configure_cpu_convolutions) and the code generator of its fusions (the other
+  candidates' transforms and copies: platform.configure_cpu_fusion_emitters)."""
   candidates = hashlib.sha1(repr((models.CANDIDATES_REVISION, sorted(
       models.PHASE_CANDIDATES.items()))).encode()).hexdigest()
-  library = f' | xla convs on {process_setup.cpu_conv_library()}' if backend == 'cpu' else ''
+  library = (f' | xla convs on {process_setup.cpu_conv_library()}, fusions by its '
+             f'{process_setup.cpu_fusion_emitters()} emitters' if backend == 'cpu' else '')
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
           f'{num_devices} {backend} devices | candidates {candidates[:8]} | '
           f'timing {TIMING_METHOD}{library}')
@@ -281,13 +283,25 @@ def _parse_signature(key: str) -> models.ConvSignature:
   return models.ConvSignature(*map(int, numbers), dtype)
 
 
-def _same_layer(entries: dict, sig: models.ConvSignature) -> Optional[models.ConvSignature]:
-  """The signature with a forward decision in `entries` that differs from `sig` by its batch
-  only, the nearest batch first; None when there is none."""
+def _same_layer(entries: dict, sig: models.ConvSignature,
+                phase: str) -> Optional[models.ConvSignature]:
+  """The signature with a decision for `phase` in `entries` that differs from `sig` by its
+  batch only, the nearest batch first; None when there is none."""
   layer = sig._replace(batch=0)
-  relatives = [s for s in map(_parse_signature, entries)
-               if s._replace(batch=0) == layer and 'forward' in entries[signature_key(s)]]
+  relatives = [s for s in map(_parse_signature, entries) if s._replace(batch=0) == layer
+               and phase in entries[signature_key(s)]]
   return min(relatives, key=lambda s: abs(s.batch - sig.batch), default=None)
+
+
+def _borrowed_note(sig: models.ConvSignature, phases: Sequence[str], borrowed: Mapping) -> str:
+  """' (as at b64)' when every phase of `sig` took the decision of the same layer at batch 64,
+  ' (dx as at b64)' when some did; '' when none did."""
+  batches = {p: borrowed[sig, p].batch for p in phases if (sig, p) in borrowed}
+  if not batches:
+    return ''
+  if len(batches) == len(phases) and len(set(batches.values())) == 1:
+    return f' (as at b{batches[phases[0]]})'
+  return ' (' + ', '.join(f'{SHORT_NAMES[p]} as at b{b}' for p, b in batches.items()) + ')'
 
 
 def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, float]:
@@ -331,9 +345,12 @@ def tune(networks: Sequence[Network], devices=None, *,
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
   `measure(jobs) -> {job: seconds}` (default: a PhaseTimer on `devices`, the local devices by
-  default) and added to the cache. A conv that only runs forward (evaluation, at its own batch)
-  takes the forward decision of the same layer at another batch when one is known: timing a
-  large evaluation batch would cost more than it can save. Off CPU nothing is timed: XLA's
+  default) and added to the cache. A conv that is not trained here (evaluation at its own batch,
+  or a frozen network's forward pass and input gradient) takes the decisions of the same layer
+  at another batch when they are known, e.g. the guide CNN's from its own training at twice the
+  batch: timing a large evaluation batch would cost more than it can save, and a layer's
+  fastest implementation seldom changes with the batch (the main job's guide at b32 and b64:
+  the same choices in its 4 timed phases on an AVX2 AMD EPYC). Off CPU nothing is timed: XLA's
   convolution everywhere. Logs one line per network with what it uses.
   """
   devices = list(devices or jax.local_devices())
@@ -355,13 +372,13 @@ def tune(networks: Sequence[Network], devices=None, *,
   entries = cache.setdefault(machine_key(cpu or cpu_model(), backend, len(devices)), {})
   missing = lambda sigs: {(sig, phase) for sig in sigs for phase in needed[sig]
                           if phase not in entries.get(signature_key(sig), {})}
-  forward_only = {sig for sig, phases in needed.items() if phases == {'forward'}}
-  todo = missing(set(needed) - forward_only)
-  # The layers trained here are timed first: their decisions serve evaluation too.
+  untrained = {sig for sig, phases in needed.items() if 'kernel_grad' not in phases}
+  todo = missing(set(needed) - untrained)
+  # The layers trained here are timed first: their decisions serve the others too.
   timed = _measure_into(entries, todo, calls, measure)
-  relatives = {sig: _same_layer(entries, sig) for sig in forward_only if missing([sig])}
-  borrowed = {sig: relative for sig, relative in relatives.items() if relative}
-  untimed = missing(forward_only - set(borrowed))
+  relatives = {key: _same_layer(entries, *key) for key in missing(untrained)}
+  borrowed = {key: relative for key, relative in relatives.items() if relative}
+  untimed = missing(untrained) - set(borrowed)
   more = _measure_into(entries, untimed, calls, measure)
   todo |= untimed
   if todo:
@@ -370,18 +387,18 @@ def tune(networks: Sequence[Network], devices=None, *,
         f'{timed[1] + more[1]:.1f} s; decisions cached in {path}.')
 
   def choice(sig):
-    decided = entries[signature_key(borrowed.get(sig, sig))]
-    return models.ConvChoice(**{p: decided[p]['choice'] for p in models.CONV_PHASES
-                                if p in decided})
+    return models.ConvChoice(**{
+        p: entries[signature_key(borrowed.get((sig, p), sig))][p]['choice']
+        for p in models.CONV_PHASES
+        if (sig, p) in borrowed or p in entries.get(signature_key(sig), {})})
 
   plan = agreed(tuple(sorted((sig, choice(sig)) for sig in needed)))
   choices = dict(plan)
   for name, net_uses in uses.items():
     measured = any((sig, phase) in todo for sig, use in net_uses.items() for phase in use.phases)
     log(f'Convs tuned for the {name} ({"measured" if measured else "cached"}): ' + ', '.join(
-        f'{_short(sig)}: {describe(choices[sig], use.phases)}' + (
-            f' (as at b{borrowed[sig].batch})' if sig in borrowed else '')
-        for sig, use in net_uses.items()))
+        f'{_short(sig)}: {describe(choices[sig], use.phases)}'
+        + _borrowed_note(sig, use.phases, borrowed) for sig, use in net_uses.items()))
   return plan
 
 

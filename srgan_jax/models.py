@@ -56,8 +56,8 @@ PHASE_CANDIDATES = {
 # 3: no 'xla' input gradient for wide strided convs; 4: nor for stride-1 convs; 5: 'gather_t'
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
 # 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd'; 10:
-# Winograd's kernel transform as one matmul).
-CANDIDATES_REVISION = 10
+# Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies).
+CANDIDATES_REVISION = 11
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -72,6 +72,11 @@ WINOGRAD_MIN_FEATURES = 16
 # job's SRGAN networks took 15.6 s to tune (5.9 before), and Winograd won 2 of the 18 phases of
 # maps under 14x14 (AVX2 AMD EPYC, 2026-12-03).
 WINOGRAD_MIN_SIZE = 14
+# The im2col candidates, not tried where Winograd is: in the 213 phases of 3x3 stride-1 convs
+# that both were timed on (AVX2 AMD EPYC, 2026-12-03, 13 signatures), the faster of them was a
+# median 2.4x slower than XLA's or Winograd's, and never faster by more than 1%; each costs
+# about 0.15 s of tuning.
+IM2COL = ('gather', 'matmul')
 
 
 class ConvSignature(NamedTuple):
@@ -170,6 +175,8 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   generator's last conv, 9x9x64->1 at 28x28, b32, took 7.9-8.7 ms for its 'gather_t' input
   gradient and 11.3 for 'xla_t').
 
+  Nor im2col (IM2COL) where Winograd applies (winograd_applies).
+
   Nor XLA's input gradient of a stride-1 conv: 'xla_t' is the same conv (of the output
   gradient with the flipped kernel) with the kernel's flip and transpose spelled out, and XLA's
   lost to it in each of the 25 phases timed on an AVX-512 and an AVX2 AMD EPYC (1.04-8x
@@ -180,15 +187,17 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
   0.87 s on an AVX-512 AMD EPYC, 1.01 s on an AVX2 one, against 3.9-8.4 ms for 'matmul'.
   """
+  winograd_ = winograd_applies(sig)
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
            and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)
-           and not (c.startswith('winograd') and not winograd_applies(sig))}
+           and not (c.startswith('winograd') and not winograd_)
+           and not (c in IM2COL and winograd_)}
   # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
   # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
   smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])
-  within = tuple(c for c, b in sizes.items()
-                 if b <= min(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_RATIO * smallest) or not b)
+  within = tuple(c for c, b in sizes.items() if b <= MAX_WORKSPACE_BYTES and (
+      not b or c.startswith('winograd') or b <= MAX_WORKSPACE_RATIO * smallest))
   if phase != 'input_grad':
     return within
   if sig.strides == 1:

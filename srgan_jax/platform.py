@@ -1,5 +1,6 @@
-"""Process-level set-up of a command before JAX starts: XLA:CPU's host devices, their scheduler
-and convolution library, the allocator's policy for freed memory; and a quiet Orbax log."""
+"""Process-level set-up of a command before JAX starts: XLA:CPU's host devices, their scheduler,
+fusion code generator and convolution library, the allocator's policy for freed memory; and a
+quiet Orbax log."""
 
 import ctypes
 import os
@@ -19,6 +20,10 @@ CONV_LIBRARIES = ('eigen', 'ynnpack')
 # faster. Measured on a 2-core Intel Xeon (benchmarks/README.md, 2026-12-02): the SRResNet
 # pretrain step 384-389 -> 428-443 images/s, the seed CNN step and the GAN iteration 1-4%.
 _SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
+# XLA:CPU (jax 0.10) generates its fusions' code with its new MLIR-based emitters unless this is
+# false; its older LLVM IR emitter compiles them faster and ran this project's steps as fast or
+# faster (benchmarks/README.md: AVX2 AMD EPYC, 2026-12-04).
+_FUSION_EMITTERS_FLAG = '--xla_cpu_use_fusion_emitters'
 
 
 def configure_cpu_devices(enabled: bool = True) -> None:
@@ -40,6 +45,32 @@ def configure_cpu_devices(enabled: bool = True) -> None:
   if _HOST_DEVICES_FLAG not in flags and cores and cores > 1:
     flags = f'{flags} {_HOST_DEVICES_FLAG}={cores}'
   os.environ['XLA_FLAGS'] = flags.strip()
+
+
+def configure_cpu_fusion_emitters(new: bool = False) -> None:
+  """Which code generator XLA:CPU compiles its fusions (elementwise loops, concatenations,
+  transposes: what is not a library call) with: its new MLIR-based emitters, or by default
+  here its older LLVM IR emitter.
+
+  Measured on a 2-core AVX2 AMD EPYC (family 25), in turns, JAX side of benchmarks.compare,
+  images/s, older vs new: the seed CNN step 807-862 vs 776-800, the SRResNet step 397-398 vs
+  352-375, the GAN iteration 54.4-55.5 vs 55.8-57.2; compiling the CNN step 8.2-9.2 vs
+  12.0-12.6 s, and the main job's conv tuning 8.7 vs 11.0 s (its candidates are small
+  programs that compile more than they run). The setting is process-wide, so `conv_tuning`
+  keys its decisions by it. Respects a setting already in XLA_FLAGS. Call before the first JAX
+  computation.
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  if _FUSION_EMITTERS_FLAG not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {_FUSION_EMITTERS_FLAG}={str(new).lower()}'.strip()
+
+
+def cpu_fusion_emitters() -> str:
+  """'new' or 'older': the fusion code generator of XLA:CPU in this process, as XLA_FLAGS
+  sets it (XLA's default: 'new')."""
+  values = [f.partition('=')[2] for f in os.environ.get('XLA_FLAGS', '').split()
+            if f.startswith(_FUSION_EMITTERS_FLAG)]
+  return 'older' if values and values[-1].lower() in ('false', '0') else 'new'
 
 
 def configure_cpu_convolutions(library: str = 'eigen') -> None:

@@ -6,14 +6,13 @@ import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
-# XLA:CPU's older fusion code generator: the tests compile far more than they run, and it
-# compiles faster (measured on an AMD EPYC: test_compare's GAN step test 19.4 -> 14.7 s).
-# Subprocesses started by tests inherit it. A user's own setting wins.
-if '--xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
-# The convolution library main.py sets by default (config.cpu_conv_library = 'eigen').
+# The convolution library and fusion code generator main.py sets by default
+# (config.cpu_conv_library = 'eigen'; the older fusion emitter, which also compiles faster:
+# test_compare's GAN step test 19.4 -> 14.7 s on an AMD EPYC). Subprocesses started by tests
+# inherit them.
 from srgan_jax import platform  # pylint: disable=g-import-not-at-top
 platform.configure_cpu_convolutions('eigen')
+platform.configure_cpu_fusion_emitters()
 platform.keep_freed_memory()  # As main.py: a step's freed buffers stay mapped for the next.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent XLA cache for the session: many tests compile the same tiny programs, and on

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import os
 import types
 
 import jax
@@ -119,6 +120,26 @@ def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
                              '9x9x1->4 @5x5 b8: gather (as at b2), ')
 
 
+def test_frozen_networks_take_the_decisions_of_the_layers_trained(tmp_path):
+  """A frozen network (forward and input gradient, like the guide CNN in an SRGAN run) takes
+  the decisions of its layers trained at another batch; a phase not decided there is timed:
+  the input gradient of the first conv, which training does not compute (it reads images)."""
+  judge = models.LeNetJudge()
+  kwargs = dict(devices=jax.local_devices()[:1], cpu='Test CPU', directory=str(tmp_path))
+  conv_tuning.tune([conv_tuning.Network('judge', judge, (4, 28, 28, 1))], measure=FakeTimer(),
+                   log=lambda line: None, **kwargs)
+  timer, lines = FakeTimer(), []
+  plan = conv_tuning.tune([conv_tuning.Network('frozen judge', judge, (2, 28, 28, 1),
+                                               trained=False, input_grad=True)],
+                          measure=timer, log=lines.append, **kwargs)
+  first = models.ConvSignature(2, 28, 28, 1, 32, 5, 1, 'float32')
+  assert {job[:2] for job in timer.jobs} == {(first, 'input_grad')}
+  assert dict(plan)[first] == models.ConvChoice('gather', 'xla_t', 'xla')
+  assert lines[1:] == ['Convs tuned for the frozen judge (measured): 5x5x1->32 @28x28 b2: fwd '
+                       'gather, dx xla_t (fwd as at b4), 5x5x32->64 @14x14 b2: fwd gather, dx '
+                       'xla_t (as at b4)']
+
+
 def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
   plan, _ = _tune(tmp_path, FakeTimer())
   cache = json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text())
@@ -145,6 +166,12 @@ def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
   monkeypatch.undo()
   monkeypatch.setattr(jax, '__version__', '0.0.1')
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
+  monkeypatch.undo()
+  # XLA:CPU's fusion code generator (what the candidates' transforms compile to).
+  monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', '').replace(
+      '--xla_cpu_use_fusion_emitters=false', '--xla_cpu_use_fusion_emitters=true'))
+  assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
+  monkeypatch.undo()
   # Another machine's decisions are not used: it times again, in the same file.
   _tune(tmp_path, FakeTimer())
   timer = FakeTimer()

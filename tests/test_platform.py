@@ -84,16 +84,36 @@ def test_configure_cpu_devices_sets_one_device_per_core_and_the_scheduler(monkey
   assert os.environ['XLA_FLAGS'] == ''
 
 
-def test_xla_accepts_the_cpu_device_flags():
+def test_configure_cpu_fusion_emitters_sets_the_older_once_and_respects_the_users(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert platform.cpu_fusion_emitters() == 'new'  # XLA's default.
+  platform.configure_cpu_fusion_emitters()
+  platform.configure_cpu_fusion_emitters()
+  assert os.environ['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2',
+                                             '--xla_cpu_use_fusion_emitters=false']
+  assert platform.cpu_fusion_emitters() == 'older'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_fusion_emitters=true')
+  platform.configure_cpu_fusion_emitters()
+  assert platform.cpu_fusion_emitters() == 'new'
+  monkeypatch.setenv('XLA_FLAGS', '')
+  platform.configure_cpu_fusion_emitters(new=True)
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_use_fusion_emitters=true'
+
+
+def test_xla_accepts_the_cpu_flags():
   """A jaxlib that no longer knew a flag would abort every command at start-up."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   probe = ('from srgan_jax import platform; platform.configure_cpu_devices(True); '
-           'import jax, os; print(len(jax.devices()), os.environ["XLA_FLAGS"])')
+           'platform.configure_cpu_convolutions(); platform.configure_cpu_fusion_emitters(); '
+           'import jax, jax.numpy as jnp, os; jax.jit(lambda x: jnp.concatenate([x, -x]).T)('
+           'jnp.ones((3, 5))).block_until_ready(); '
+           'print(len(jax.devices()), os.environ["XLA_FLAGS"])')
   run = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
   assert run.returncode == 0, run.stderr
   devices, flags = run.stdout.split(maxsplit=1)
   assert int(devices) == max(1, len(os.sched_getaffinity(0))) and 'scheduler=false' in flags
+  assert 'fusion_emitters=false' in flags and 'ynn_fusion_type' in flags
 
 
 # Allocates, touches and frees a 48 MiB block a few times, on the main thread and on a worker
