@@ -60,6 +60,11 @@ LONG_FIRST_CALL_S = 0.5
 # two calls, contenders called again only where there are two).
 TIMING_METHOD = 3
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
+# Compiling threads per core: tracing and lowering a candidate hold the GIL, so with one thread
+# a core a core waits while another thread lowers. The main job's tunings on a 2-core AVX2 AMD
+# EPYC, in turns: 4 threads 13.4, 11.9, 13.4, 12.7 s; 2 threads 16.3, 15.5; 8 threads 13.0,
+# 14.1 (2026-12-04, a slow hour for that machine).
+COMPILE_THREADS_PER_CORE = 2
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
 
@@ -200,8 +205,8 @@ class PhaseTimer:
   """measure() for tune: seconds per call of each job (the fastest call), pmapped over
   `devices` as training runs.
 
-  Each job is compiled (on a thread pool: XLA compiles outside the GIL, and compiling is most
-  of the cost), then called twice, the faster call kept: a first call pays one-time costs (on
+  Each job is compiled (on a thread pool of COMPILE_THREADS_PER_CORE threads a device: XLA
+  compiles outside the GIL, and compiling is most of the cost), then called twice, the faster call kept: a first call pays one-time costs (on
   an AMD EPYC, XLA's 3x3x64->128 conv took 37-66 ms on its first call and 11 ms after, so
   timing first calls alone chose a 30 ms im2col instead), unless it took LONG_FIRST_CALL_S.
 
@@ -234,7 +239,7 @@ class PhaseTimer:
     for sig in dict.fromkeys(job[0] for job in new):
       if sig not in self._inputs:
         self._inputs[sig] = _device_inputs(sig, self.devices)
-    workers = max(1, min(len(self.devices), os.cpu_count() or 1))
+    workers = COMPILE_THREADS_PER_CORE * max(1, min(len(self.devices), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       self._compiled.update(zip(new, pool.map(self._compile, new)))
     for job in new:
