@@ -206,9 +206,10 @@ class PhaseTimer:
   `devices` as training runs.
 
   Each job is compiled (on a thread pool of COMPILE_THREADS_PER_CORE threads a device: XLA
-  compiles outside the GIL, and compiling is most of the cost), then called twice, the faster call kept: a first call pays one-time costs (on
-  an AMD EPYC, XLA's 3x3x64->128 conv took 37-66 ms on its first call and 11 ms after, so
-  timing first calls alone chose a 30 ms im2col instead), unless it took LONG_FIRST_CALL_S.
+  compiles outside the GIL, and compiling is most of the cost), then called twice, the faster
+  call kept: a first call pays one-time costs (on an AMD EPYC, XLA's 3x3x64->128 conv took
+  37-66 ms on its first call and 11 ms after, so timing first calls alone chose a 30 ms im2col
+  instead), unless it took LONG_FIRST_CALL_S.
 
   A call can be slowed by load, so a phase's contenders, its candidates within HOPELESS times
   its fastest, are called `runs` times more (unless a call took LONG_CALL_S), but only when

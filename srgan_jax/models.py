@@ -187,12 +187,12 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
   0.87 s on an AVX-512 AMD EPYC, 1.01 s on an AVX2 one, against 3.9-8.4 ms for 'matmul'.
   """
-  winograd_ = winograd_applies(sig)
+  fast_3x3 = winograd_applies(sig)
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
            and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)
-           and not (c.startswith('winograd') and not winograd_)
-           and not (c in IM2COL and winograd_)}
+           and not (c.startswith('winograd') and not fast_3x3)
+           and not (c in IM2COL and fast_3x3)}
   # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
   # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
   smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])

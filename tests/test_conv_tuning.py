@@ -2,7 +2,6 @@
 
 import collections
 import json
-import os
 import types
 
 import jax
@@ -168,9 +167,11 @@ def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   monkeypatch.undo()
   # XLA:CPU's fusion code generator (what the candidates' transforms compile to).
-  monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', '').replace(
-      '--xla_cpu_use_fusion_emitters=false', '--xla_cpu_use_fusion_emitters=true'))
-  assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
+  keys = []
+  for emitters in ('true', 'false'):
+    monkeypatch.setenv('XLA_FLAGS', f'--xla_cpu_use_fusion_emitters={emitters}')
+    keys.append(conv_tuning.machine_key('Test CPU', 'cpu', 1))
+  assert keys[0] != keys[1]
   monkeypatch.undo()
   # Another machine's decisions are not used: it times again, in the same file.
   _tune(tmp_path, FakeTimer())
