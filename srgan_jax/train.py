@@ -84,8 +84,8 @@ def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
   lr = jnp.zeros((1, lr_size, lr_size, config.data.channels))
   hr = jnp.zeros((1, hr_size, hr_size, config.data.channels))
   # Initialise without an axis name (no pmap here); the structure is the same.
-  g_vars = jax.jit(lambda r: models.create_generator(config).init(r, lr, train=False))(g_rng)
-  d_vars = jax.jit(lambda r: models.create_discriminator(config).init(r, hr, train=False))(d_rng)
+  g_vars = models.init_variables(models.create_generator(config), g_rng, lr, train=False)
+  d_vars = models.init_variables(models.create_discriminator(config), d_rng, hr, train=False)
   tx = lambda lr: optax.adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
   g_lr = generator_schedule(config)
   # The EMA starts as a copy (own buffers: the steps donate the state's buffers).

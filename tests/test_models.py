@@ -132,6 +132,22 @@ def test_seed_cnn_parameter_count():
   assert n == expected
 
 
+
+def test_init_variables_are_module_init():
+  """The short-compile init (models.INIT_COMPILER_OPTIONS) gives module.init's variables, to
+  the last bit of a float32."""
+  model = nn.Sequential([nn.Conv(16, (3, 3)), nn.BatchNorm(use_running_average=True),
+                         nn.Dense(8)])  # A network's initialisers (with truncated normals).
+  x = jnp.zeros((1, 6, 6, 3))
+  rng = jax.random.PRNGKey(7)
+  got = models.init_variables(model, rng, x)
+  want = model.init(rng, x)
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-7, atol=1e-7)
+  assert np.asarray(jax.tree_util.tree_leaves(got)[-1]).std() > 0.01  # Random, not zeros.
+
+
 def test_unknown_names_raise():
   with pytest.raises(ValueError, match='architecture'):
     models.create_classifier('resnet')
