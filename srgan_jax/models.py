@@ -450,6 +450,49 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, alpha * x)
 
 
+# Dropout's mask from the fewest random bits that give its keep probability exactly: k bits an
+# element when keep_prob * 2**k is a whole number (k <= MAX_MASK_BITS), else a float uniform.
+# Threefry's bits cost the seed CNN's step 4.75 ms a device for the 64 x 6272 mask after conv3
+# (3% of the step, AVX2 AMD EPYC); at rate 0.5 one bit an element draws 32x fewer.
+MAX_MASK_BITS = 8
+
+
+def mask_bits(keep_prob: float) -> Optional[int]:
+  """The bits an element that draw Bernoulli(keep_prob) exactly, or None when no k <=
+  MAX_MASK_BITS does."""
+  for k in range(1, MAX_MASK_BITS + 1):
+    if float(keep_prob * 2 ** k).is_integer():
+      return k
+  return None
+
+
+def keep_mask(rng, keep_prob: float, shape):
+  """A Bernoulli(keep_prob) mask of `shape`, reproducible from `rng`."""
+  k = mask_bits(keep_prob)
+  if k is None:
+    return jax.random.bernoulli(rng, keep_prob, shape)
+  size, per_word = math.prod(shape), 32 // k
+  words = jax.random.bits(rng, (-(-size // per_word),), jnp.uint32)
+  shifts = jnp.arange(per_word, dtype=jnp.uint32) * k
+  values = (words[:, None] >> shifts) & jnp.uint32(2 ** k - 1)
+  return (values.reshape(-1)[:size] < round(keep_prob * 2 ** k)).reshape(shape)
+
+
+class Dropout(nn.Module):
+  """Dropout (Srivastava et al. 2014) as nn.Dropout: kept units scaled by 1 / (1 - rate), the
+  'dropout' rng; its mask from keep_mask's few bits."""
+  rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0:
+      return x
+    keep_prob = 1.0 - self.rate
+    keep = keep_mask(self.make_rng('dropout'), keep_prob, x.shape)
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 def pixel_shuffle(x, factor: int):
   """Sub-pixel convolution rearrangement (Shi et al. 2016): (H, W, C*r*r) -> (H*r, W*r, C).
 
@@ -586,7 +629,7 @@ class Classifier(nn.Module):
   def __call__(self, x, train: bool = False):
     features = {}
     bn = lambda: _batch_norm(train, self.axis_name)
-    drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    drop = lambda y: Dropout(self.dropout_rate, deterministic=not train)(y)
     x = features['conv1'] = nn.relu(bn()(_conv(self, 32, 3)(x)))
     x = features['conv2'] = nn.relu(bn()(_conv(self, 64, 3)(x)))
     x = image_ops.max_pool_2x2(x)
@@ -623,7 +666,7 @@ class LeNetJudge(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(256)(x))
     penultimate = x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x), {'penultimate': penultimate}
 
 

@@ -148,6 +148,32 @@ def test_init_variables_are_module_init():
   assert np.asarray(jax.tree_util.tree_leaves(got)[-1]).std() > 0.01  # Random, not zeros.
 
 
+def test_dropout_masks_draw_few_bits_and_keep_the_probability():
+  assert [models.mask_bits(p) for p in (0.5, 0.75, 0.25, 0.9)] == [1, 2, 2, None]
+  rng = jax.random.PRNGKey(3)
+  for keep_prob in (0.5, 0.75, 0.9):
+    mask = np.asarray(models.keep_mask(rng, keep_prob, (7, 3001)))  # Not a whole word's worth.
+    assert mask.shape == (7, 3001) and mask.dtype == bool
+    assert abs(mask.mean() - keep_prob) < 0.01, (keep_prob, mask.mean())
+    flat = mask.reshape(-1)  # Neighbours (often bits of one word) are independent.
+    assert abs(np.mean(flat[1:] & flat[:-1]) - keep_prob ** 2) < 0.01, keep_prob
+    np.testing.assert_array_equal(mask, models.keep_mask(rng, keep_prob, (7, 3001)))
+    assert (mask != np.asarray(models.keep_mask(jax.random.PRNGKey(4), keep_prob,
+                                                (7, 3001)))).mean() > 0.1
+
+
+def test_dropout_scales_the_kept_units_and_is_the_identity_in_evaluation():
+  x = jnp.arange(1.0, 4001.0).reshape(4, 1000)
+  layer = models.Dropout(0.5, deterministic=False)
+  y = np.asarray(layer.apply({}, x, rngs={'dropout': jax.random.PRNGKey(0)}))
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], 2 * np.asarray(x)[kept])
+  assert 0.45 < kept.mean() < 0.55
+  assert not (y == np.asarray(
+      layer.apply({}, x, rngs={'dropout': jax.random.PRNGKey(1)}))).all()
+  np.testing.assert_array_equal(models.Dropout(0.5, deterministic=True).apply({}, x), x)
+
+
 def test_unknown_names_raise():
   with pytest.raises(ValueError, match='architecture'):
     models.create_classifier('resnet')
