@@ -728,8 +728,10 @@ INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 def init_variables(module, rng, *inputs, **kwargs):
   """module.init(rng, *inputs, **kwargs), jitted and compiled for a short compile
-  (INIT_COMPILER_OPTIONS)."""
+  (INIT_COMPILER_OPTIONS); traced as it is under a transformation (jax.eval_shape)."""
   init = jax.jit(lambda r: module.init(r, *inputs, **kwargs))
+  if isinstance(rng, jax.core.Tracer):
+    return init(rng)
   return init.lower(rng).compile(compiler_options=INIT_COMPILER_OPTIONS)(rng)
 
 

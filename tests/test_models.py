@@ -146,6 +146,9 @@ def test_init_variables_are_module_init():
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-7, atol=1e-7)
   assert np.asarray(jax.tree_util.tree_leaves(got)[-1]).std() > 0.01  # Random, not zeros.
+  shapes = jax.eval_shape(lambda r: models.init_variables(model, r, x), rng)  # Traced too.
+  assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(
+      lambda a: a.shape, want)
 
 
 def test_dropout_masks_draw_few_bits_and_keep_the_probability():
