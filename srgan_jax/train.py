@@ -401,7 +401,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluator = _Evaluator(run, writer)
   mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
   total_steps = config.pretrain_steps + config.num_train_steps
-  progress = writers.Progress(total_steps, run.start_step)
+  progress = writers.Progress(total_steps, run.start_step,
+                              stages=[(0, 'pretraining'), (config.pretrain_steps, 'GAN')])
   n_local = jax.local_device_count()
 
   def save(step):

@@ -164,18 +164,29 @@ class Progress:
   the newest), seeded by the first measured interval since construction. ``interval_rate``
   is the rate of the last interval alone: the steps actually run since the previous update
   (a short last interval, or the first after a resume) over its time.
+
+  ``stages`` ((first step, name), ...) are parts of the run at their own speeds (SRGAN's
+  pretraining and its GAN steps, 3-5x slower on CPU): the rate restarts in each, and before the
+  last the ETA is the current stage's, followed by the steps of the stages still to come.
   """
 
   def __init__(self, total_steps: int, start_step: int = 0, smoothing: float = 0.3,
-               clock=time.monotonic):
+               clock=time.monotonic, stages=()):
     self.total_steps = int(total_steps)
     self.start_step = int(start_step)
     self.smoothing = smoothing
     self._clock = clock
     self._last_time = clock()
     self._last_step = self.start_step
-    self.rate = None  # steps per second.
+    self._stages = sorted((int(first), name) for first, name in stages
+                          if int(first) < self.total_steps)
+    self._stage = self._stage_of(self.start_step)
+    self.rate = None  # steps per second, in the current stage.
     self.interval_rate = None
+
+  def _stage_of(self, step: int) -> int:
+    """The index of the stage that runs step + 1 (-1 before the first)."""
+    return sum(first <= step for first, _ in self._stages) - 1
 
   def update(self, step: int) -> str:
     step = int(step)
@@ -184,13 +195,24 @@ class Progress:
     ds = step - self._last_step
     if dt > 0 and ds > 0:
       inst = self.interval_rate = ds / dt
+      stage = self._stage_of(step - 1)
+      if stage != self._stage:  # This interval ran the new stage's steps: its own speed.
+        self._stage, self.rate = stage, None
       self.rate = inst if self.rate is None else (
           self.smoothing * inst + (1 - self.smoothing) * self.rate)
       self._last_time, self._last_step = now, step
     total = max(self.total_steps, 1)
     pct = 100.0 * step / total
-    if self.rate:
-      remaining = max(self.total_steps - step, 0) / self.rate
-      return (f'step {step}/{self.total_steps} ({pct:.1f}%) {self.rate:.1f} steps/s, '
-              f'ETA {format_duration(remaining)}')
-    return f'step {step}/{self.total_steps} ({pct:.1f}%) ? steps/s, ETA ?'
+    head = f'step {step}/{self.total_steps} ({pct:.1f}%)'
+    if not self.rate:
+      return f'{head} ? steps/s, ETA ?'
+    later = [(first, name) for first, name in self._stages if first >= step]
+    stage_end = later[0][0] if later else self.total_steps
+    eta = f'ETA {format_duration(max(stage_end - step, 0) / self.rate)}'
+    if later:
+      name = [n for first, n in self._stages if first < step][-1:] or ['this stage']
+      bounds = [first for first, _ in later] + [self.total_steps]
+      rest = ', '.join(f'{end - first} {n} steps'
+                       for (first, n), end in zip(later, bounds[1:]))
+      eta = f'{name[0]} {eta}, then {rest}'
+    return f'{head} {self.rate:.1f} steps/s, {eta}'

@@ -94,6 +94,24 @@ def test_progress_line():
   assert writers.format_duration(math.inf) == '?'
 
 
+def test_progress_eta_is_per_stage():
+  """SRGAN's GAN steps run several times slower than its pretraining: the rate restarts in
+  each stage, and before the last the ETA is the stage's, with the steps still to come."""
+  t = [0.0]
+  p = writers.Progress(1800, clock=lambda: t[0], stages=[(0, 'pretraining'), (1600, 'GAN')])
+  t[0] += 10.0
+  assert p.update(50).endswith('5.0 steps/s, pretraining ETA 5m10s, then 200 GAN steps')
+  t[0] += 310.0
+  assert p.update(1600).endswith('pretraining ETA 0s, then 200 GAN steps')
+  t[0] += 50.0  # 50 GAN steps at 1 step/s: the pretraining's 5 steps/s are forgotten.
+  line = p.update(1650)
+  assert line.endswith('1.0 steps/s, ETA 2m30s'), line
+  # Resumed in the GAN stage: its own rate from the first interval.
+  r = writers.Progress(1800, 1700, clock=lambda: t[0], stages=[(0, 'pretraining'), (1600, 'GAN')])
+  t[0] += 20.0
+  assert r.update(1710).endswith('0.5 steps/s, ETA 3m00s')
+
+
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
   path = tmp_path / 'sub' / 'results.json'
   files.write_json(path, {'psnr': 20.0})
