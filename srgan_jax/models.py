@@ -488,6 +488,8 @@ class Dropout(nn.Module):
   def __call__(self, x):
     if self.deterministic or self.rate == 0:
       return x
+    if self.rate == 1:  # As nn.Dropout (x / 0 would make the gradient NaN).
+      return jnp.zeros_like(x)
     keep_prob = 1.0 - self.rate
     keep = keep_mask(self.make_rng('dropout'), keep_prob, x.shape)
     return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))

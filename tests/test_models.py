@@ -175,6 +175,10 @@ def test_dropout_scales_the_kept_units_and_is_the_identity_in_evaluation():
   assert not (y == np.asarray(
       layer.apply({}, x, rngs={'dropout': jax.random.PRNGKey(1)}))).all()
   np.testing.assert_array_equal(models.Dropout(0.5, deterministic=True).apply({}, x), x)
+  everything = models.Dropout(1.0, deterministic=False)
+  grad = jax.grad(lambda x: everything.apply(
+      {}, x, rngs={'dropout': jax.random.PRNGKey(0)}).sum())(x)
+  np.testing.assert_array_equal(grad, np.zeros_like(x))  # Zeros, not NaN.
 
 
 def test_unknown_names_raise():
