@@ -57,8 +57,9 @@ LONG_CALL_S = 0.05  # a call this long is timed precisely enough once.
 LONG_FIRST_CALL_S = 0.5
 # How PhaseTimer measures; part of the cache key, so decisions timed another way are retimed
 # (1: first calls counted; 2: each candidate's first call untimed; 3: the faster of the first
-# two calls, contenders called again only where there are two).
-TIMING_METHOD = 3
+# two calls, contenders called again only where there are two; 4: the calls in rounds over the
+# candidates timed together, not one candidate's calls back to back).
+TIMING_METHOD = 4
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 # Compiling threads per core: tracing and lowering a candidate hold the GIL, so with one thread
 # a core a core waits while another thread lowers. The main job's tunings on a 2-core AVX2 AMD
@@ -214,6 +215,10 @@ class PhaseTimer:
   A call can be slowed by load, so a phase's contenders, its candidates within HOPELESS times
   its fastest, are called `runs` times more (unless a call took LONG_CALL_S), but only when
   there are two: a call only lowers a time, so it cannot change a phase with one contender.
+  The calls go in rounds (every candidate's first call, then every second call, ...), so that a
+  burst of load slows one call of many candidates rather than every call of one: on a noisy
+  2-core AMD EPYC, three tunings with back-to-back calls took three different sets of
+  decisions for the seed CNN's 3x3x32->64 conv.
   The timer keeps what it compiled and timed, so that candidates timed in a later call (tune
   times each phase's reference first, the others after) are compared with the earlier ones of
   their phase, and the reference is called again only when another candidate comes close.
@@ -243,21 +248,22 @@ class PhaseTimer:
     workers = COMPILE_THREADS_PER_CORE * max(1, min(len(self.devices), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       self._compiled.update(zip(new, pool.map(self._compile, new)))
+    self.seconds.update((job, self._call(job)) for job in new)
     for job in new:
-      first = self._call(job)
-      self.seconds[job] = first if first >= LONG_FIRST_CALL_S else min(first, self._call(job))
+      if self.seconds[job] < LONG_FIRST_CALL_S:
+        self.seconds[job] = min(self.seconds[job], self._call(job))
     phases = collections.defaultdict(list)
     for job in self.seconds:
       phases[job[:2]].append(job)
-    touched = {job[:2] for job in jobs}
-    retimed = set()
-    for phase in touched:
+    contenders = []
+    for phase in dict.fromkeys(job[:2] for job in jobs):
       fastest = min(self.seconds[job] for job in phases[phase])
-      contenders = [job for job in phases[phase] if self.seconds[job] <= HOPELESS * fastest]
-      if len(contenders) < 2:
-        continue
+      close = [job for job in phases[phase] if self.seconds[job] <= HOPELESS * fastest]
+      contenders += close if len(close) > 1 else []
+    retimed = set()
+    for _ in range(self.runs):
       for job in contenders:
-        while self.seconds[job] < LONG_CALL_S and self._calls[job] < 2 + self.runs:
+        if self.seconds[job] < LONG_CALL_S and self._calls[job] < 2 + self.runs:
           self.seconds[job] = min(self.seconds[job], self._call(job))
           retimed.add(job)
     return {job: self.seconds[job] for job in set(jobs) | retimed}

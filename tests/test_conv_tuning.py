@@ -260,6 +260,23 @@ def test_phase_timer_calls_again_only_where_a_call_can_change_the_decision(monke
   assert calls == {'xla': 3, 'matmul': 3, 'xla_t': 2}
 
 
+def test_phase_timer_calls_the_candidates_in_rounds(monkeypatch):
+  """A burst of load should slow one call of several candidates, not every call of one: the
+  first calls of the candidates timed together, then their second calls, then the contenders'
+  further calls, round after round."""
+  _fake_calls(monkeypatch, {'xla': [0.010], 'matmul': [0.011], 'gather': [0.012],
+                            'xla_t': [0.05]})
+  order = []
+  call_seconds = conv_tuning._call_seconds  # pylint: disable=protected-access
+  monkeypatch.setattr(conv_tuning, '_call_seconds',
+                      lambda fn, args: order.append(fn.impl) or call_seconds(fn, args))
+  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  jobs = [(sig, 'input_grad', impl) for impl in ('xla', 'matmul', 'gather', 'xla_t')]
+  conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=2)(jobs)
+  assert order == (['xla', 'matmul', 'gather', 'xla_t'] * 2  # Every candidate's first two.
+                   + ['xla', 'matmul', 'gather'] * 2)  # The contenders', xla_t 5x slower.
+
+
 def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypatch):
   monkeypatch.setenv(conv_tuning.CACHE_ENV, str(tmp_path))
   assert conv_tuning.cache_path() == str(tmp_path / conv_tuning.CACHE_FILE)
