@@ -132,7 +132,6 @@ def test_seed_cnn_parameter_count():
   assert n == expected
 
 
-
 def test_init_variables_are_module_init():
   """The short-compile init (models.INIT_COMPILER_OPTIONS) gives module.init's variables, to
   the last bit of a float32."""
