@@ -331,8 +331,8 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   if implementation == 'matmul':
     k, c, f = sig.kernel_size, sig.in_features, sig.features
     taps = (dy.reshape(-1, f) @ kernel.reshape(k * k * c, f).T).reshape(dy.shape[:3] + (k, k, c))
-    (top, _), (left, _) = sig.padding()
-    dxp = _col2im(taps, s, x_shape[1] + sum(sig.padding()[0]), x_shape[2] + sum(sig.padding()[1]))
+    (top, bottom), (left, right) = sig.padding()
+    dxp = _col2im(taps, s, top + x_shape[1] + bottom, left + x_shape[2] + right)
     return dxp[:, top:top + x_shape[1], left:left + x_shape[2]]
   if implementation == 'xla':
     fn = lambda x: conv_forward(implementation, x, kernel, s)
