@@ -206,7 +206,7 @@ class PhaseTimer:
   """measure() for tune: seconds per call of each job (the fastest call), pmapped over
   `devices` as training runs.
 
-  Each job is compiled (on a thread pool of COMPILE_THREADS_PER_CORE threads a device: XLA
+  Each job is compiled (on a thread pool of COMPILE_THREADS_PER_CORE threads a core: XLA
   compiles outside the GIL, and compiling is most of the cost), then called twice, the faster
   call kept: a first call pays one-time costs (on an AMD EPYC, XLA's 3x3x64->128 conv took
   37-66 ms on its first call and 11 ms after, so timing first calls alone chose a 30 ms im2col
