@@ -57,8 +57,8 @@ PHASE_CANDIDATES = {
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
 # 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd'; 10:
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
-# 'matmul' input gradient's col2im by stride phases).
-CANDIDATES_REVISION = 12
+# 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks).
+CANDIDATES_REVISION = 13
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).

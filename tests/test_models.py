@@ -8,6 +8,7 @@ import pytest
 
 from srgan_jax import image_ops
 from srgan_jax import models
+from srgan_jax import winograd
 
 
 def _conv(cin, cout, k):  # PyTorch nn.Conv2d(cin, cout, k) with bias.
@@ -330,6 +331,39 @@ def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
   x = jnp.ones((1, 6, 6, 2))
   with pytest.raises(ValueError, match='3x3 stride-1 convs only'):
     models.conv_forward('winograd', x, jnp.ones((5, 5, 2, 3)), 1)
+
+
+def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch):
+  """Winograd's transforms take the batch a chunk at a time, the most images (a divisor of the
+  batch) whose tiles fit winograd.CHUNK_BYTES: the same output and gradients as whole."""
+  sig = models.ConvSignature(6, 9, 7, 5, 4, 3, 1, 'float32')
+  # 3x2 tiles of 36 values and 5 features an image: 4320 bytes.
+  per_image = winograd.workspace_bytes(1, 9, 7, 5, 4, 4)
+  assert per_image == 3 * 2 * 36 * 5 * 4
+  chunk_of = lambda budget: (monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget),
+                             winograd.batch_chunk(6, 9, 7, 5, 4, 4))[1]
+  assert chunk_of(1 << 30) == 6
+  assert chunk_of(5 * per_image) == 3  # 4 and 5 images would fit, but do not divide 6.
+  assert chunk_of(per_image - 1) == 1  # One image at a time when none fits.
+  assert winograd.workspace_bytes(6, 9, 7, 5, 4, 4) == per_image
+  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+          for i, s in enumerate(models.conv_phase('forward', 'xla', sig)[1][:2]))
+  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
+  dy = jax.random.normal(jax.random.PRNGKey(2), (6, 9, 7, 4))
+
+  def outputs(budget):
+    monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
+    y, vjp = jax.vjp(lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)
+    return (y,) + vjp(dy)
+
+  whole = outputs(1 << 30)
+  for budget in (2 * per_image, 3 * per_image):  # Chunks of 2 and 3 images.
+    for got, want in zip(outputs(budget), whole):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  y, vjp = jax.vjp(lambda x, w: models.conv_forward('xla', x, w, 1), x, w)
+  for got, want in zip(whole, (y,) + vjp(dy)):
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(got / scale, want / scale, atol=2e-5)
 
 
 def test_winograd_computes_xla_conv_on_partial_tiles_of_many_features():
