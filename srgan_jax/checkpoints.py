@@ -83,6 +83,7 @@ def ensure_writable(workdir: str):
 def manager(workdir: str, keep: Optional[int] = None, read_only: bool = False):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
+      save_interval_steps=0 if read_only else 1,  # Orbax warns when it has to set it.
       enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 

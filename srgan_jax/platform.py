@@ -150,12 +150,20 @@ def keep_freed_memory() -> bool:
   return all([mallopt(param, value) == 1 for param, value in _SETTINGS])
 
 
+# Orbax's warning on opening a checkpoint directory read-only (checkpoint_manager.py).
+_ORBAX_READ_ONLY = 'Given directory is read only'
+
+
 def quiet_orbax_logs(min_level: int = logging.WARNING) -> None:
-  """Keeps Orbax's records below `min_level` (absl level: INFO, WARNING, ERROR) out of the log.
+  """Keeps Orbax's records below `min_level` (absl level: INFO, WARNING, ERROR) out of the log,
+  and its warning that a directory is read-only.
 
   Orbax logs several INFO lines per save and restore; a training log should show our own
-  lines. Records of every other module pass as they are.
+  lines. It also warns each time a checkpoint directory is opened read-only, which is how the
+  guide, the judge and a resume's checks open theirs on purpose (8 warnings in the main job).
+  Records of every other module pass as they are.
   """
   threshold = logging.converter.absl_to_standard(min_level)
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= threshold or 'orbax' not in record.pathname)
+      lambda record: 'orbax' not in record.pathname or (
+          record.levelno >= threshold and not str(record.msg).startswith(_ORBAX_READ_ONLY)))

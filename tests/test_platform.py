@@ -198,3 +198,27 @@ def test_the_config_names_a_library(tiny_config):
   tiny_config.cpu_conv_library = 'onednn'
   with pytest.raises(errors.ConfigError, match=r"config.cpu_conv_library = 'onednn'"):
     validation.validate_config(tiny_config)
+
+
+def test_quiet_orbax_logs_keeps_orbax_info_and_read_only_warnings_out(tmp_path, caplog):
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  before = list(handler.filters)
+  platform.quiet_orbax_logs()
+  try:
+    keep = handler.filters[-1]
+    record = lambda path, level, msg: py_logging.LogRecord('absl', level, path, 1, msg, (), None)
+    orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+    assert not keep(record(orbax, py_logging.INFO, 'Saving item to %s'))
+    assert not keep(record(orbax, py_logging.WARNING, 'Given directory is read only=%s'))
+    assert keep(record(orbax, py_logging.WARNING, 'Something Orbax got wrong'))
+    assert keep(record('/work/srgan_jax/train.py', py_logging.INFO, 'Eval at step %d'))
+  finally:
+    handler.filters[:] = before
+  # A read-only manager sets what Orbax would otherwise warn that it set for us.
+  with caplog.at_level(py_logging.WARNING):
+    checkpoints.manager(str(tmp_path), read_only=True)
+  assert not [r for r in caplog.records if 'save_interval_steps' in r.getMessage()]
+  assert [r for r in caplog.records if r.getMessage().startswith('Given directory is read')]
