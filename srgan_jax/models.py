@@ -38,7 +38,7 @@ CONV_IMPLEMENTATIONS = ('auto', 'xla', 'matmul', 'tuned')
 # layers below) and w.r.t. its kernel (to train it). Each can use its own implementation.
 CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # The candidates of each phase: 'xla' (XLA's convolution and its autodiff), 'matmul' (the
-# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather + one matmul), 'kn2row'
+# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather, or tap-major planes, + one matmul), 'kn2row'
 # (one matmul of each input pixel with every kernel tap, then the taps' shifted outputs summed:
 # the cheap side when a conv has few output features, like the 9x9 convs to 1 or 3 channels
 # that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x fewer multiplies for 3x3
@@ -57,8 +57,9 @@ PHASE_CANDIDATES = {
 # input gradients for convs to fewer features; 6: 'gather_t' kernel gradients at x's pixels;
 # 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd'; 10:
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
-# 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks).
-CANDIDATES_REVISION = 13
+# 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
+# and 'gather_t' im2col tap-major).
+CANDIDATES_REVISION = 14
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -78,6 +79,8 @@ WINOGRAD_MIN_SIZE = 14
 # median 2.4x slower than XLA's or Winograd's, and never faster by more than 1%; each costs
 # about 0.15 s of tuning.
 IM2COL = ('gather', 'matmul')
+# The most input features whose im2col is built tap-major (see _im2col_product).
+TAP_MAJOR_MAX_FEATURES = 4
 
 
 class ConvSignature(NamedTuple):
@@ -227,6 +230,39 @@ def _gather_patches(xp, k: int, s: int, oh: int, ow: int):
   return patches.reshape(n, oh, ow, k * k * c)
 
 
+def _tap_major_patches(xp, k: int, s: int, oh: int, ow: int):
+  """im2col of a padded NHWC input, tap-major: (k*k*C, N*oh*ow), rows in the order of an HWIO
+  kernel's (k, k, C), each row a contiguous plane: the input's feature planes shifted by each
+  tap's row (one copy), then by its column (k*k planes)."""
+  n, _, _, c = xp.shape
+  planes = xp.transpose(3, 0, 1, 2)  # (C, N, H, W)
+  rows = jnp.stack([planes[:, :, i:i + (oh - 1) * s + 1:s] for i in range(k)])
+  rows = jax.lax.optimization_barrier(rows)  # (k, C, N, oh, W)
+  taps = jnp.stack([rows[..., j:j + (ow - 1) * s + 1:s] for j in range(k)], 1)
+  return taps.reshape(k * k * c, n * oh * ow)
+
+
+def _im2col_product(xp, k: int, s: int, oh: int, ow: int, other, transposed: bool = False):
+  """im2col(xp) (N*oh*ow, k*k*C) @ other (k*k*C, F), or with `transposed` its transpose
+  (k*k*C, N*oh*ow) @ other (N*oh*ow, F).
+
+  With at most TAP_MAJOR_MAX_FEATURES features the patches are built tap-major
+  (_tap_major_patches), otherwise by one gather. A gather of so few floats at a time was most
+  of the generator's last conv's gradients: on an AVX2 AMD EPYC, the kernel gradient of
+  9x9x64->3 at 28x28, b64, 79-82 vs 39 ms tap-major, of 9x9x64->1 at b32 13-16 vs 6-7 (and the
+  seed CNN's 3x3x1->32 forward 2.8-3.3 vs 1.8-2.2). With wide inputs the gather was faster
+  (3x3x64->64/2 forward 20 vs 29 ms) and compiles faster (0.06 vs 0.1-0.3 s, which tuning
+  pays), so it stays there (benchmarks/README.md, 2026-12-04).
+  """
+  c = xp.shape[-1]
+  if c <= TAP_MAJOR_MAX_FEATURES:
+    patches = _tap_major_patches(xp, k, s, oh, ow)
+    return patches @ other if transposed else jax.lax.dot_general(
+        patches, other, (((0,), (0,)), ((), ())))
+  patches = _gather_patches(xp, k, s, oh, ow).reshape(-1, k * k * c)
+  return patches.T @ other if transposed else patches @ other
+
+
 def _valid_conv(implementation: str, xp, kernel, s: int):
   """A VALID conv of an already padded NHWC input with an HWIO kernel."""
   k, _, c, f = kernel.shape
@@ -238,7 +274,7 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
   if implementation == 'matmul':
     patches = jnp.concatenate(_taps(xp, k, s, oh, ow), axis=-1)
   elif implementation == 'gather':
-    patches = _gather_patches(xp, k, s, oh, ow)
+    return _im2col_product(xp, k, s, oh, ow, kernel.reshape(k * k * c, f)).reshape(n, oh, ow, f)
   elif implementation == 'kn2row':
     return _kn2row(xp, kernel, s, ((0, 0), (0, 0)))
   elif implementation == 'winograd' and (k, s) == (winograd.KERNEL_SIZE, 1):
@@ -364,9 +400,9 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   sig = conv_signature(x.shape, x.dtype, k, f, s)
   # Tap (i, j) at padded pixel p reads dy at p - (i, j) (dilated); x's pixels are p - lo.
   pads = [(k - 1 - lo, k - 1 - hi, s - 1) for lo, hi in sig.padding()]
-  patches = _gather_patches(_dilated(dy, pads), k, 1, sig.height, sig.width)
-  grad = x.reshape(-1, c).T @ patches.reshape(-1, k * k * f)  # (C, k*k taps, F), taps flipped.
-  return jnp.flip(grad.reshape(c, k, k, f).transpose(1, 2, 0, 3), (0, 1))
+  grad = _im2col_product(_dilated(dy, pads), k, 1, sig.height, sig.width, x.reshape(-1, c),
+                         transposed=True)  # (k*k taps, F, C), taps flipped.
+  return jnp.flip(grad.reshape(k, k, f, c).transpose(0, 1, 3, 2), (0, 1))
 
 
 def _xla_kernel_grad(x, kernel_shape, s: int, dy):

@@ -208,7 +208,8 @@ def test_matmul_conv_equals_xla_conv(size, kernel, stride):
 
 CONV_SHAPES = [  # (height, width, in features, out features, kernel, stride)
     (7, 7, 1, 5, 9, 1), (9, 8, 3, 4, 3, 2), (6, 6, 4, 1, 9, 1), (5, 4, 2, 3, 5, 2),
-    (7, 6, 4, 5, 3, 1), (9, 12, 3, 2, 3, 1)]  # 3x3 stride 1: Winograd's, with partial tiles.
+    (7, 6, 4, 5, 3, 1), (9, 12, 3, 2, 3, 1),  # 3x3 stride 1: Winograd's, with partial tiles.
+    (6, 5, 6, 2, 3, 2)]  # Over TAP_MAJOR_MAX_FEATURES inputs: im2col by a gather; dy's tap-major.
 
 
 @pytest.mark.parametrize('height,width,cin,cout,kernel,stride', CONV_SHAPES)
