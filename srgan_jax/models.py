@@ -38,13 +38,13 @@ CONV_IMPLEMENTATIONS = ('auto', 'xla', 'matmul', 'tuned')
 # layers below) and w.r.t. its kernel (to train it). Each can use its own implementation.
 CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # The candidates of each phase: 'xla' (XLA's convolution and its autodiff), 'matmul' (the
-# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather, or tap-major planes, + one matmul), 'kn2row'
-# (one matmul of each input pixel with every kernel tap, then the taps' shifted outputs summed:
-# the cheap side when a conv has few output features, like the 9x9 convs to 1 or 3 channels
-# that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x fewer multiplies for 3x3
-# stride-1 convs, see winograd.py), and 'xla_t' | 'gather_t' | 'winograd_t', which compute a
-# gradient as a conv over the output gradient dilated by the stride (see conv_input_grad,
-# conv_kernel_grad).
+# transpose of im2col + matmul: col2im), 'gather' (im2col by one gather, or as tap-major planes,
+# + one matmul), 'kn2row' (one matmul of each input pixel with every kernel tap, then the taps'
+# shifted outputs summed: the cheap side when a conv has few output features, like the 9x9
+# convs to 1 or 3 channels that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x
+# fewer multiplies for 3x3 stride-1 convs, see winograd.py), and 'xla_t' | 'gather_t' |
+# 'winograd_t', which compute a gradient as a conv over the output gradient dilated by the
+# stride (see conv_input_grad, conv_kernel_grad).
 PHASE_CANDIDATES = {
     'forward': ('xla', 'gather', 'kn2row', 'winograd'),
     'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t'),
