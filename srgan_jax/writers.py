@@ -210,9 +210,10 @@ class Progress:
     stage_end = later[0][0] if later else self.total_steps
     eta = f'ETA {format_duration(max(stage_end - step, 0) / self.rate)}'
     if later:
-      name = [n for first, n in self._stages if first < step][-1:] or ['this stage']
+      current = self._stage_of(step - 1)
+      name = self._stages[current][1] if current >= 0 else 'this stage'
       bounds = [first for first, _ in later] + [self.total_steps]
       rest = ', '.join(f'{end - first} {n} steps'
                        for (first, n), end in zip(later, bounds[1:]))
-      eta = f'{name[0]} {eta}, then {rest}'
+      eta = f'{name} {eta}, then {rest}'
     return f'{head} {self.rate:.1f} steps/s, {eta}'

@@ -357,6 +357,12 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch):
     y, vjp = jax.vjp(lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)
     return (y,) + vjp(dy)
 
+  def loops(budget):  # The while loops (lax.map, lax.scan) of the three phases' program.
+    monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
+    return str(jax.make_jaxpr(lambda x, w: jax.vjp(
+        lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)[1](dy))(x, w)).count(' scan[')
+
+  assert loops(1 << 30) == 0 and loops(2 * per_image) == 3
   whole = outputs(1 << 30)
   for budget in (2 * per_image, 3 * per_image):  # Chunks of 2 and 3 images.
     for got, want in zip(outputs(budget), whole):
