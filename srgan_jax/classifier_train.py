@@ -199,19 +199,13 @@ def conv_networks(config, eval_batch_per_device: int, image_size=models.CLASSIFI
                               (eval_batch_per_device,) + image, trained=False)]
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains a classifier; saves the best-on-validation variables and the test accuracy."""
-  devices = jax.local_devices()
-  validation.validate_config(config, jax.device_count())
-  # The training step runs over every process's devices (one model for all hosts, each process
-  # feeding its shard of the global batch); evaluation runs on each process's own devices.
-  step_devices = distributed.global_devices()
-  checkpoints.ensure_writable(workdir)
-  full = input_pipeline.load_split(config, 'train')
-  test = input_pipeline.load_split(config, 'test')
+def check_data(config, full) -> None:
+  """Raises a ConfigError when the training split `full` cannot train the classifier of
+  `config`: no labels, a validation set that leaves no training images, or random shifts as
+  large as the images."""
   if full.labels is None:
     raise ConfigError(f'Dataset {config.data.name!r} has no labels to train a '
-                                 f'classifier on.')
+                      f'classifier on.')
   n_val = config.classifier.validation_examples
   if not 0 < n_val < full.num_examples:
     raise ConfigError(
@@ -222,22 +216,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ConfigError(f'config.classifier.max_shift = {config.classifier.max_shift} must be '
                       f'smaller than the images ({image_size[0]}x{image_size[1]}): a few '
                       'pixels (MNIST: 1, cifar10: 4).')
+
+
+def evaluation_batch(config, test_examples: int, num_devices: int) -> int:
+  """The batch of the validation and test evaluations: up to 1000 images, fewer when the
+  splits are smaller (padding a few test images to 1000 would cost more than the evaluation
+  itself), a multiple of the devices."""
+  largest = max(config.classifier.validation_examples, test_examples)
+  return min(1000 // num_devices * num_devices, -(-largest // num_devices) * num_devices)
+
+
+def data_conv_networks(config, full, test):
+  """conv_networks as train_and_evaluate runs them on the training split `full` and the test
+  split `test` (checked first: check_data), on this process's devices."""
+  check_data(config, full)
+  nd = jax.local_device_count()
+  return conv_networks(config, evaluation_batch(config, test.num_examples, nd) // nd,
+                       tuple(int(d) for d in full.hr.shape[1:3]))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains a classifier; saves the best-on-validation variables and the test accuracy."""
+  devices = jax.local_devices()
+  validation.validate_config(config, jax.device_count())
+  # The training step runs over every process's devices (one model for all hosts, each process
+  # feeding its shard of the global batch); evaluation runs on each process's own devices.
+  step_devices = distributed.global_devices()
+  checkpoints.ensure_writable(workdir)
+  full = input_pipeline.load_split(config, 'train')
+  test = input_pipeline.load_split(config, 'test')
+  networks = data_conv_networks(config, full, test)
+  image_size = tuple(int(d) for d in full.hr.shape[1:3])
   num_classes = dataset_num_classes(config, np.concatenate(
       [full.labels] + ([] if test.labels is None else [test.labels])))
+  n_val = config.classifier.validation_examples
   train = input_pipeline.Split(full.hr[:-n_val], full.lr[:-n_val], full.labels[:-n_val])
   val = input_pipeline.Split(full.hr[-n_val:], full.lr[-n_val:], full.labels[-n_val:])
 
   bs = config.classifier.batch_size
-  # Evaluation batches of up to 1000 images, fewer when the splits are smaller (padding a few
-  # test images to 1000 would cost more than the evaluation itself).
-  nd = len(devices)
-  largest = max(val.num_examples, test.num_examples)
-  eval_batch = min(1000 // nd * nd, -(-largest // nd) * nd)
+  eval_batch = evaluation_batch(config, test.num_examples, len(devices))
   per_epoch = input_pipeline.steps_per_epoch(train.num_examples, bs)
   total = per_epoch * config.classifier.num_epochs
   rng = jax.random.PRNGKey(config.seed)
-  conv_plan = conv_tuning.plan_for(config.conv_implementation,
-                                   conv_networks(config, eval_batch // len(devices), image_size))
+  conv_plan = conv_tuning.plan_for(config.conv_implementation, networks)
   state = create_state(config, rng, total, conv_plan, image_size, num_classes)
   state = distributed.replicate(state, step_devices, AXIS)
   model = models.create_classifier(config.classifier.architecture,

@@ -66,6 +66,14 @@ SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 # EPYC, in turns: 4 threads 13.4, 11.9, 13.4, 12.7 s; 2 threads 16.3, 15.5; 8 threads 13.0,
 # 14.1 (2026-12-04, a slow hour for that machine).
 COMPILE_THREADS_PER_CORE = 2
+# XLA:CPU options of the candidates' compiles. Unsplit code generation: each candidate is
+# small, and XLA:CPU's parallel code generation (its module split into parts compiled on its
+# own threads) only adds threads to the compiling threads' (the compiling pool already keeps
+# the cores busy). The code is the same: the optimised LLVM IR of 7 candidates (Winograd's,
+# kn2row, gather_t, matmul, gather) was identical but for names. The main job's tunings on a
+# 2-core AVX2 AMD EPYC, in turns: 9.14 vs 9.52 s, and 12.11 vs 12.78 s in a slower hour
+# (medians of 6, 2026-12-04).
+COMPILE_OPTIONS = {'xla_cpu_parallel_codegen_split_count': 1}
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
 
@@ -232,7 +240,7 @@ class PhaseTimer:
   def _compile(self, job):
     sig, phase, impl = job
     fn, _ = models.conv_phase(phase, impl, sig)
-    return jax.pmap(fn, devices=self.devices).lower(*self._inputs[sig]).compile()
+    return jax.pmap(fn, devices=self.devices).lower(*self._inputs[sig]).compile(COMPILE_OPTIONS)
 
   def _call(self, job) -> float:
     self._calls[job] += 1

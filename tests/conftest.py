@@ -3,6 +3,7 @@ the grouping that lets pytest-xdist (`-n auto` in pytest.ini) split the suite ov
 
 import os
 import tempfile
+from typing import Any, List, NamedTuple
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
@@ -41,6 +42,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
@@ -113,12 +115,22 @@ def tiny_config():
   return make_tiny_config()
 
 
+class OneCommandRun(NamedTuple):
+  """What one_command_run did: its config, workdir and summary, and the lines each call of
+  conv_tuning.tune logged during it (with a conv cache of its own, empty at the start, as on a
+  user's first run)."""
+  config: Any
+  workdir: str
+  summary: dict
+  tunings: List[List[str]]
+
+
 @pytest.fixture(scope='session')
 def one_command_run(tmp_path_factory):
   """configs/mnist_cnn.py shrunk: no classifier or judge yet, so both are trained first.
 
   Shared by the test files (a session fixture): its guide and judge also serve the tests that
-  only need a trained classifier. Returns (config, workdir, summary); do not modify the workdir.
+  only need a trained classifier. Do not modify the workdir.
   """
   config = make_tiny_config(conv_implementation='tuned')  # As the main job.
   cnn = mnist_cnn.get_config()
@@ -126,5 +138,15 @@ def one_command_run(tmp_path_factory):
   config.eval.judge_workdir = cnn.eval.judge_workdir
   config.eval.judge_epochs = 2  # the judge's own budget; the guide keeps classifier.num_epochs.
   workdir = str(tmp_path_factory.mktemp('cnn'))
-  summary = train.train_and_evaluate(config, workdir)
-  return config, workdir, summary
+  tunings = []
+  real_tune = conv_tuning.tune
+
+  def tune(*args, **kwargs):
+    tunings.append([])
+    return real_tune(*args, **{**kwargs, 'log': tunings[-1].append})
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(conv_tuning.CACHE_ENV, str(tmp_path_factory.mktemp('cnn_conv_plans')))
+    patch.setattr(conv_tuning, 'tune', tune)
+    summary = train.train_and_evaluate(config, workdir)
+  return OneCommandRun(config, workdir, summary, tunings)

@@ -37,7 +37,7 @@ def test_mnist_cnn_is_mnist_srgan_plus_the_classifier_loss():
 
 
 def test_one_command_trains_classifier_and_judge_first(one_command_run):
-  config, workdir, summary = one_command_run
+  config, workdir, summary, _ = one_command_run
   assert checkpoints.has_checkpoint(os.path.join(workdir, 'classifier'))
   assert checkpoints.has_checkpoint(os.path.join(workdir, 'judge'))
   for key in ('judge_accuracy_hr', 'judge_accuracy_bicubic', 'judge_accuracy_sr', 'fid_sr',
@@ -49,8 +49,24 @@ def test_one_command_trains_classifier_and_judge_first(one_command_run):
   assert config.loss.auxiliary == 'classifier'
 
 
+def test_one_command_tunes_every_network_at_once_before_training(one_command_run):
+  """The guide's, the judge's and the SRGAN's convs are timed in one tuning, before the guide
+  trains; the classifiers' and the SRGAN's own tunings then find their decisions cached."""
+  first, *later = one_command_run.tunings
+  assert first[0].startswith('Conv tuning: ')
+  measured = {line.split(' (measured)')[0] for line in first if '(measured)' in line}
+  assert measured >= {'Convs tuned for the seed_cnn classifier',
+                      'Convs tuned for the lenet classifier', 'Convs tuned for the generator',
+                      'Convs tuned for the discriminator'}
+  # The guide's training, the judge's, then the SRGAN's.
+  assert [lines[0].split(' (')[0] for lines in later] == [
+      'Convs tuned for the seed_cnn classifier', 'Convs tuned for the lenet classifier',
+      'Convs tuned for the generator']
+  assert all('(cached)' in line for lines in later for line in lines)
+
+
 def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_run):
-  config, workdir, _ = one_command_run
+  config, workdir, _, _ = one_command_run
   guide, guide_vars, extra = inference.restore_classifier(os.path.join(workdir, 'classifier'))
   judge, judge_vars, _ = inference.restore_classifier(os.path.join(workdir, 'judge'))
   assert 0.0 <= extra['test_accuracy'] <= 1.0
@@ -141,7 +157,7 @@ def test_acgan_discriminator_head_losses():
 
 
 def test_classifier_for_another_channel_count_is_a_clear_error(one_command_run, tmp_path):
-  _, workdir, _ = one_command_run
+  _, workdir, _, _ = one_command_run
   config = make_tiny_config(**{'loss.auxiliary': 'classifier', 'data.channels': 3,
                                'loss.classifier_workdir': os.path.join(workdir, 'classifier'),
                                'eval.judge_workdir': ''})
@@ -151,7 +167,7 @@ def test_classifier_for_another_channel_count_is_a_clear_error(one_command_run, 
 
 
 def test_classifier_checkpoint_with_missing_files_is_a_clear_error(one_command_run, tmp_path):
-  _, workdir, _ = one_command_run
+  _, workdir, _, _ = one_command_run
   broken = tmp_path / 'classifier'
   shutil.copytree(os.path.join(workdir, 'classifier'), broken)
   for step_dir in (broken / 'checkpoints').iterdir():

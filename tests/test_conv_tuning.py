@@ -204,9 +204,10 @@ def test_time_phases_times_real_candidates():
   assert set(seconds) == set(jobs) and all(0 < t < 10 for t in seconds.values())
 
 
-def _fake_calls(monkeypatch, seconds):
+def _fake_calls(monkeypatch, seconds, compiled=None):
   """Candidates that take seconds[impl][i] on their i-th call (the last value after that), as
-  PhaseTimer compiles and calls them; returns the Counter of calls per implementation."""
+  PhaseTimer compiles and calls them; returns the Counter of calls per implementation. Appends
+  the XLA options of each compile to `compiled`."""
   calls = collections.Counter()
 
   def fake_call_seconds(fn, args):
@@ -217,9 +218,15 @@ def _fake_calls(monkeypatch, seconds):
     def __init__(self, impl):
       self.impl = impl
 
+  def compile_with(impl, options):
+    if compiled is not None:
+      compiled.append(options)
+    return Compiled(impl)
+
   monkeypatch.setattr(conv_tuning, '_call_seconds', fake_call_seconds)
   monkeypatch.setattr(jax, 'pmap', lambda fn, devices: types.SimpleNamespace(
-      lower=lambda *args: types.SimpleNamespace(compile=lambda: Compiled(fn.impl))))
+      lower=lambda *args: types.SimpleNamespace(
+          compile=lambda options=None: compile_with(fn.impl, options))))
   monkeypatch.setattr(models, 'conv_phase', lambda phase, impl, sig: (
       types.SimpleNamespace(impl=impl), None))
   monkeypatch.setattr(conv_tuning, '_device_inputs', lambda sig, devices: ())
@@ -229,11 +236,14 @@ def _fake_calls(monkeypatch, seconds):
 def test_time_phases_drops_a_first_call_that_paid_one_time_costs(monkeypatch):
   # A first call pays one-time costs (XLA's conv: 37-66 ms, then 11 ms, on an AMD EPYC): timed
   # alone, it would decide for the wrong candidate.
-  calls = _fake_calls(monkeypatch, {'xla': [0.4, 0.001], 'matmul': [0.4, 0.002]})
+  compiled = []
+  calls = _fake_calls(monkeypatch, {'xla': [0.4, 0.001], 'matmul': [0.4, 0.002]}, compiled)
   sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
   jobs = [(sig, 'input_grad', 'xla'), (sig, 'input_grad', 'matmul')]
   seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
   assert seconds == {jobs[0]: 0.001, jobs[1]: 0.002}
+  # Compiled with the tuner's XLA options (unsplit code generation: the same code, cheaper).
+  assert compiled == [conv_tuning.COMPILE_OPTIONS] * 2
   # A first call as long as LONG_FIRST_CALL_S is counted, not repeated.
   calls.clear()
   monkeypatch.setattr(conv_tuning, 'LONG_FIRST_CALL_S', 0.3)

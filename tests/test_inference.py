@@ -42,7 +42,7 @@ def _config(judge_workdir):
 def trained(tmp_path_factory, one_command_run):
   """A workdir with a tiny SRGAN generator, judged by the session's LeNet judge."""
   workdir = str(tmp_path_factory.mktemp('inference') / 'run')
-  config = _config(os.path.join(one_command_run[1], 'judge'))
+  config = _config(os.path.join(one_command_run.workdir, 'judge'))
   train.train_and_evaluate(config, workdir)
   test = input_pipeline.load_split(config, 'test')
   return types.SimpleNamespace(workdir=workdir, judge=config.eval.judge_workdir, config=config,

@@ -82,7 +82,7 @@ def test_the_committed_notebook_has_no_outputs_and_a_parameters_cell():
 
 def test_notebook_runs_top_to_bottom_on_the_trained_workdir(one_command_run, tmp_path,
                                                              monkeypatch):
-  _, workdir, _ = one_command_run
+  _, workdir, _, _ = one_command_run
   # srgan_jax importable from the checkout (so the install cell is skipped), one CPU device
   # like a Colab CPU runtime; the rest of the environment is this session's.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(

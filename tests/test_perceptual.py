@@ -119,7 +119,7 @@ def test_missing_vgg_weights_fail_before_training(tmp_path):
 
 
 def test_classifier_feature_content_loss_trains(tmp_path, one_command_run):
-  _, trained_workdir, _ = one_command_run  # Its guide, trained once for the session.
+  _, trained_workdir, _, _ = one_command_run  # Its guide, trained once for the session.
   config = make_tiny_config(**{
       'loss.content': 'classifier', 'loss.classifier_layers': {'conv2': 1.0, 'conv3': 0.5},
       'loss.classifier_workdir': os.path.join(trained_workdir, 'classifier'),

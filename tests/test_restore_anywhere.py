@@ -63,7 +63,7 @@ def write_config_file(config, directory) -> str:
 
 
 def test_a_4_device_run_restores_and_resumes_on_1_device(one_command_run, tmp_path):
-  config, workdir, _ = one_command_run
+  config, workdir, _, _ = one_command_run
   assert config.cpu_devices_per_core is False  # So main.py keeps the 1 device it is given.
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)  # The session's workdir stays as it is.
@@ -122,7 +122,7 @@ def test_a_4_device_run_restores_and_resumes_on_1_device(one_command_run, tmp_pa
 def test_a_batch_that_does_not_divide_the_new_device_count_is_a_clear_error(
     one_command_run, tmp_path, monkeypatch):
   """Resuming a batch-8 run on 3 devices stops at once, saying what to set."""
-  config, workdir, _ = one_command_run
+  config, workdir, _, _ = one_command_run
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)
   before = open(os.path.join(copy, 'metrics.jsonl')).read()

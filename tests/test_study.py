@@ -126,7 +126,7 @@ def test_study_writes_tables_curves_grid_and_skips_finished_runs(tmp_path, monke
   # The session's tiny guide and judge stand in for the study's own (trained when missing,
   # which the one-command test covers): the study uses whatever its workdir holds.
   for role in ('classifier', 'judge'):
-    shutil.copytree(os.path.join(one_command_run[1], role), os.path.join(workdir, 'x4', role))
+    shutil.copytree(os.path.join(one_command_run.workdir, role), os.path.join(workdir, 'x4', role))
   grids = []
 
   def plot_grid(names, rows, path, title):

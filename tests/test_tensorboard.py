@@ -25,7 +25,7 @@ def _accumulator(logdir):
 
 
 def test_tensorboard_reads_the_scalars_and_sample_images(one_command_run):
-  config, workdir, _ = one_command_run
+  config, workdir, _, _ = one_command_run
   logdir = os.path.join(workdir, writers.TENSORBOARD_DIR)
   acc = _accumulator(logdir)
   tags = acc.Tags()
