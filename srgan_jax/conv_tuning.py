@@ -394,17 +394,23 @@ def tune(networks: Sequence[Network], devices=None, *,
                           if phase not in entries.get(signature_key(sig), {})}
   untrained = {sig for sig, phases in needed.items() if 'kernel_grad' not in phases}
   todo = missing(set(needed) - untrained)
+  announce = lambda: log(f'Conv tuning: timing the implementations of each conv on this '
+                         f'machine, once (the decisions are cached in {path}).')
+  if todo:
+    announce()
   # The layers trained here are timed first: their decisions serve the others too.
   timed = _measure_into(entries, todo, calls, measure)
   relatives = {key: _same_layer(entries, *key) for key in missing(untrained)}
   borrowed = {key: relative for key, relative in relatives.items() if relative}
   untimed = missing(untrained) - set(borrowed)
+  if untimed and not todo:
+    announce()
   more = _measure_into(entries, untimed, calls, measure)
   todo |= untimed
   if todo:
     files.write_json(path, cache)
     log(f'Conv tuning: {timed[0] + more[0]} candidates of {len(todo)} conv phases timed in '
-        f'{timed[1] + more[1]:.1f} s; decisions cached in {path}.')
+        f'{timed[1] + more[1]:.1f} s.')
 
   def choice(sig):
     return models.ConvChoice(**{

@@ -71,10 +71,14 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
   # The judge runs forward only, so no gradient of its convs is timed.
   judge_sig = models.ConvSignature(3, 28, 28, 1, 32, 5, 1, 'float32')
   assert {p for s, p, _ in timer.jobs if s == judge_sig} == {'forward'}
-  # One line per network (after the timing summary), naming the choices.
-  assert lines[1].startswith('Convs tuned for the generator (measured): 9x9x1->4 @5x5 b2: '
+  # A line before the timing (it takes seconds), one after, then one per network naming the
+  # choices.
+  assert lines[0].startswith('Conv tuning: timing the implementations of each conv')
+  assert lines[0].endswith(f'cached in {tmp_path / conv_tuning.CACHE_FILE}).')
+  assert lines[1].startswith('Conv tuning: ') and ' timed in ' in lines[1]
+  assert lines[2].startswith('Convs tuned for the generator (measured): 9x9x1->4 @5x5 b2: '
                              'fwd gather, dw xla, 3x3x4->4 @5x5 b2: fwd gather, dx xla_t, dw xla')
-  assert lines[2].startswith('Convs tuned for the judge (measured): 5x5x1->32 @28x28 b3: gather')
+  assert lines[3].startswith('Convs tuned for the judge (measured): 5x5x1->32 @28x28 b3: gather')
   # The networks run with the plan, with the same parameters as with 'auto'.
   lr = jax.numpy.zeros((2, 5, 5, 1))
   tuned = GENERATOR.clone(conv='tuned', conv_plan=plan)
@@ -115,7 +119,7 @@ def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
   assert {sig.batch for sig, _, _ in timer.jobs} == {2}
   choices = dict(plan)
   assert choices[models.ConvSignature(8, 5, 5, 1, 4, 9, 1, 'float32')].forward == 'gather'
-  assert lines[2].startswith('Convs tuned for the generator in evaluation (cached): '
+  assert lines[3].startswith('Convs tuned for the generator in evaluation (cached): '
                              '9x9x1->4 @5x5 b8: gather (as at b2), ')
 
 
@@ -134,7 +138,7 @@ def test_frozen_networks_take_the_decisions_of_the_layers_trained(tmp_path):
   first = models.ConvSignature(2, 28, 28, 1, 32, 5, 1, 'float32')
   assert {job[:2] for job in timer.jobs} == {(first, 'input_grad')}
   assert dict(plan)[first] == models.ConvChoice('gather', 'xla_t', 'xla')
-  assert lines[1:] == ['Convs tuned for the frozen judge (measured): 5x5x1->32 @28x28 b2: fwd '
+  assert lines[2:] == ['Convs tuned for the frozen judge (measured): 5x5x1->32 @28x28 b2: fwd '
                        'gather, dx xla_t (fwd as at b4), 5x5x32->64 @14x14 b2: fwd gather, dx '
                        'xla_t (as at b4)']
 
