@@ -334,7 +334,8 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, fl
   WORTH_TUNING of that total; the rest keep the reference. A phase with one candidate is not
   timed.
   """
-  candidates = {key: models.phase_candidates(*key) for key in sorted(todo)}
+  library = process_setup.cpu_conv_library()
+  candidates = {key: models.phase_candidates(*key, library) for key in sorted(todo)}
   contested = [key for key, impls in candidates.items() if len(impls) > 1]
   t0 = time.perf_counter()
   seconds = dict(measure([key + candidates[key][:1] for key in contested])) if contested else {}

@@ -58,8 +58,9 @@ PHASE_CANDIDATES = {
 # 7: 'gather_t' for convs to fewer features only; 8: 'kn2row' tap-major; 9: 'winograd'; 10:
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
 # 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
-# and 'gather_t' im2col tap-major).
-CANDIDATES_REVISION = 14
+# and 'gather_t' im2col tap-major; 15: no 'gather' on wide inputs where XLA's convs run on
+# Eigen).
+CANDIDATES_REVISION = 15
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -167,7 +168,8 @@ def winograd_applies(sig: ConvSignature) -> bool:
           and min(sig.height, sig.width) >= WINOGRAD_MIN_SIZE)
 
 
-def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
+def phase_candidates(sig: ConvSignature, phase: str,
+                     conv_library: str = 'eigen') -> Tuple[str, ...]:
   """The implementations worth trying for a phase of `sig`, the phase's reference first (XLA's
   own, or what stands in for it; conv_tuning times it first and keeps it where tuning would
   not pay): im2col buffers within bounds, no 'xla_t' for strided convs (XLA folds its dilation
@@ -190,13 +192,25 @@ def phase_candidates(sig: ConvSignature, phase: str) -> Tuple[str, ...]:
   while another candidate is left: XLA:CPU's slowest case, which only costs tuning time. The
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
   0.87 s on an AVX-512 AMD EPYC, 1.01 s on an AVX2 one, against 3.9-8.4 ms for 'matmul'.
+
+  Nor, where XLA:CPU runs its convs on Eigen (`conv_library`, platform.cpu_conv_library()),
+  'gather' on inputs of more than TAP_MAJOR_MAX_FEATURES features: it is the product that
+  Eigen's convolution computes, with the patches written to memory first. In the tuning caches
+  of the AVX2 AMD EPYC (2026-12-03 and 04: 1679 timings of 46 such phases of 26 signatures,
+  forward and kernel gradient) it was a median 1.6x slower than the best of the others, each
+  phase's median 1.09-8.6x, and it won 5 times, by at most 13%, on 4x4 maps where it lost by a
+  median 9-19%; it cost ~0.07 s of compiling and two calls a phase. On YNNPACK, whose kernel
+  gradients are slow, it won them (an AVX-512 AMD EPYC: the discriminator's 3x3x64->128 @14x14,
+  30 vs 63 ms), so there it stays.
   """
   fast_3x3 = winograd_applies(sig)
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
            and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)
            and not (c.startswith('winograd') and not fast_3x3)
-           and not (c in IM2COL and fast_3x3)}
+           and not (c in IM2COL and fast_3x3)
+           and not (c == 'gather' and conv_library == 'eigen'
+                    and sig.in_features > TAP_MAJOR_MAX_FEATURES)}
   # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
   # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
   smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])

@@ -139,7 +139,7 @@ def test_frozen_networks_take_the_decisions_of_the_layers_trained(tmp_path):
   assert {job[:2] for job in timer.jobs} == {(first, 'input_grad')}
   assert dict(plan)[first] == models.ConvChoice('gather', 'xla_t', 'xla')
   assert lines[2:] == ['Convs tuned for the frozen judge (measured): 5x5x1->32 @28x28 b2: fwd '
-                       'gather, dx xla_t (fwd as at b4), 5x5x32->64 @14x14 b2: fwd gather, dx '
+                       'gather, dx xla_t (fwd as at b4), 5x5x32->64 @14x14 b2: fwd xla, dx '
                        'xla_t (as at b4)']
 
 

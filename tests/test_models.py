@@ -272,8 +272,21 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(wide_out, 'forward') == ('xla', 'gather')
   # As many output features as input ones: im2col of dy is no narrower (and lost: 5.9 vs 1.8 ms).
   square = models.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
-  assert models.phase_candidates(square, 'kernel_grad') == ('xla', 'gather')
+  assert models.phase_candidates(square, 'kernel_grad', 'ynnpack') == ('xla', 'gather')
   assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul')
+
+
+def test_gather_on_wide_inputs_is_tried_where_xla_convs_run_on_ynnpack_only():
+  """On Eigen, 'gather' on wide inputs is Eigen's own product with the patches written out
+  first (it lost there); on YNNPACK it won kernel gradients; on narrow inputs it is tap-major."""
+  wide = models.ConvSignature(32, 7, 7, models.TAP_MAJOR_MAX_FEATURES + 1, 64, 3, 1, 'float32')
+  for phase in ('forward', 'kernel_grad'):
+    assert models.phase_candidates(wide, phase, 'eigen') == ('xla',)
+    assert models.phase_candidates(wide, phase, 'ynnpack') == ('xla', 'gather')
+    narrow = wide._replace(in_features=models.TAP_MAJOR_MAX_FEATURES)
+    assert models.phase_candidates(narrow, phase, 'eigen') == ('xla', 'gather')
+  # The input gradient's im2col ('matmul', on the output side) is tried on either.
+  assert models.phase_candidates(wide, 'input_grad', 'eigen') == ('xla_t', 'matmul')
 
 
 def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_reference():
@@ -299,7 +312,7 @@ def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
   # XLA:CPU's slowest case (about 1 s a call on 4x4 maps, 'matmul' 4-8 ms) costs tuning time.
   wide = models.ConvSignature(32, 4, 4, 512, 512, 3, 2, 'float32')
   assert models.phase_candidates(wide, 'input_grad') == ('matmul',)
-  assert models.phase_candidates(wide, 'forward') == ('xla', 'gather')
+  assert models.phase_candidates(wide, 'forward', 'ynnpack') == ('xla', 'gather')
   assert models.phase_candidates(wide._replace(strides=1), 'input_grad')[0] == 'xla_t'
   narrower = wide._replace(in_features=256, height=7, width=7, features=256)
   assert models.phase_candidates(narrower, 'input_grad') == ('xla', 'matmul')
@@ -326,7 +339,8 @@ def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
   for other in [wide._replace(in_features=1),  # The seed CNN's first conv: transforms dominate.
                 wide._replace(height=7, width=7),  # Padded to 8x8 tiles: rarely won.
                 wide._replace(strides=2), wide._replace(kernel_size=5)]:
-    candidates = {c for phase in models.CONV_PHASES for c in models.phase_candidates(other, phase)}
+    candidates = {c for phase in models.CONV_PHASES
+                  for c in models.phase_candidates(other, phase, 'ynnpack')}
     assert not any(c.startswith('winograd') for c in candidates), other
     assert set(models.IM2COL) <= candidates, other
   x = jnp.ones((1, 6, 6, 2))
