@@ -13,6 +13,7 @@ from configs import mnist_srgan
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
 from srgan_jax import config_utils
+from srgan_jax import conv_tuning
 from srgan_jax import errors
 from srgan_jax import image_ops
 from srgan_jax import inference
@@ -63,6 +64,18 @@ def test_one_command_tunes_every_network_at_once_before_training(one_command_run
       'Convs tuned for the seed_cnn classifier', 'Convs tuned for the lenet classifier',
       'Convs tuned for the generator']
   assert all('(cached)' in line for lines in later for line in lines)
+
+
+def test_a_guide_that_cannot_be_trained_is_reported_before_any_tuning(tmp_path, monkeypatch):
+  config = make_tiny_config(conv_implementation='tuned')
+  config.loss = mnist_cnn.get_config().loss
+  config.classifier.validation_examples = 10 ** 9
+
+  def tune(*args, **kwargs):
+    raise AssertionError('the convs were tuned before the data were checked')
+  monkeypatch.setattr(conv_tuning, 'tune', tune)
+  with pytest.raises(errors.ConfigError, match='classifier.validation_examples = 1000000000'):
+    train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_classifier_checkpoint_restores_and_judge_is_not_the_guide(one_command_run):
