@@ -59,6 +59,7 @@ def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_con
   def fail(*args, **kwargs):
     raise AssertionError('a resumed run tuned its convs again')
   monkeypatch.setattr(conv_tuning, 'plan_for', fail)
+  monkeypatch.setattr(conv_tuning, 'tune', fail)  # Nor ahead of training (train.tune_ahead).
   monkeypatch.setattr(train, 'create_train_states',
                       lambda *a, **kw: used.append(kw['conv_plan']) or real_create(*a, **kw))
 
