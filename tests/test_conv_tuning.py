@@ -88,6 +88,22 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
   assert tuned.apply(variables, lr).shape == (2, 10, 10, 1)
 
 
+def test_the_candidates_are_those_of_the_conv_library_xla_runs_on(tmp_path, monkeypatch):
+  """'gather' on the LeNet's 32-feature conv is timed where XLA's convs run on YNNPACK, not on
+  Eigen (models.phase_candidates)."""
+  wide = models.ConvSignature(4, 14, 14, 32, 64, 5, 1, 'float32')
+  gathers = {}
+  for library in ('eigen', 'ynnpack'):
+    monkeypatch.setattr(conv_tuning.process_setup, 'cpu_conv_library', lambda: library)
+    timer = FakeTimer()
+    conv_tuning.tune([conv_tuning.Network('judge', models.LeNetJudge(), (4, 28, 28, 1))],
+                     jax.local_devices()[:1], measure=timer, cpu='Test CPU',
+                     directory=str(tmp_path / library), log=lambda line: None)
+    gathers[library] = {phase for sig, phase, impl in timer.jobs
+                        if sig == wide and impl == 'gather'}
+  assert gathers == {'eigen': set(), 'ynnpack': {'forward', 'kernel_grad'}}
+
+
 def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path):
   """A phase's reference time (XLA's, or xla_t for a stride-1 input gradient) times its calls
   bounds what tuning it can save: only the phases that make up WORTH_TUNING of it get their
