@@ -199,6 +199,11 @@ def conv_networks(config, eval_batch_per_device: int, image_size=models.CLASSIFI
                               (eval_batch_per_device,) + image, trained=False)]
 
 
+def split_image_size(split) -> tuple:
+  """(height, width) of the images of a split of same-size images."""
+  return tuple(int(d) for d in split.hr.shape[1:3])
+
+
 def check_data(config, full) -> None:
   """Raises a ConfigError when the training split `full` cannot train the classifier of
   `config`: no labels, a validation set that leaves no training images, or random shifts as
@@ -211,10 +216,10 @@ def check_data(config, full) -> None:
     raise ConfigError(
         f'config.classifier.validation_examples = {n_val} must be between 1 and the number of '
         f'training examples - 1 ({full.num_examples - 1}).')
-  image_size = tuple(int(d) for d in full.hr.shape[1:3])
-  if config.classifier.max_shift >= min(image_size):
+  height, width = split_image_size(full)
+  if config.classifier.max_shift >= min(height, width):
     raise ConfigError(f'config.classifier.max_shift = {config.classifier.max_shift} must be '
-                      f'smaller than the images ({image_size[0]}x{image_size[1]}): a few '
+                      f'smaller than the images ({height}x{width}): a few '
                       'pixels (MNIST: 1, cifar10: 4).')
 
 
@@ -232,7 +237,7 @@ def data_conv_networks(config, full, test):
   check_data(config, full)
   nd = jax.local_device_count()
   return conv_networks(config, evaluation_batch(config, test.num_examples, nd) // nd,
-                       tuple(int(d) for d in full.hr.shape[1:3]))
+                       split_image_size(full))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -246,7 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   full = input_pipeline.load_split(config, 'train')
   test = input_pipeline.load_split(config, 'test')
   networks = data_conv_networks(config, full, test)
-  image_size = tuple(int(d) for d in full.hr.shape[1:3])
+  image_size = split_image_size(full)
   num_classes = dataset_num_classes(config, np.concatenate(
       [full.labels] + ([] if test.labels is None else [test.labels])))
   n_val = config.classifier.validation_examples

@@ -142,6 +142,12 @@ def conv_networks(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST
   return networks
 
 
+def saved_conv_plan(workdir: str) -> Optional[dict]:
+  """The conv decisions a run saved in `workdir` (CONV_PLAN_FILE, plan_to_json's form), or None
+  when it has none yet."""
+  return files.read_json(os.path.join(workdir, CONV_PLAN_FILE))
+
+
 def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SIZE,
                log=logging.info, workdir: Optional[str] = None):
   """(conv plan, frozen, judge) for config.conv_implementation: the plan of conv_tuning when
@@ -152,7 +158,7 @@ def tune_convs(config, frozen: steps.Frozen, judge=None, hr_size: int = MNIST_SI
   cache of decisions is gone or another machine resumes it.
   """
   path = workdir and os.path.join(workdir, CONV_PLAN_FILE)
-  saved = files.read_json(path) if path and config.conv_implementation == 'tuned' else None
+  saved = saved_conv_plan(workdir) if path and config.conv_implementation == 'tuned' else None
   if saved is not None:
     # On another device count (a resume in Colab) the per-device batch differs: a conv the plan
     # lacks takes the run's decision for the same layer at the nearest batch.
@@ -230,7 +236,7 @@ def tune_ahead(config, workdir: str, frozen: steps.Frozen, train_split, test_spl
     if not checkpoints.has_checkpoint(directory):
       networks += classifier_train.data_conv_networks(
           classifier_train.role_config(config, role), train_split, test_split)
-  if files.read_json(os.path.join(workdir, CONV_PLAN_FILE)) is None:
+  if saved_conv_plan(workdir) is None:
     build = lambda role: models.create_classifier(
         classifier_train.role_config(config, role).classifier.architecture)
     if validation.needs_guide(config):
