@@ -59,8 +59,8 @@ PHASE_CANDIDATES = {
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
 # 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
 # and 'gather_t' im2col tap-major; 15: no 'gather' on wide inputs where XLA's convs run on
-# Eigen).
-CANDIDATES_REVISION = 15
+# Eigen; 16: Winograd's chunks padded one by one).
+CANDIDATES_REVISION = 16
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -292,7 +292,7 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
   elif implementation == 'kn2row':
     return _kn2row(xp, kernel, s, ((0, 0), (0, 0)))
   elif implementation == 'winograd' and (k, s) == (winograd.KERNEL_SIZE, 1):
-    return winograd.valid_conv(xp, kernel)
+    return winograd.conv(xp, kernel, ((0, 0), (0, 0)))
   else:
     if implementation == 'winograd':
       raise ValueError(f"The conv implementation 'winograd' computes 3x3 stride-1 convs only, "
@@ -307,6 +307,8 @@ def conv_forward(implementation: str, x, kernel, s: int):
   sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
   if implementation == 'kn2row':
     return _kn2row(x, kernel, s, sig.padding())
+  if implementation == 'winograd' and (sig.kernel_size, s) == (winograd.KERNEL_SIZE, 1):
+    return winograd.conv(x, kernel, sig.padding())
   return _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
                      kernel, s)
 
@@ -391,6 +393,8 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   pads = [(k - 1 - lo, size + lo - ((out - 1) * s + 1), s - 1)
           for (lo, _), size, out in zip(sig.padding(), x_shape[1:3], (oh, ow))]
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  if implementation == 'winograd_t' and (k, s) == (winograd.KERNEL_SIZE, 1):
+    return winograd.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
   return _valid_conv(implementation[:-len('_t')], _dilated(dy, pads), flipped, 1)
 
 
@@ -406,7 +410,7 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
     return _xla_kernel_grad(x, kernel_shape, s, dy)
   if implementation == 'winograd' and (kernel_shape[0], s) == (winograd.KERNEL_SIZE, 1):
     sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
-    return winograd.kernel_grad(jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)), dy)
+    return winograd.kernel_grad(x, dy, sig.padding())
   if implementation != 'gather_t':
     fn = lambda kernel: conv_forward(implementation, x, kernel, s)
     return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]

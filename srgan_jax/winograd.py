@@ -23,6 +23,12 @@ gradient 37.2 vs 23.4 (1, 2 and 8 MiB chunks: no better, and 1 MiB lost on wide 
 gradients, whose (36, c, f) sum is added up once a chunk). Tuned with chunks, the seed CNN's
 train step ran 1.38-1.40x as fast, the SRResNet step 1.06-1.07x, the seed's GAN iteration
 1.13-1.15x (each against the step tuned without, both in one process, in turns).
+
+Each chunk is padded (the conv's own padding and the tiles') as it is cut from the batch, in
+the cache: padding the whole batch first was one more pass over memory. On a 2-core Intel Xeon
+(AVX-512, 2026-12-04), fastest of 5 calls in two processes each, the 18 phases of six 3x3 convs
+of the steps benchmarks.compare times ran a median 1.09x as fast (0.92-1.42x; 3x3x64->128 at
+14x14, b64: forward 13.7 -> 13.0 ms, kernel gradient 15.3 -> 12.2).
 """
 
 import jax
@@ -81,9 +87,18 @@ def _input_tiles(xp, tiles_h: int, tiles_w: int):
   return tiles.reshape(t * t, -1, xp.shape[-1])
 
 
-def _pad_to_tiles(x, height: int, width: int):
-  """x (NHWC) with zeros below and to the right up to height x width."""
-  return jnp.pad(x, ((0, 0), (0, height - x.shape[1]), (0, width - x.shape[2]), (0, 0)))
+def _pad_to_tiles(x, padding, height: int, width: int):
+  """x (NHWC) padded by `padding` ((top, bottom), (left, right); negative: cropped), then with
+  zeros below and to the right up to height x width."""
+  (top, _), (left, _) = padding
+  zero = jnp.zeros((), x.dtype)
+  return jax.lax.pad(x, zero, ((0, 0, 0), (top, height - x.shape[1] - top, 0),
+                               (left, width - x.shape[2] - left, 0), (0, 0, 0)))
+
+
+def _output_size(x_shape, padding):
+  """The (height, width) of the VALID 3x3 conv of x padded by `padding`."""
+  return tuple(size + lo + hi - KERNEL_SIZE + 1 for size, (lo, hi) in zip(x_shape[1:3], padding))
 
 
 def _transformed_kernel(kernel):
@@ -93,14 +108,14 @@ def _transformed_kernel(kernel):
   return g.reshape(IN_TILE * IN_TILE, c, f)
 
 
-def _valid_conv_tiles(xp, g):
-  """valid_conv of one chunk of the batch, the kernel already transformed (g: 36, c, f)."""
+def _conv_tiles(x, g, padding):
+  """conv of one chunk of the batch, the kernel already transformed (g: 36, c, f)."""
   m, t = OUT_TILE, IN_TILE
-  n, hp, wp, _ = xp.shape
+  n = x.shape[0]
   f = g.shape[-1]
-  h, w = hp - KERNEL_SIZE + 1, wp - KERNEL_SIZE + 1
+  h, w = _output_size(x.shape, padding)
   th, tw = _tiles(h), _tiles(w)
-  xp = jax.lax.optimization_barrier(_pad_to_tiles(xp, th * m + 2, tw * m + 2))
+  xp = jax.lax.optimization_barrier(_pad_to_tiles(x, padding, th * m + 2, tw * m + 2))
   tiles = _input_tiles(xp, th, tw)
   products = jax.lax.dot_general(tiles, g, (((2,), (1,)), ((0,), (0,))))  # (36, P, f)
   products = products.reshape(t, t, n, th, tw, f)
@@ -111,28 +126,30 @@ def _valid_conv_tiles(xp, g):
   return jax.lax.optimization_barrier(out[:, :h, :w])
 
 
-def valid_conv(xp, kernel):
-  """The VALID 3x3 stride-1 conv of a padded NHWC input with an HWIO kernel, a chunk of the
-  batch at a time (see batch_chunk)."""
-  n, hp, wp, c = xp.shape
+def conv(x, kernel, padding):
+  """The 3x3 stride-1 conv of an NHWC input padded by `padding` ((top, bottom), (left,
+  right); negative: cropped) with an HWIO kernel, a chunk of the batch at a time (see
+  batch_chunk). Each chunk is padded as it is tiled, in the cache, rather than the whole
+  batch in one more pass over memory first."""
+  n, _, _, c = x.shape
   f = kernel.shape[-1]
   g = _transformed_kernel(kernel)
-  chunk = batch_chunk(n, hp - KERNEL_SIZE + 1, wp - KERNEL_SIZE + 1, c, f,
-                      jnp.dtype(xp.dtype).itemsize)
+  h, w = _output_size(x.shape, padding)
+  chunk = batch_chunk(n, h, w, c, f, jnp.dtype(x.dtype).itemsize)
   if chunk == n:
-    return _valid_conv_tiles(xp, g)
-  out = jax.lax.map(lambda x: _valid_conv_tiles(x, g),
-                    xp.reshape((n // chunk, chunk) + xp.shape[1:]))
+    return _conv_tiles(x, g, padding)
+  out = jax.lax.map(lambda xs: _conv_tiles(xs, g, padding),
+                    x.reshape((n // chunk, chunk) + x.shape[1:]))
   return out.reshape((n,) + out.shape[2:])
 
 
-def _kernel_grad_tiles(xp, dy):
+def _kernel_grad_tiles(x, dy, padding):
   """The (36, c, f) products of kernel_grad for one chunk of the batch, before G^T . G."""
   m, t = OUT_TILE, IN_TILE
   n, h, w, f = dy.shape
   th, tw = _tiles(h), _tiles(w)
-  xp, dy = jax.lax.optimization_barrier((_pad_to_tiles(xp, th * m + 2, tw * m + 2),
-                                         _pad_to_tiles(dy, th * m, tw * m)))
+  xp, dy = jax.lax.optimization_barrier((_pad_to_tiles(x, padding, th * m + 2, tw * m + 2),
+                                         _pad_to_tiles(dy, ((0, 0), (0, 0)), th * m, tw * m)))
   tiles = _input_tiles(xp, th, tw)
   dy = dy.reshape(n, th, m, tw, m, f)
   rows = jnp.stack([_sum(A_T[:, a], [dy[:, :, u] for u in range(m)]) for a in range(t)])
@@ -142,20 +159,20 @@ def _kernel_grad_tiles(xp, dy):
   return jax.lax.dot_general(tiles, dy_tiles, (((1,), (1,)), ((0,), (0,))))  # (36, c, f)
 
 
-def kernel_grad(xp, dy):
-  """d(sum(dy * valid_conv(xp, kernel))) / dkernel (3, 3, c, f), Winograd's way: the tiles of
-  xp as the forward pass transforms them, dy's 4x4 tiles through A (A^T's transpose), their
-  products summed over the batch's tiles in one batched matmul (a chunk of the batch at a time,
-  see batch_chunk), then G^T . G back to 3x3."""
+def kernel_grad(x, dy, padding):
+  """d(sum(dy * conv(x, kernel, padding))) / dkernel (3, 3, c, f), Winograd's way: the tiles
+  of x as the forward pass pads and transforms them, dy's 4x4 tiles through A (A^T's
+  transpose), their products summed over the batch's tiles in one batched matmul (a chunk of
+  the batch at a time, see batch_chunk), then G^T . G back to 3x3."""
   n, h, w, f = dy.shape
-  c = xp.shape[-1]
-  chunk = batch_chunk(n, h, w, c, f, jnp.dtype(xp.dtype).itemsize)
+  c = x.shape[-1]
+  chunk = batch_chunk(n, h, w, c, f, jnp.dtype(x.dtype).itemsize)
   if chunk == n:
-    grad = _kernel_grad_tiles(xp, dy)
+    grad = _kernel_grad_tiles(x, dy, padding)
   else:
     split = lambda a: a.reshape((n // chunk, chunk) + a.shape[1:])
-    grad, _ = jax.lax.scan(lambda acc, xs: (acc + _kernel_grad_tiles(*xs), None),
-                           jnp.zeros((IN_TILE * IN_TILE, c, f), dy.dtype), (split(xp), split(dy)))
+    grad, _ = jax.lax.scan(lambda acc, xs: (acc + _kernel_grad_tiles(*xs, padding), None),
+                           jnp.zeros((IN_TILE * IN_TILE, c, f), dy.dtype), (split(x), split(dy)))
   return (jnp.asarray(G_G.T, grad.dtype) @ grad.reshape(IN_TILE * IN_TILE, c * f)).reshape(
       KERNEL_SIZE, KERNEL_SIZE, c, f)
 
