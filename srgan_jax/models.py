@@ -291,12 +291,10 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
     return _im2col_product(xp, k, s, oh, ow, kernel.reshape(k * k * c, f)).reshape(n, oh, ow, f)
   elif implementation == 'kn2row':
     return _kn2row(xp, kernel, s, ((0, 0), (0, 0)))
-  elif implementation == 'winograd' and (k, s) == (winograd.KERNEL_SIZE, 1):
-    return winograd.conv(xp, kernel, ((0, 0), (0, 0)))
+  elif implementation == 'winograd':  # Its 3x3 stride-1 convs pad their own chunks (conv_forward).
+    raise ValueError(f"The conv implementation 'winograd' computes 3x3 stride-1 convs only, "
+                     f'not {k}x{k} at stride {s}.')
   else:
-    if implementation == 'winograd':
-      raise ValueError(f"The conv implementation 'winograd' computes 3x3 stride-1 convs only, "
-                       f'not {k}x{k} at stride {s}.')
     raise ValueError(f'Unknown conv implementation {implementation!r}.')
   y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, f)
   return y.reshape(n, oh, ow, f)
