@@ -42,13 +42,14 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # + one matmul), 'kn2row' (one matmul of each input pixel with every kernel tap, then the taps'
 # shifted outputs summed: the cheap side when a conv has few output features, like the 9x9
 # convs to 1 or 3 channels that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x
-# fewer multiplies for 3x3 stride-1 convs, see winograd.py), and 'xla_t' | 'gather_t' |
+# fewer multiplies for 3x3 stride-1 convs, see winograd.py), 'xla_t' | 'gather_t' |
 # 'winograd_t', which compute a gradient as a conv over the output gradient dilated by the
-# stride (see conv_input_grad, conv_kernel_grad).
+# stride (see conv_input_grad, conv_kernel_grad), and 'xla_dot', XLA's kernel gradient with its
+# input turned feature-major by a product with the identity (see _features_first).
 PHASE_CANDIDATES = {
     'forward': ('xla', 'gather', 'kn2row', 'winograd'),
     'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t'),
-    'kernel_grad': ('xla', 'gather', 'gather_t', 'winograd'),
+    'kernel_grad': ('xla', 'xla_dot', 'gather', 'gather_t', 'winograd'),
 }
 # Bumped when a candidate's program changes under the same name, or the rules of
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
@@ -59,8 +60,8 @@ PHASE_CANDIDATES = {
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
 # 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
 # and 'gather_t' im2col tap-major; 15: no 'gather' on wide inputs where XLA's convs run on
-# Eigen; 16: Winograd's chunks padded one by one).
-CANDIDATES_REVISION = 16
+# Eigen; 16: Winograd's chunks padded one by one; 17: 'xla_dot' kernel gradients).
+CANDIDATES_REVISION = 17
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -82,6 +83,10 @@ WINOGRAD_MIN_SIZE = 14
 IM2COL = ('gather', 'matmul')
 # The most input features whose im2col is built tap-major (see _im2col_product).
 TAP_MAJOR_MAX_FEATURES = 4
+# 'xla_dot' is tried for kernel gradients whose input has more features than
+# TAP_MAJOR_MAX_FEATURES and at least this many bytes: below that XLA's transpose costs little
+# (and each candidate about 0.1 s of tuning).
+DOT_TRANSPOSE_MIN_BYTES = 4 << 20
 
 
 class ConvSignature(NamedTuple):
@@ -193,6 +198,9 @@ def phase_candidates(sig: ConvSignature, phase: str,
   discriminator's stride-2 3x3x512->512 conv on 4x4 maps, b32: 0.66 s a call on an Intel Xeon,
   0.87 s on an AVX-512 AMD EPYC, 1.01 s on an AVX2 one, against 3.9-8.4 ms for 'matmul'.
 
+  Nor 'xla_dot' on inputs of TAP_MAJOR_MAX_FEATURES features or fewer, or of fewer than
+  DOT_TRANSPOSE_MIN_BYTES bytes.
+
   Nor, where XLA:CPU runs its convs on Eigen (`conv_library`, platform.cpu_conv_library()),
   'gather' on inputs of more than TAP_MAJOR_MAX_FEATURES features: it is the product that
   Eigen's convolution computes, with the patches written to memory first. In the tuning caches
@@ -204,8 +212,11 @@ def phase_candidates(sig: ConvSignature, phase: str,
   30 vs 63 ms), so there it stays.
   """
   fast_3x3 = winograd_applies(sig)
+  x_bytes = sig.batch * sig.height * sig.width * sig.in_features * jnp.dtype(sig.dtype).itemsize
   sizes = {c: workspace_bytes(sig, phase, c) for c in PHASE_CANDIDATES[phase]
            if not (c == 'xla_t' and sig.strides > 1)
+           and not (c == 'xla_dot' and (sig.in_features <= TAP_MAJOR_MAX_FEATURES
+                                        or x_bytes < DOT_TRANSPOSE_MIN_BYTES))
            and not (c in ('kn2row', 'gather_t') and sig.features >= sig.in_features)
            and not (c.startswith('winograd') and not fast_3x3)
            and not (c in IM2COL and fast_3x3)
@@ -400,12 +411,13 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   """d(sum(dy * conv_forward(x, kernel))) / dkernel: the gradient w.r.t. the HWIO kernel.
 
   'xla' | 'matmul' | 'gather': the transpose of that forward implementation (XLA's backprop
-  filter conv, see _xla_kernel_grad; patches^T @ dy). 'gather_t': x^T @ im2col of dy dilated
+  filter conv, see _xla_kernel_grad; patches^T @ dy). 'xla_dot': XLA's with x turned
+  feature-major by _features_first. 'gather_t': x^T @ im2col of dy dilated
   by the stride and padded, at x's own pixels (a buffer of k*k*out features instead of k*k*in:
   the cheap side when out is small; the padding's pixels, zeros, would add nothing).
   """
-  if implementation == 'xla':
-    return _xla_kernel_grad(x, kernel_shape, s, dy)
+  if implementation in ('xla', 'xla_dot'):
+    return _xla_kernel_grad(x, kernel_shape, s, dy, by_dot=implementation == 'xla_dot')
   if implementation == 'winograd' and (kernel_shape[0], s) == (winograd.KERNEL_SIZE, 1):
     sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
     return winograd.kernel_grad(x, dy, sig.padding())
@@ -421,10 +433,26 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   return jnp.flip(grad.reshape(k, k, f, c).transpose(0, 1, 3, 2), (0, 1))
 
 
-def _xla_kernel_grad(x, kernel_shape, s: int, dy):
+def _features_first(x):
+  """x (N, H, W, C) as (C, H, W, N), the features to the front by a product with the identity
+  (then N to the back, a cheap transpose of each pixel's N x C block).
+
+  Why: XLA:CPU's own transpose to C, H, W, N writes its output in order and reads x a feature
+  at a time, 2.5x slower (2-core Intel Xeon, AVX-512, pmapped, (64, 28, 28, 64): 26.0 vs 9.7
+  ms; 4.7 ms for an elementwise pass over the same array). The values are x's exactly; an inf
+  or NaN in x spreads to every feature of its pixel (0 * inf), where a kernel gradient is not
+  finite anyway.
+  """
+  n, h, w, c = x.shape
+  xt = jax.lax.dot_general(jnp.eye(c, dtype=x.dtype), x.reshape(-1, c), (((1,), (1,)), ((), ())))
+  return xt.reshape(c, n, h, w).transpose(0, 2, 3, 1)
+
+
+def _xla_kernel_grad(x, kernel_shape, s: int, dy, by_dot: bool = False):
   """XLA's backprop-filter conv with its layouts spelled out: x as C,H,W,N (the batch of this
-  conv is the input feature, its contraction the image batch), dy as H,W,N,F (the kernel,
-  dilated by the stride), the SAME padding inside the conv.
+  conv is the input feature, its contraction the image batch; by _features_first when
+  `by_dot`), dy as H,W,N,F (the kernel, dilated by the stride), the SAME padding inside the
+  conv.
 
   The same program as the transpose of conv_forward('xla'), except that XLA:CPU would pad x in
   the loop that transposes it, and that loop ran 5x slower than the pure transpose here (the
@@ -432,8 +460,9 @@ def _xla_kernel_grad(x, kernel_shape, s: int, dy):
   """
   k, _, c, f = kernel_shape
   sig = conv_signature(x.shape, x.dtype, k, f, s)
+  xt = _features_first(x) if by_dot else jnp.transpose(x, (3, 1, 2, 0))
   grad = jax.lax.conv_general_dilated(
-      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), sig.padding(),
+      xt, jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), sig.padding(),
       rhs_dilation=(s, s), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # C, k', k', F
   return jnp.transpose(grad[:, :k, :k, :], (1, 2, 0, 3))
 

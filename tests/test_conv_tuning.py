@@ -324,7 +324,7 @@ def test_every_process_takes_process_0s_choices(monkeypatch):
   sig = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
   mine = ((sig, models.ConvChoice('gather', 'matmul', 'gather_t')),)
   assert conv_tuning.agreed(mine) == mine  # One process: its own.
-  process_0 = np.array([[0, 2, 1]], np.int32)  # xla, xla_t, gather.
+  process_0 = np.array([[0, 2, 2]], np.int32)  # xla, xla_t, gather.
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(conv_tuning.multihost_utils, 'broadcast_one_to_all', lambda x: process_0)
   assert conv_tuning.agreed(mine) == ((sig, models.ConvChoice('xla', 'xla_t', 'gather')),)

@@ -225,7 +225,7 @@ def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, strid
   expected = dict(zip(models.CONV_PHASES, (y,) + vjp(dy)))
   jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls
           if models.computes(impl, sig)]
-  assert len(jobs) == (13 if (kernel, stride) == (3, 1) else 10)  # Winograd's 3 on 3x3/1.
+  assert len(jobs) == (14 if (kernel, stride) == (3, 1) else 11)  # Winograd's 3 on 3x3/1.
   outs = jax.jit(lambda x, w, dy: [models.conv_phase(phase, impl, sig)[0](x, w, dy)
                                    for phase, impl in jobs])(x, w, dy)  # One compile.
   for (phase, impl), out in zip(jobs, outs):
@@ -262,7 +262,7 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   # A 9x9 conv from 64 features to 1: im2col of x (81 x 64 per pixel) is not tried for the
   # kernel gradient, im2col of the output gradient (81 x 1) is.
   wide_in = models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
-  assert models.phase_candidates(wide_in, 'kernel_grad') == ('xla', 'gather_t')
+  assert models.phase_candidates(wide_in, 'kernel_grad') == ('xla', 'xla_dot', 'gather_t')
   # Its forward pass: kn2row's buffer (81 x 1 per padded pixel), not im2col's; its input
   # gradient: also im2col of the output gradient (81 x 1 per pixel), not col2im's (81 x 64).
   assert models.phase_candidates(wide_in, 'forward') == ('xla', 'kn2row')
@@ -330,12 +330,30 @@ def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   np.testing.assert_array_equal(*grads)
 
 
+def test_kernel_gradients_by_the_identity_product_are_tried_on_large_wide_inputs_only():
+  """'xla_dot' (x turned feature-major by a matmul with the identity) where XLA's transpose
+  of x costs most: more than TAP_MAJOR_MAX_FEATURES features and DOT_TRANSPOSE_MIN_BYTES."""
+  large = models.ConvSignature(32, 28, 28, 64, 64, 3, 2, 'float32')  # 6.4 MB of input.
+  assert 'xla_dot' in models.phase_candidates(large, 'kernel_grad')
+  for other in [large._replace(batch=8),  # 1.6 MB.
+                large._replace(in_features=models.TAP_MAJOR_MAX_FEATURES, batch=4096)]:
+    assert 'xla_dot' not in models.phase_candidates(other, 'kernel_grad'), other
+  for phase in ('forward', 'input_grad'):
+    assert 'xla_dot' not in models.phase_candidates(large, phase)
+
+
+def test_features_first_is_the_transpose_exactly():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6))
+  np.testing.assert_array_equal(jax.jit(models._features_first)(x),  # pylint: disable=protected-access
+                                jnp.transpose(x, (3, 1, 2, 0)))
+
+
 def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
   """Where Winograd is tried, im2col is not (it lost there); elsewhere im2col is tried."""
   wide = models.ConvSignature(64, 28, 28, 32, 64, 3, 1, 'float32')
   assert models.phase_candidates(wide, 'forward') == ('xla', 'winograd')
   assert models.phase_candidates(wide, 'input_grad') == ('xla_t', 'winograd_t')
-  assert models.phase_candidates(wide, 'kernel_grad') == ('xla', 'winograd')
+  assert models.phase_candidates(wide, 'kernel_grad') == ('xla', 'xla_dot', 'winograd')
   for other in [wide._replace(in_features=1),  # The seed CNN's first conv: transforms dominate.
                 wide._replace(height=7, width=7),  # Padded to 8x8 tiles: rarely won.
                 wide._replace(strides=2), wide._replace(kernel_size=5)]:
