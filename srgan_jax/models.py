@@ -316,7 +316,7 @@ def conv_forward(implementation: str, x, kernel, s: int):
   sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
   if implementation == 'kn2row':
     return _kn2row(x, kernel, s, sig.padding())
-  if implementation == 'winograd' and (sig.kernel_size, s) == (winograd.KERNEL_SIZE, 1):
+  if implementation == 'winograd' and computes(implementation, sig):
     return winograd.conv(x, kernel, sig.padding())
   return _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
                      kernel, s)
@@ -402,7 +402,7 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   pads = [(k - 1 - lo, size + lo - ((out - 1) * s + 1), s - 1)
           for (lo, _), size, out in zip(sig.padding(), x_shape[1:3], (oh, ow))]
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-  if implementation == 'winograd_t' and (k, s) == (winograd.KERNEL_SIZE, 1):
+  if implementation == 'winograd_t' and computes(implementation, sig):
     return winograd.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
   return _valid_conv(implementation[:-len('_t')], _dilated(dy, pads), flipped, 1)
 
@@ -418,14 +418,13 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   """
   if implementation in ('xla', 'xla_dot'):
     return _xla_kernel_grad(x, kernel_shape, s, dy, by_dot=implementation == 'xla_dot')
-  if implementation == 'winograd' and (kernel_shape[0], s) == (winograd.KERNEL_SIZE, 1):
-    sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
+  sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
+  if implementation == 'winograd' and computes(implementation, sig):
     return winograd.kernel_grad(x, dy, sig.padding())
   if implementation != 'gather_t':
     fn = lambda kernel: conv_forward(implementation, x, kernel, s)
     return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]
   k, _, c, f = kernel_shape
-  sig = conv_signature(x.shape, x.dtype, k, f, s)
   # Tap (i, j) at padded pixel p reads dy at p - (i, j) (dilated); x's pixels are p - lo.
   pads = [(k - 1 - lo, k - 1 - hi, s - 1) for lo, hi in sig.padding()]
   grad = _im2col_product(_dilated(dy, pads), k, 1, sig.height, sig.width, x.reshape(-1, c),

@@ -342,6 +342,16 @@ def test_kernel_gradients_by_the_identity_product_are_tried_on_large_wide_inputs
     assert 'xla_dot' not in models.phase_candidates(large, phase)
 
 
+def test_xla_dot_kernel_gradient_turns_x_by_the_identity_product():
+  """'xla_dot' is XLA's kernel gradient with one more matmul (the identity's), 'xla' is not:
+  equal values alone (test_every_conv_candidate_equals_xla) would not tell them apart."""
+  sig = models.ConvSignature(2, 6, 6, 8, 4, 3, 2, 'float32')
+  count = lambda impl: str(jax.make_jaxpr(models.conv_phase('kernel_grad', impl, sig)[0])(
+      *(jnp.zeros(s) for s in models.conv_phase('kernel_grad', impl, sig)[1]))).count(
+          'dot_general')
+  assert (count('xla'), count('xla_dot')) == (0, 1)
+
+
 def test_features_first_is_the_transpose_exactly():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6))
   np.testing.assert_array_equal(jax.jit(models._features_first)(x),  # pylint: disable=protected-access
