@@ -3,7 +3,9 @@ fusion code generator and convolution library, the allocator's policy for freed 
 quiet Orbax log."""
 
 import ctypes
+import importlib.metadata
 import os
+import re
 
 from absl import logging
 
@@ -24,6 +26,35 @@ _SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
 # false; its older LLVM IR emitter compiles them faster and ran this project's steps as fast or
 # faster (benchmarks/README.md: AVX2 AMD EPYC, 2026-12-04).
 _FUSION_EMITTERS_FLAG = '--xla_cpu_use_fusion_emitters'
+# XLA aborts a process whose XLA_FLAGS names a flag it does not know ("Unknown flag in
+# XLA_FLAGS"), and its CPU flags come and go between releases: each tuning flag is set only on
+# the jaxlib releases (major, minor) seen to accept it. jax 0.11.2 (an H200 machine's, 2026-12-04)
+# accepted the scheduler and YNNPACK flags and aborted on the fusion-emitter one.
+_FLAG_RELEASES = {
+    _SCHEDULER_FLAG: ((0, 10), (0, 11)),
+    _YNN_FUSION_FLAG: ((0, 10), (0, 11)),
+    _FUSION_EMITTERS_FLAG: ((0, 10),),
+}
+
+
+def jaxlib_release() -> tuple:
+  """(major, minor) of the installed jaxlib, read from its metadata (imports nothing)."""
+  try:
+    version = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return ()
+  return tuple(int(p) for p in re.findall(r'\d+', version)[:2])
+
+
+def _xla_knows(flag: str) -> bool:
+  """Whether this jaxlib's XLA is known to accept `flag`; logs the skip when not."""
+  if jaxlib_release() in _FLAG_RELEASES[flag]:
+    return True
+  seen = ', '.join('.'.join(map(str, r)) for r in _FLAG_RELEASES[flag])
+  logging.info('XLA_FLAGS: %s left unset: it was seen on jaxlib %s, not on this jaxlib %s '
+               '(XLA aborts on flags it does not know; set it yourself if yours has it).',
+               flag, seen, '.'.join(map(str, jaxlib_release())) or '(none)')
+  return False
 
 
 def configure_cpu_devices(enabled: bool = True) -> None:
@@ -39,7 +70,7 @@ def configure_cpu_devices(enabled: bool = True) -> None:
   flags = os.environ.get('XLA_FLAGS', '')
   if not enabled:
     return
-  if _SCHEDULER_FLAG not in flags:
+  if _SCHEDULER_FLAG not in flags and _xla_knows(_SCHEDULER_FLAG):
     flags = f'{flags} {_SCHEDULER_FLAG}=false'
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if _HOST_DEVICES_FLAG not in flags and cores and cores > 1:
@@ -61,7 +92,7 @@ def configure_cpu_fusion_emitters(new: bool = False) -> None:
   computation.
   """
   flags = os.environ.get('XLA_FLAGS', '')
-  if _FUSION_EMITTERS_FLAG not in flags:
+  if _FUSION_EMITTERS_FLAG not in flags and _xla_knows(_FUSION_EMITTERS_FLAG):
     os.environ['XLA_FLAGS'] = f'{flags} {_FUSION_EMITTERS_FLAG}={str(new).lower()}'.strip()
 
 
@@ -90,7 +121,7 @@ def configure_cpu_convolutions(library: str = 'eigen') -> None:
     raise errors.ConfigError(f'config.cpu_conv_library = {library!r} is not supported; use one '
                              f'of {list(CONV_LIBRARIES)}.')
   flags = os.environ.get('XLA_FLAGS', '')
-  if library == 'eigen' and _YNN_FUSION_FLAG not in flags:
+  if library == 'eigen' and _YNN_FUSION_FLAG not in flags and _xla_knows(_YNN_FUSION_FLAG):
     os.environ['XLA_FLAGS'] = f'{flags} {_YNN_CONVOLUTIONS_OFF}'.strip()
 
 

@@ -211,6 +211,20 @@ def test_off_cpu_tuned_means_xla_and_times_nothing(tmp_path):
   assert {choice for _, choice in plan} == {models.ConvChoice('xla', 'xla', 'xla')}
   assert len(plan) == 6 and len(lines) == 2 and 'not timed' in lines[0]
   assert not (tmp_path / conv_tuning.CACHE_FILE).exists()
+  # The tuned generator then is the 'xla' one, op for op: its value and both gradients lower
+  # to the same program (GPU behaviour unchanged: cuDNN still sees XLA's convolutions).
+  lr = np.ones((2, 5, 5, 1), np.float32)
+  variables = GENERATOR.init(jax.random.PRNGKey(0), lr, train=True)
+
+  def program(net):
+    def loss(params, x):
+      sr, _ = net.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return sr.sum()
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables['params'], lr).as_text()
+
+  tuned = GENERATOR.clone(conv='tuned', conv_plan=plan)
+  assert program(tuned) == program(GENERATOR.clone(conv='xla'))
+  assert program(tuned) != program(GENERATOR.clone(conv='matmul'))
 
 
 def test_plan_for_tunes_only_tuned():

@@ -100,6 +100,29 @@ def test_configure_cpu_fusion_emitters_sets_the_older_once_and_respects_the_user
   assert os.environ['XLA_FLAGS'] == '--xla_cpu_use_fusion_emitters=true'
 
 
+def test_flags_unknown_to_this_jaxlib_are_left_unset(monkeypatch):
+  """jax 0.11's XLA aborts on the fusion-emitter flag: no command may set it there."""
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setattr(platform, 'jaxlib_release', lambda: (0, 11))
+  platform.configure_cpu_devices(True)
+  platform.configure_cpu_convolutions('eigen')
+  platform.configure_cpu_fusion_emitters()
+  flags = os.environ['XLA_FLAGS']
+  assert 'fusion_emitters' not in flags and 'scheduler=false' in flags, flags
+  assert 'ynn_fusion_type' in flags, flags
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setattr(platform, 'jaxlib_release', lambda: (9, 0))
+  platform.configure_cpu_devices(True)
+  platform.configure_cpu_convolutions('eigen')
+  platform.configure_cpu_fusion_emitters()
+  cores = len(os.sched_getaffinity(0))
+  assert os.environ['XLA_FLAGS'].split() == (
+      [f'--xla_force_host_platform_device_count={cores}'] if cores > 1 else [])
+  assert platform.jaxlib_release() == (9, 0)
+  monkeypatch.undo()
+  assert platform.jaxlib_release() == tuple(int(p) for p in jax.lib.__version__.split('.')[:2])
+
+
 def test_xla_accepts_the_cpu_flags():
   """A jaxlib that no longer knew a flag would abort every command at start-up."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
