@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from srgan_jax import image_ops
+from srgan_jax import onednn
 from srgan_jax import winograd
 
 
@@ -44,12 +45,14 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # convs to 1 or 3 channels that end the generator), 'winograd' (Winograd's F(4x4, 3x3): 4x
 # fewer multiplies for 3x3 stride-1 convs, see winograd.py), 'xla_t' | 'gather_t' |
 # 'winograd_t', which compute a gradient as a conv over the output gradient dilated by the
-# stride (see conv_input_grad, conv_kernel_grad), and 'xla_dot', XLA's kernel gradient with its
-# input turned feature-major by a product with the identity (see _features_first).
+# stride (see conv_input_grad, conv_kernel_grad), 'xla_dot', XLA's kernel gradient with its
+# input turned feature-major by a product with the identity (see _features_first), and
+# 'onednn', oneDNN's convolution through XLA's FFI, where the optional extra is installed
+# (onednn.py; f32 only).
 PHASE_CANDIDATES = {
-    'forward': ('xla', 'gather', 'kn2row', 'winograd'),
-    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t'),
-    'kernel_grad': ('xla', 'xla_dot', 'gather', 'gather_t', 'winograd'),
+    'forward': ('xla', 'gather', 'kn2row', 'winograd', 'onednn'),
+    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t', 'onednn'),
+    'kernel_grad': ('xla', 'xla_dot', 'gather', 'gather_t', 'winograd', 'onednn'),
 }
 # Bumped when a candidate's program changes under the same name, or the rules of
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
@@ -60,8 +63,8 @@ PHASE_CANDIDATES = {
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
 # 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
 # and 'gather_t' im2col tap-major; 15: no 'gather' on wide inputs where XLA's convs run on
-# Eigen; 16: Winograd's chunks padded one by one; 17: 'xla_dot' kernel gradients).
-CANDIDATES_REVISION = 17
+# Eigen; 16: Winograd's chunks padded one by one; 17: 'xla_dot' kernel gradients; 18: 'onednn').
+CANDIDATES_REVISION = 18
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -161,7 +164,9 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
 
 def computes(implementation: str, sig: ConvSignature) -> bool:
   """Whether a phase implementation can compute `sig`: all can, but Winograd's F(4x4, 3x3)
-  only 3x3 stride-1 convs."""
+  only 3x3 stride-1 convs, and oneDNN's only f32 convs where its module is ready."""
+  if implementation == 'onednn':
+    return sig.dtype == 'float32' and onednn.available()
   return not implementation.startswith('winograd') or (
       (sig.kernel_size, sig.strides) == (winograd.KERNEL_SIZE, 1))
 
@@ -201,6 +206,9 @@ def phase_candidates(sig: ConvSignature, phase: str,
   Nor 'xla_dot' on inputs of TAP_MAJOR_MAX_FEATURES features or fewer, or of fewer than
   DOT_TRANSPOSE_MIN_BYTES bytes.
 
+  Nor 'onednn' unless its FFI module is ready in this process (onednn.available()) and the conv
+  is f32.
+
   Nor, where XLA:CPU runs its convs on Eigen (`conv_library`, platform.cpu_conv_library()),
   'gather' on inputs of more than TAP_MAJOR_MAX_FEATURES features: it is the product that
   Eigen's convolution computes, with the patches written to memory first. In the tuning caches
@@ -221,7 +229,8 @@ def phase_candidates(sig: ConvSignature, phase: str,
            and not (c.startswith('winograd') and not fast_3x3)
            and not (c in IM2COL and fast_3x3)
            and not (c == 'gather' and conv_library == 'eigen'
-                    and sig.in_features > TAP_MAJOR_MAX_FEATURES)}
+                    and sig.in_features > TAP_MAJOR_MAX_FEATURES)
+           and not (c == 'onednn' and not computes(c, sig))}
   # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
   # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
   smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])
@@ -314,6 +323,8 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
 def conv_forward(implementation: str, x, kernel, s: int):
   """The SAME conv of x (NHWC) with an HWIO kernel at stride s, without bias."""
   sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
+  if implementation == 'onednn':
+    return onednn.conv_forward(x, kernel, s, sig.padding(), sig.output_size)
   if implementation == 'kn2row':
     return _kn2row(x, kernel, s, sig.padding())
   if implementation == 'winograd' and computes(implementation, sig):
@@ -387,8 +398,11 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   'xla' | 'matmul': the transpose of that forward implementation (XLA's backprop conv; col2im
   of dy @ kernel^T). '<impl>_t': the forward implementation <impl> on dy dilated by the stride
   and padded, with the kernel flipped and its in/out features swapped (a stride-1 conv).
+  'onednn': oneDNN's backward-data convolution.
   """
   sig = conv_signature(x_shape, dy.dtype, kernel.shape[0], kernel.shape[-1], s)
+  if implementation == 'onednn':
+    return onednn.conv_input_grad(x_shape, kernel, s, sig.padding(), dy)
   if implementation == 'matmul':
     k, c, f = sig.kernel_size, sig.in_features, sig.features
     taps = (dy.reshape(-1, f) @ kernel.reshape(k * k * c, f).T).reshape(dy.shape[:3] + (k, k, c))
@@ -415,10 +429,13 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   feature-major by _features_first. 'gather_t': x^T @ im2col of dy dilated
   by the stride and padded, at x's own pixels (a buffer of k*k*out features instead of k*k*in:
   the cheap side when out is small; the padding's pixels, zeros, would add nothing).
+  'onednn': oneDNN's backward-weights convolution.
   """
   if implementation in ('xla', 'xla_dot'):
     return _xla_kernel_grad(x, kernel_shape, s, dy, by_dot=implementation == 'xla_dot')
   sig = conv_signature(x.shape, x.dtype, kernel_shape[0], kernel_shape[-1], s)
+  if implementation == 'onednn':
+    return onednn.conv_kernel_grad(x, kernel_shape, s, sig.padding(), dy)
   if implementation == 'winograd' and computes(implementation, sig):
     return winograd.kernel_grad(x, dy, sig.padding())
   if implementation != 'gather_t':

@@ -43,6 +43,7 @@ from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-impor
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
@@ -150,3 +151,10 @@ def one_command_run(tmp_path_factory):
     patch.setattr(conv_tuning, 'tune', tune)
     summary = train.train_and_evaluate(config, workdir)
   return OneCommandRun(config, workdir, summary, tunings)
+
+
+@pytest.fixture
+def without_onednn(monkeypatch):
+  """The candidate rules as they stand without the opt-in oneDNN candidate (it joins every
+  f32 phase where it is ready: tests/test_onednn.py)."""
+  monkeypatch.setattr(onednn, 'available', lambda: False)

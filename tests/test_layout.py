@@ -21,8 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = 'srgan_jax'
 
 TIERS = (
-    # Shared basics: no import from the package (winograd: the arithmetic of a fast conv).
-    ('errors', 'files', 'config_utils', 'safe_pickle', 'winograd'),
+    # Shared basics: no import from the package (winograd: the arithmetic of a fast conv;
+    # onednn: oneDNN's convs through XLA's FFI).
+    ('errors', 'files', 'config_utils', 'safe_pickle', 'winograd', 'onednn'),
     # Training state, pixels, the process's XLA set-up.
     ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform'),
     # The parts: data sources, networks, losses, checkpoints, logs.

@@ -8,6 +8,7 @@ import pytest
 
 from srgan_jax import image_ops
 from srgan_jax import models
+from srgan_jax import onednn
 from srgan_jax import winograd
 
 
@@ -225,7 +226,8 @@ def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, strid
   expected = dict(zip(models.CONV_PHASES, (y,) + vjp(dy)))
   jobs = [(phase, impl) for phase, impls in models.PHASE_CANDIDATES.items() for impl in impls
           if models.computes(impl, sig)]
-  assert len(jobs) == (14 if (kernel, stride) == (3, 1) else 11)  # Winograd's 3 on 3x3/1.
+  # Winograd's 3 on 3x3/1; oneDNN's 3 where it is ready (test_onednn.py).
+  assert len(jobs) == (14 if (kernel, stride) == (3, 1) else 11) + 3 * onednn.available()
   outs = jax.jit(lambda x, w, dy: [models.conv_phase(phase, impl, sig)[0](x, w, dy)
                                    for phase, impl in jobs])(x, w, dy)  # One compile.
   for (phase, impl), out in zip(jobs, outs):
@@ -258,6 +260,7 @@ def test_tuned_conv_missing_from_the_plan_warns_and_uses_auto():
   np.testing.assert_allclose(y, models.Conv(3, 3).apply(variables, x), atol=1e-6)
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   # A 9x9 conv from 64 features to 1: im2col of x (81 x 64 per pixel) is not tried for the
   # kernel gradient, im2col of the output gradient (81 x 1) is.
@@ -276,6 +279,7 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul')
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_gather_on_wide_inputs_is_tried_where_xla_convs_run_on_ynnpack_only():
   """On Eigen, 'gather' on wide inputs is Eigen's own product with the patches written out
   first (it lost there); on YNNPACK it won kernel gradients; on narrow inputs it is tap-major."""
@@ -289,6 +293,7 @@ def test_gather_on_wide_inputs_is_tried_where_xla_convs_run_on_ynnpack_only():
   assert models.phase_candidates(wide, 'input_grad', 'eigen') == ('xla_t', 'matmul')
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_reference():
   # xla_t is the same conv with the kernel's flip spelled out, and XLA's lost to it in every
   # phase timed on two machine classes: XLA's would only cost tuning time.
@@ -308,6 +313,7 @@ def test_xla_input_grad_of_a_stride_1_conv_is_not_a_candidate_xla_t_is_the_refer
           'xla_t', 'winograd_t')
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_xla_input_grad_of_a_wide_strided_conv_is_not_a_candidate():
   # XLA:CPU's slowest case (about 1 s a call on 4x4 maps, 'matmul' 4-8 ms) costs tuning time.
   wide = models.ConvSignature(32, 4, 4, 512, 512, 3, 2, 'float32')
@@ -358,6 +364,7 @@ def test_features_first_is_the_transpose_exactly():
                                 jnp.transpose(x, (3, 1, 2, 0)))
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
   """Where Winograd is tried, im2col is not (it lost there); elsewhere im2col is tried."""
   wide = models.ConvSignature(64, 28, 28, 32, 64, 3, 1, 'float32')
