@@ -19,8 +19,9 @@ Why opt-in: each of its convs, timed alone as conv tuning times them (pmapped ov
 device per core), beat every other candidate on the Intel Xeon by 1.2-3x, yet the seed CNN's
 train step with them ran at 165 instead of 133 ms, with 1.65 instead of 1.9 cores busy: oneDNN
 runs each call on two threads (its SYCL runtime's, on TBB), which then compete with the other
-device's XLA thread (benchmarks/README.md, "oneDNN through XLA's FFI"). Until a call can be
-kept on its caller's core, tuning would choose it for the wrong reason.
+device's XLA thread (benchmarks/README.md, "oneDNN through XLA's FFI"). Held to one thread a
+call (OpenMP oneDNN 3.2, measured there), it won each phase alone and the step still ran no
+faster: timed alone, it would be chosen for the wrong reason.
 """
 
 import ctypes
