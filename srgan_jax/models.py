@@ -47,8 +47,8 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # 'winograd_t', which compute a gradient as a conv over the output gradient dilated by the
 # stride (see conv_input_grad, conv_kernel_grad), 'xla_dot', XLA's kernel gradient with its
 # input turned feature-major by a product with the identity (see _features_first), and
-# 'onednn', oneDNN's convolution through XLA's FFI, where the optional extra is installed
-# (onednn.py; f32 only).
+# 'onednn', oneDNN's convolution through XLA's FFI: experimental, offered only when opted in
+# and installed (onednn.py; f32 only).
 PHASE_CANDIDATES = {
     'forward': ('xla', 'gather', 'kn2row', 'winograd', 'onednn'),
     'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t', 'onednn'),

@@ -148,8 +148,7 @@ def status() -> str:
       jax.ffi.register_ffi_target(_target(phase), jax.ffi.pycapsule(getattr(module, symbol)),
                                   platform='cpu')
   except (RuntimeError, OSError) as e:
-    if version_of('onednn'):  # Installed but unusable: worth a line. Not installed: silent.
-      logging.warning('oneDNN convs unavailable: %s', e)
+    logging.warning('oneDNN convs (%s=1) unavailable: %s', OPT_IN_ENV, e)
     return str(e)
   logging.info('oneDNN convs: oneDNN %s ready as a conv tuning candidate.', version_of('onednn'))
   return ''
