@@ -4,24 +4,25 @@
 Why: on an AVX-512 Intel Xeon, XLA:CPU's convolutions and their gradients run at 65-185
 GFLOP/s a core and no formulation of them in XLA (im2col, kn2row, Winograd) closes the gap to
 oneDNN, PyTorch's CPU convolution library, at 200-235 (benchmarks/README.md, "The Intel Xeon
-again" and "oneDNN through XLA's FFI"). jaxlib has no oneDNN convolution of its own, and PyPI's
-CPU-only oneDNN stops at 3.2; its `onednn` package (3.13) is the SYCL build, whose CPU engine
-runs on Intel's OpenCL CPU runtime (`intel-opencl-rt`, pulled in by `dpcpp-cpp-rt`).
+again" and "oneDNN through XLA's FFI"). jaxlib has no oneDNN convolution of its own.
+
+Which oneDNN: PyPI's OpenMP build, `onednn-cpu-gomp` 2023.2 (oneDNN 3.2, 39 MB, the system's
+libgomp), each call held to its caller's thread (one XLA device a core). PyPI's newer `onednn`
+(3.13) is the SYCL build: its calls run two threads that fight the other device's, and the
+steps got slower with it (the seed CNN's 133 -> 165 ms a step).
 
 How: onednn_conv.cc, XLA FFI handlers for the three phases of a conv, is compiled with the
 system's C++ compiler (g++, or $CXX) against jaxlib's FFI headers and the installed oneDNN, once
 per source, oneDNN and jaxlib version (cached under $SRGAN_JAX_CACHE_DIR, default
 ~/.cache/srgan_jax), loaded, and registered as custom-call targets for the CPU. Where anything
-is missing (not Linux x86-64, the packages, a compiler, a working CPU engine) the candidate is
-simply absent; `status()` says why, and one log line says it once.
+is missing (not Linux x86-64, the packages, a compiler) the candidate is absent; `status()`
+says why, and one log line says it once.
 
-Why opt-in: each of its convs, timed alone as conv tuning times them (pmapped over one XLA
-device per core), beat every other candidate on the Intel Xeon by 1.2-3x, yet the seed CNN's
-train step with them ran at 165 instead of 133 ms, with 1.65 instead of 1.9 cores busy: oneDNN
-runs each call on two threads (its SYCL runtime's, on TBB), which then compete with the other
-device's XLA thread (benchmarks/README.md, "oneDNN through XLA's FFI"). Held to one thread a
-call (OpenMP oneDNN 3.2, measured there), it won each phase alone and the step still ran no
-faster: timed alone, it would be chosen for the wrong reason.
+Why opt-in: measured on the Intel Xeon only, each step timed in turns with and without it
+(2026-12-04): the SRResNet step 134-136 against 144-152 ms, the seed GAN iteration 1.64-1.70
+against 1.73-1.78 s, the seed CNN step level (135-140 against 134-139 ms) although its convs won
+1.2-1.5x timed alone: a phase timed alone is not what it costs in the step, so tuning can
+choose it where it does not pay. Not measured on the AMD classes.
 """
 
 import ctypes
@@ -43,13 +44,9 @@ import numpy as np
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'onednn_conv.cc')
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
 OPT_IN_ENV = 'SRGAN_JAX_ONEDNN'  # '1': offer the candidate.
-# The SYCL build's runtime, loaded (process-wide) before oneDNN so that each finds the others
-# by name: they sit in one lib directory, which is on no search path.
-RUNTIME_LIBRARIES = ('libtbb.so.12', 'libimf.so', 'libsvml.so', 'libirng.so', 'libintlc.so.5',
-                     'libur_loader.so.0', 'libOpenCL.so.1', 'libsycl.so.9', 'libdnnl.so.3')
-# The OpenCL CPU runtime oneDNN's CPU engine runs on (the ICD file the package installs points
-# at its build machine's path, so the loader is told where it is).
-OPENCL_CPU = 'libintelocl.so'
+LIBRARY_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+# oneDNN, loaded (process-wide) before the FFI module: its lib directory is on no search path.
+RUNTIME_LIBRARIES = ('libdnnl.so.3',)
 TARGETS = {'forward': 'SrganOnednnConvForward', 'input_grad': 'SrganOnednnConvInputGrad',
            'kernel_grad': 'SrganOnednnConvKernelGrad'}
 
@@ -71,16 +68,16 @@ def _package_file(package: str, suffix: str) -> Optional[str]:
 
 
 def _library_dir() -> str:
-  path = _package_file('onednn', '/libdnnl.so.3')
+  path = _package_file(LIBRARY_PACKAGE, '/libdnnl.so.3')
   if path is None:
-    raise RuntimeError('the oneDNN package is not installed (pip install ".[onednn]")')
+    raise RuntimeError(f'{LIBRARY_PACKAGE} is not installed (pip install ".[onednn]")')
   return os.path.dirname(os.path.normpath(path))
 
 
 def _include_dir() -> str:
-  path = _package_file('onednn-devel', 'include/oneapi/dnnl/dnnl.hpp')
+  path = _package_file(HEADERS_PACKAGE, 'include/oneapi/dnnl/dnnl.hpp')
   if path is None:
-    raise RuntimeError('the oneDNN headers are not installed (pip install ".[onednn]")')
+    raise RuntimeError(f'{HEADERS_PACKAGE} is not installed (pip install ".[onednn]")')
   return os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(path))))
 
 
@@ -91,7 +88,7 @@ def _build(library_dir: str, include_dir: str) -> str:
   if not cxx:
     raise RuntimeError('no C++ compiler (g++, or $CXX) to build the oneDNN FFI module')
   with open(SOURCE, 'rb') as f:
-    digest = hashlib.sha1(f.read() + repr((version_of('onednn'), jaxlib.version.__version__,
+    digest = hashlib.sha1(f.read() + repr((version_of(LIBRARY_PACKAGE), jaxlib.version.__version__,
                                            cxx)).encode()).hexdigest()[:12]
   directory = os.path.join(os.environ.get(CACHE_ENV) or os.path.join(
       os.path.expanduser('~'), '.cache', 'srgan_jax'), 'onednn')
@@ -102,7 +99,7 @@ def _build(library_dir: str, include_dir: str) -> str:
   logging.info('oneDNN convs: compiling the FFI module once, into %s.', path)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(fd)
-  command = [cxx, '-O2', '-std=c++17', '-shared', '-fPIC', SOURCE, '-I', jax.ffi.include_dir(),
+  command = [cxx, '-O2', '-std=c++17', '-fopenmp', '-shared', '-fPIC', SOURCE, '-I', jax.ffi.include_dir(),
              '-I', include_dir, '-L', library_dir, f'-Wl,-rpath,{library_dir}',
              f'-Wl,-rpath-link,{library_dir}', '-ldnnl', '-o', tmp]
   run = subprocess.run(command, capture_output=True, text=True)
@@ -132,9 +129,6 @@ def status() -> str:
                          f'{platform.system()} {platform.machine()}')
     library_dir = _library_dir()
     include_dir = _include_dir()
-    opencl = os.path.join(library_dir, OPENCL_CPU)
-    if os.path.exists(opencl):
-      os.environ.setdefault('OCL_ICD_FILENAMES', opencl)
     for name in RUNTIME_LIBRARIES:
       path = os.path.join(library_dir, name)
       if not os.path.exists(path):
@@ -142,15 +136,15 @@ def status() -> str:
       ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     module = ctypes.CDLL(_build(library_dir, include_dir))
     if module.SrganOnednnProbe() != 0:
-      raise RuntimeError('oneDNN\'s CPU engine did not start (its SYCL build needs the OpenCL '
-                         'CPU runtime, intel-opencl-rt)')
+      raise RuntimeError('oneDNN\'s CPU engine did not start')
     for phase, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(_target(phase), jax.ffi.pycapsule(getattr(module, symbol)),
                                   platform='cpu')
   except (RuntimeError, OSError) as e:
     logging.warning('oneDNN convs (%s=1) unavailable: %s', OPT_IN_ENV, e)
     return str(e)
-  logging.info('oneDNN convs: oneDNN %s ready as a conv tuning candidate.', version_of('onednn'))
+  logging.info('oneDNN convs: %s %s ready as a conv tuning candidate.', LIBRARY_PACKAGE,
+               version_of(LIBRARY_PACKAGE))
   return ''
 
 
@@ -161,7 +155,7 @@ def available() -> bool:
 def version() -> str:
   """oneDNN's package version where the candidate is ready, else 'none' (conv tuning keys its
   decisions by it: they were made with or without this candidate)."""
-  return version_of('onednn') if available() else 'none'
+  return version_of(LIBRARY_PACKAGE) if available() else 'none'
 
 
 def _call(phase: str, out_shape, dtype, a, b, kernel_size: int, s: int, padding):

@@ -1,7 +1,7 @@
 // XLA FFI handlers for srgan_jax/onednn.py: oneDNN's convolution (forward, backward data,
-// backward weights) of NHWC inputs with HWIO kernels, f32, on oneDNN's CPU engine. Primitives
-// are built once per shape and cached; each calling thread (an XLA device) has its own stream
-// and scratch buffers. The forward pass takes the HWIO kernel as it is (oneDNN's brgemm
+// backward weights) of NHWC inputs with HWIO kernels, f32, on oneDNN's CPU engine (its OpenMP
+// build). Primitives are built once per shape and cached; each calling thread (an XLA device,
+// one a core) has its own stream and scratch buffers and runs its calls itself, on one thread. The forward pass takes the HWIO kernel as it is (oneDNN's brgemm
 // forward reads plain weights); the gradients reorder it to and from the layout oneDNN picks
 // (with plain weights they fall back to its slower gemm-based kernels).
 #include <cstdint>
@@ -10,6 +10,8 @@
 #include <mutex>
 #include <tuple>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -104,6 +106,7 @@ ffi::Error Run(int phase, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   if (phase == 0) { h = ad[1]; w = ad[2]; c = ad[3]; f = od[3]; oh = od[1]; ow = od[2]; }
   else if (phase == 1) { oh = ad[1]; ow = ad[2]; f = ad[3]; h = od[1]; w = od[2]; c = od[3]; }
   else { h = ad[1]; w = ad[2]; c = ad[3]; oh = bd[1]; ow = bd[2]; f = bd[3]; }
+  omp_set_num_threads(1);  // This thread's OpenMP teams: the other cores run other devices.
   std::shared_ptr<Conv> conv;
   try {
     conv = Get(phase, n, h, w, c, f, k, s, pt, pb, pl, pr, oh, ow);
