@@ -163,19 +163,11 @@ ffi::Error Run(int phase, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       .Attr<int64_t>("pad_left")                                                            \
       .Attr<int64_t>("pad_right")
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> o,
-                   int64_t k, int64_t s, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(0, a, b, o, k, s, pt, pb, pl, pr);
-}
-ffi::Error InputGrad(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                     ffi::ResultBuffer<ffi::F32> o, int64_t k, int64_t s, int64_t pt, int64_t pb,
-                     int64_t pl, int64_t pr) {
-  return Run(1, a, b, o, k, s, pt, pb, pl, pr);
-}
-ffi::Error KernelGrad(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                      ffi::ResultBuffer<ffi::F32> o, int64_t k, int64_t s, int64_t pt,
-                      int64_t pb, int64_t pl, int64_t pr) {
-  return Run(2, a, b, o, k, s, pt, pb, pl, pr);
+// One handler per phase: 0 forward, 1 backward data, 2 backward weights (see Run).
+template <int kPhase>
+ffi::Error Phase(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> o,
+                 int64_t k, int64_t s, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Run(kPhase, a, b, o, k, s, pt, pb, pl, pr);
 }
 
 }  // namespace
@@ -190,6 +182,6 @@ extern "C" int SrganOnednnProbe() {
   }
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvForward, Forward, SRGAN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvInputGrad, InputGrad, SRGAN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvKernelGrad, KernelGrad, SRGAN_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvForward, Phase<0>, SRGAN_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvInputGrad, Phase<1>, SRGAN_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganOnednnConvKernelGrad, Phase<2>, SRGAN_BIND);
