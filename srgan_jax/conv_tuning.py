@@ -39,6 +39,7 @@ from srgan_jax import files
 from srgan_jax import models
 from srgan_jax import onednn
 from srgan_jax import platform as process_setup
+from srgan_jax import winograd_native
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'
 CACHE_FILE = 'conv_plans.json'
@@ -172,12 +173,14 @@ def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   models.PHASE_CANDIDATES and models.CANDIDATES_REVISION), how they were timed
   (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla' means
   there: platform.configure_cpu_convolutions) and the code generator of its fusions (the other
-  candidates' transforms and copies: platform.configure_cpu_fusion_emitters), and whether
-  oneDNN's candidate was among them (onednn.version())."""
+  candidates' transforms and copies: platform.configure_cpu_fusion_emitters), whether
+  oneDNN's candidate was among them (onednn.version()) and whether Winograd's transforms were
+  winograd_native's C++ passes or XLA's."""
   candidates = hashlib.sha1(repr((models.CANDIDATES_REVISION, sorted(
       models.PHASE_CANDIDATES.items()))).encode()).hexdigest()
   library = (f' | xla convs on {process_setup.cpu_conv_library()}, fusions by its '
-             f'{process_setup.cpu_fusion_emitters()} emitters | onednn {onednn.version()}'
+             f'{process_setup.cpu_fusion_emitters()} emitters | onednn {onednn.version()} | '
+             f'winograd transforms {"native" if winograd_native.available() else "xla"}'
              if backend == 'cpu' else '')
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
           f'{num_devices} {backend} devices | candidates {candidates[:8]} | '

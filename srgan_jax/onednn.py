@@ -11,11 +11,9 @@ libgomp), each call held to its caller's thread (one XLA device a core). PyPI's 
 (3.13) is the SYCL build: its calls run two threads that fight the other device's, and the
 steps got slower with it (the seed CNN's 133 -> 165 ms a step).
 
-How: onednn_conv.cc, XLA FFI handlers for the three phases of a conv, is compiled with the
-system's C++ compiler (g++, or $CXX) against jaxlib's FFI headers and the installed oneDNN, once
-per source, oneDNN and jaxlib version (cached under $SRGAN_JAX_CACHE_DIR, default
-~/.cache/srgan_jax), loaded, and registered as custom-call targets for the CPU. Where anything
-is missing (not Linux x86-64, the packages, a compiler) the candidate is absent; `status()`
+How: onednn_conv.cc, XLA FFI handlers for the three phases of a conv, is compiled by
+native.build against the installed oneDNN (once per source, oneDNN and jaxlib version), loaded,
+and registered as custom-call targets for the CPU. Where anything is missing (not Linux x86-64, the packages, a compiler) the candidate is absent; `status()`
 says why, and one log line says it once.
 
 Why opt-in: measured on the Intel Xeon only, each step timed in turns with and without it
@@ -27,22 +25,18 @@ choose it where it does not pay. Not measured on the AMD classes.
 
 import ctypes
 import functools
-import hashlib
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
-import tempfile
 from typing import Optional
 
 from absl import logging
 import jax
-import jaxlib
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'onednn_conv.cc')
-CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
+from srgan_jax import native
+
+SOURCE = 'onednn_conv.cc'
 OPT_IN_ENV = 'SRGAN_JAX_ONEDNN'  # '1': offer the candidate.
 LIBRARY_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 # oneDNN, loaded (process-wide) before the FFI module: its lib directory is on no search path.
@@ -82,32 +76,10 @@ def _include_dir() -> str:
 
 
 def _build(library_dir: str, include_dir: str) -> str:
-  """The compiled FFI module's path, compiling it first if this source, oneDNN and jaxlib have
-  not been compiled together before (written to a temporary file, then renamed)."""
-  cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-  if not cxx:
-    raise RuntimeError('no C++ compiler (g++, or $CXX) to build the oneDNN FFI module')
-  with open(SOURCE, 'rb') as f:
-    digest = hashlib.sha1(f.read() + repr((version_of(LIBRARY_PACKAGE), jaxlib.version.__version__,
-                                           cxx)).encode()).hexdigest()[:12]
-  directory = os.path.join(os.environ.get(CACHE_ENV) or os.path.join(
-      os.path.expanduser('~'), '.cache', 'srgan_jax'), 'onednn')
-  path = os.path.join(directory, f'srgan_onednn_{digest}.so')
-  if os.path.exists(path):
-    return path
-  os.makedirs(directory, exist_ok=True)
-  logging.info('oneDNN convs: compiling the FFI module once, into %s.', path)
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
-  os.close(fd)
-  command = [cxx, '-O2', '-std=c++17', '-fopenmp', '-shared', '-fPIC', SOURCE, '-I', jax.ffi.include_dir(),
-             '-I', include_dir, '-L', library_dir, f'-Wl,-rpath,{library_dir}',
-             f'-Wl,-rpath-link,{library_dir}', '-ldnnl', '-o', tmp]
-  run = subprocess.run(command, capture_output=True, text=True)
-  if run.returncode != 0:
-    os.remove(tmp)
-    raise RuntimeError(f'compiling {SOURCE} failed: {run.stderr.strip()[-2000:]}')
-  os.replace(tmp, path)
-  return path
+  """The compiled FFI module's path (native.build: once per source, oneDNN and jaxlib)."""
+  return native.build(SOURCE, 'onednn', (
+      '-O2', '-fopenmp', '-I', include_dir, '-L', library_dir, f'-Wl,-rpath,{library_dir}',
+      f'-Wl,-rpath-link,{library_dir}', '-ldnnl'), key=version_of(LIBRARY_PACKAGE))
 
 
 def version_of(package: str) -> str:

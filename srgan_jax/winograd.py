@@ -31,9 +31,13 @@ of the steps benchmarks.compare times ran a median 1.09x as fast (0.92-1.42x; 3x
 14x14, b64: forward 13.7 -> 13.0 ms, kernel gradient 15.3 -> 12.2).
 """
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from srgan_jax import winograd_native
 
 # F(4x4, 3x3) for the interpolation points 0, +-1, +-2 and infinity (Lavin & Gray, eq. 15).
 B_T = np.array([[4, 0, -5, 0, 1, 0],
@@ -108,6 +112,11 @@ def _transformed_kernel(kernel):
   return g.reshape(IN_TILE * IN_TILE, c, f)
 
 
+def _products(tiles, g):
+  """Each tile position's (P, c) tiles times its (c, f) kernel: (36, P, f)."""
+  return jax.lax.dot_general(tiles, g, (((2,), (1,)), ((0,), (0,))))
+
+
 def _conv_tiles(x, g, padding):
   """conv of one chunk of the batch, the kernel already transformed (g: 36, c, f)."""
   m, t = OUT_TILE, IN_TILE
@@ -116,8 +125,7 @@ def _conv_tiles(x, g, padding):
   h, w = _output_size(x.shape, padding)
   th, tw = _tiles(h), _tiles(w)
   xp = jax.lax.optimization_barrier(_pad_to_tiles(x, padding, th * m + 2, tw * m + 2))
-  tiles = _input_tiles(xp, th, tw)
-  products = jax.lax.dot_general(tiles, g, (((2,), (1,)), ((0,), (0,))))  # (36, P, f)
+  products = _products(_input_tiles(xp, th, tw), g)
   products = products.reshape(t, t, n, th, tw, f)
   rows = jnp.stack([_sum(A_T[u], list(products)) for u in range(m)])  # (4, 6, n, th, tw, f)
   rows = jax.lax.optimization_barrier(rows)
@@ -126,21 +134,57 @@ def _conv_tiles(x, g, padding):
   return jax.lax.optimization_barrier(out[:, :h, :w])
 
 
-def conv(x, kernel, padding):
+def use_native(dtype, native: Optional[bool] = None) -> bool:
+  """Whether the transforms run as winograd_native's C++ passes: `native` if given (True
+  where they are unavailable or the dtype is not float32 is an error), else wherever they
+  are available, for float32."""
+  if native is None:
+    return jnp.dtype(dtype) == jnp.float32 and winograd_native.available()
+  if native and not (jnp.dtype(dtype) == jnp.float32 and winograd_native.available()):
+    raise ValueError('Winograd\'s native transforms take float32 where they are available '
+                     f'({winograd_native.status() or "they are"}); got {jnp.dtype(dtype).name}')
+  return native
+
+
+def conv(x, kernel, padding, native: Optional[bool] = None):
   """The 3x3 stride-1 conv of an NHWC input padded by `padding` ((top, bottom), (left,
   right); negative: cropped) with an HWIO kernel, a chunk of the batch at a time (see
   batch_chunk). Each chunk is padded as it is tiled, in the cache, rather than the whole
-  batch in one more pass over memory first."""
+  batch in one more pass over memory first. The transforms are winograd_native's where it is
+  available (`native`: see use_native)."""
+  native = use_native(x.dtype, native)
   n, _, _, c = x.shape
   f = kernel.shape[-1]
   g = _transformed_kernel(kernel)
   h, w = _output_size(x.shape, padding)
   chunk = batch_chunk(n, h, w, c, f, jnp.dtype(x.dtype).itemsize)
+  if native:
+    return _native_conv(x, g, padding, chunk)
   if chunk == n:
     return _conv_tiles(x, g, padding)
   out = jax.lax.map(lambda xs: _conv_tiles(xs, g, padding),
                     x.reshape((n // chunk, chunk) + x.shape[1:]))
   return out.reshape((n,) + out.shape[2:])
+
+
+def _native_conv(x, g, padding, chunk: int):
+  """conv with winograd_native's transforms: each chunk's tiles read from x where it lies and
+  its outputs written into the conv's output in place (no copies of the chunks)."""
+  n = x.shape[0]
+  h, w = _output_size(x.shape, padding)
+  shape = (n, h, w, g.shape[-1])
+  th, tw = _tiles(h), _tiles(w)
+
+  def chunk_out(i, y=None):
+    tiles = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
+    return winograd_native.output_tiles(_products(tiles, g), i, chunk, shape, y)
+  return _over_chunks(n // chunk, chunk_out)
+
+
+def _over_chunks(count: int, body):
+  """body(i, carry) over the chunks i < count, the first with carry None (no loop for one)."""
+  carry = body(0, None)
+  return jax.lax.fori_loop(1, count, body, carry) if count > 1 else carry
 
 
 def _kernel_grad_tiles(x, dy, padding):
@@ -156,18 +200,40 @@ def _kernel_grad_tiles(x, dy, padding):
   rows = jax.lax.optimization_barrier(rows)  # (6, n, th, tw, 4, f)
   dy_tiles = jnp.stack([_sum(A_T[:, b], [rows[..., v, :] for v in range(m)]) for b in range(t)],
                        1).reshape(t * t, -1, f)
-  return jax.lax.dot_general(tiles, dy_tiles, (((1,), (1,)), ((0,), (0,))))  # (36, c, f)
+  return _tile_grad(tiles, dy_tiles)
 
 
-def kernel_grad(x, dy, padding):
+def _tile_grad(tiles, dy_tiles):
+  """(36, P, c) input tiles and (36, P, f) gradient tiles summed over P: (36, c, f)."""
+  return jax.lax.dot_general(tiles, dy_tiles, (((1,), (1,)), ((0,), (0,))))
+
+
+def _native_kernel_grad_tiles(x, dy, padding, chunk: int):
+  """_kernel_grad_tiles' sum over the whole batch with winograd_native's transforms, each
+  chunk's tiles read from x and dy where they lie."""
+  _, h, w, f = dy.shape
+  th, tw = _tiles(h), _tiles(w)
+
+  def add_chunk(i, total):
+    tiles = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
+    grad = _tile_grad(tiles, winograd_native.grad_tiles(dy, i, chunk))
+    return grad if total is None else total + grad
+  return _over_chunks(dy.shape[0] // chunk, add_chunk)
+
+
+def kernel_grad(x, dy, padding, native: Optional[bool] = None):
   """d(sum(dy * conv(x, kernel, padding))) / dkernel (3, 3, c, f), Winograd's way: the tiles
   of x as the forward pass pads and transforms them, dy's 4x4 tiles through A (A^T's
   transpose), their products summed over the batch's tiles in one batched matmul (a chunk of
-  the batch at a time, see batch_chunk), then G^T . G back to 3x3."""
+  the batch at a time, see batch_chunk), then G^T . G back to 3x3. The transforms are
+  winograd_native's where it is available (`native`: see use_native)."""
+  native = use_native(x.dtype, native)
   n, h, w, f = dy.shape
   c = x.shape[-1]
   chunk = batch_chunk(n, h, w, c, f, jnp.dtype(x.dtype).itemsize)
-  if chunk == n:
+  if native:
+    grad = _native_kernel_grad_tiles(x, dy, padding, chunk)
+  elif chunk == n:
     grad = _kernel_grad_tiles(x, dy, padding)
   else:
     split = lambda a: a.reshape((n // chunk, chunk) + a.shape[1:])

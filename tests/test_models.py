@@ -10,6 +10,7 @@ from srgan_jax import image_ops
 from srgan_jax import models
 from srgan_jax import onednn
 from srgan_jax import winograd
+from srgan_jax import winograd_native
 
 
 def _conv(cin, cout, k):  # PyTorch nn.Conv2d(cin, cout, k) with bias.
@@ -383,9 +384,14 @@ def test_winograd_is_a_candidate_of_wide_3x3_stride_1_convs_only():
     models.conv_forward('winograd', x, jnp.ones((5, 5, 2, 3)), 1)
 
 
-def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch):
+@pytest.mark.parametrize('native', [False, True])
+def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch, native):
   """Winograd's transforms take the batch a chunk at a time, the most images (a divisor of the
-  batch) whose tiles fit winograd.CHUNK_BYTES: the same output and gradients as whole."""
+  batch) whose tiles fit winograd.CHUNK_BYTES: the same output and gradients as whole, with
+  XLA's transforms and with winograd_native's."""
+  if native and not winograd_native.available():
+    pytest.skip(f'Winograd\'s native transforms are unavailable: {winograd_native.status()}')
+  monkeypatch.setattr(winograd_native, 'available', lambda: native)
   sig = models.ConvSignature(6, 9, 7, 5, 4, 3, 1, 'float32')
   # 3x2 tiles of 36 values and 5 features an image: 4320 bytes.
   per_image = winograd.workspace_bytes(1, 9, 7, 5, 4, 4)
@@ -408,8 +414,10 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch):
 
   def loops(budget):  # The while loops (lax.map, lax.scan) of the three phases' program.
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
-    return str(jax.make_jaxpr(lambda x, w: jax.vjp(
-        lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)[1](dy))(x, w)).count(' scan[')
+    program = str(jax.make_jaxpr(lambda x, w: jax.vjp(
+        lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)[1](dy))(x, w))
+    assert ('ffi_call' in program) == native  # The transforms the test means to check.
+    return program.count(' scan[')
 
   assert loops(1 << 30) == 0 and loops(2 * per_image) == 3
   whole = outputs(1 << 30)

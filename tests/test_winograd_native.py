@@ -1,0 +1,133 @@
+"""Winograd's transforms as C++ passes (srgan_jax/winograd_native.py): the same tiles as
+winograd.py's XLA transforms, convs equal to XLA's with them under pmap, the fallback where
+they cannot be built, and the tuning cache keyed by which transforms were timed."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srgan_jax import conv_tuning
+from srgan_jax import models
+from srgan_jax import native
+from srgan_jax import winograd
+from srgan_jax import winograd_native
+
+needs_native = pytest.mark.skipif(not winograd_native.available(),
+                                  reason=f'native transforms unavailable: '
+                                  f'{winograd_native.status()}')
+
+
+def _close(got, want, atol=2e-6):
+  """Equal up to float32 rounding, relative to the largest magnitude (Winograd's convs differ
+  from XLA's by about 1e-5 of it, the transforms from XLA's transforms by its order of sums)."""
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=atol)
+
+
+@needs_native
+@pytest.mark.parametrize('n, h, w, c, padding', [
+    (3, 9, 7, 70, ((1, 1), (1, 1))),      # Features past one 64-wide block; partial tiles.
+    (2, 12, 5, 5, ((2, 3), (0, 2))),      # winograd_t's wider padding (a gradient's).
+    (2, 10, 11, 3, ((-1, 1), (1, -2))),   # Cropped (negative padding).
+])
+def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, c)) * 3
+  oh, ow = winograd._output_size(x.shape, padding)  # pylint: disable=protected-access
+  th, tw = -(-oh // 4), -(-ow // 4)
+  f = c + 3
+  for chunk in (1, n):
+    for i in range(n // chunk):
+      part = x[i * chunk:(i + 1) * chunk]
+      xp = winograd._pad_to_tiles(part, padding, th * 4 + 2, tw * 4 + 2)  # pylint: disable=protected-access
+      want = winograd._input_tiles(xp, th, tw)  # pylint: disable=protected-access
+      got = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
+      _close(got, want)
+  # The output transform writes its chunk's images and leaves the others as they were.
+  products = jax.random.normal(jax.random.PRNGKey(1), (36, th * tw, f))
+  y = jnp.full((n, oh, ow, f), 7.0)
+  y = winograd_native.output_tiles(products, n - 1, 1, y.shape, y)
+  rows = jnp.stack([winograd._sum(winograd.A_T[u], list(products.reshape(6, 6, th * tw, f)))  # pylint: disable=protected-access
+                    for u in range(4)])
+  tiles = jnp.stack([winograd._sum(winograd.A_T[v], [rows[:, b] for b in range(6)])  # pylint: disable=protected-access
+                     for v in range(4)], 1).reshape(4, 4, th, tw, f)
+  want = tiles.transpose(2, 0, 3, 1, 4).reshape(th * 4, tw * 4, f)[:oh, :ow]
+  _close(y[n - 1], want)
+  np.testing.assert_array_equal(y[:n - 1], 7.0)
+  # dy's tiles: the kernel gradient's products with the input tiles give XLA's conv gradient.
+  dy = jax.random.normal(jax.random.PRNGKey(2), (n, oh, ow, f))
+  padded = jax.lax.pad(x, 0.0, ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding) +
+                       ((0, 0, 0),))
+  _, vjp = jax.vjp(lambda k: jax.lax.conv_general_dilated(
+      padded, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+                   jnp.zeros((3, 3, c, f)))
+  _close(winograd.kernel_grad(x, dy, padding, native=True), vjp(dy)[0], atol=2e-5)
+
+
+@needs_native
+def test_pmapped_convs_with_native_transforms_equal_xla_convs():
+  """Each device's thread runs its own calls: values and both gradients as XLA's conv."""
+  devices = jax.local_devices()[:2]
+  sig = models.ConvSignature(4, 14, 10, 16, 24, 3, 1, 'float32')
+  shapes = models.conv_phase('forward', 'xla', sig)[1][:2]
+  x, kernel = (jax.random.normal(jax.random.PRNGKey(i), (len(devices),) + s)
+               for i, s in enumerate(shapes))
+  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
+
+  def value_and_grads(implementation, x, kernel):
+    conv = (functools.partial(models.tuned_conv, s=1, choice=choice)
+            if implementation == 'winograd' else
+            functools.partial(models.conv_forward, 'xla', s=1))
+    loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+    return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)
+
+  got = jax.pmap(functools.partial(value_and_grads, 'winograd'), devices=devices)(x, kernel)
+  want = jax.pmap(functools.partial(value_and_grads, 'xla'), devices=devices)(x, kernel)
+  program = str(jax.make_jaxpr(functools.partial(value_and_grads, 'winograd'))(x[0], kernel[0]))
+  assert program.count('ffi_call') >= 4  # Forward in and out, the kernel gradient's two.
+  for g, w in zip(got, want):
+    _close(g, w, atol=2e-5)
+
+
+def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path):
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  monkeypatch.setattr(native.shutil, 'which', lambda name: None)
+  winograd_native.status.cache_clear()
+  try:
+    assert not winograd_native.available()
+    assert 'compil' in winograd_native.status()
+    assert not winograd.use_native(jnp.float32)
+    with pytest.raises(ValueError, match='native transforms'):
+      winograd.use_native(jnp.float32, native=True)
+    x = jnp.ones((1, 8, 8, 16))
+    program = str(jax.make_jaxpr(lambda x: winograd.conv(x, jnp.ones((3, 3, 16, 16)),
+                                                          ((1, 1), (1, 1))))(x))
+    assert 'ffi_call' not in program
+    assert conv_tuning.machine_key('cpu', 'cpu', 2).endswith('winograd transforms xla')
+  finally:
+    winograd_native.status.cache_clear()
+  assert not list(tmp_path.glob('**/*.so*'))  # Nothing half-built left behind.
+
+
+def test_a_failed_build_leaves_no_module_behind(monkeypatch, tmp_path):
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+  bad = tmp_path / 'bad.cc'
+  bad.write_text('this is not C++\n')
+  monkeypatch.setattr(native, 'PACKAGE_DIR', str(tmp_path))
+  if not native.shutil.which('g++') and not native.shutil.which('c++'):
+    pytest.skip('no C++ compiler here')
+  with pytest.raises(RuntimeError, match='compiling .*bad.cc failed'):
+    native.build('bad.cc', 'probe')
+  assert not list((tmp_path / 'probe').glob('*'))
+
+
+def test_machine_key_names_the_transforms_timed(monkeypatch):
+  key = conv_tuning.machine_key('cpu', 'cpu', 2)
+  want = 'native' if winograd_native.available() else 'xla'
+  assert key.endswith(f'winograd transforms {want}')
+  monkeypatch.setattr(winograd_native, 'available', lambda: False)
+  assert conv_tuning.machine_key('cpu', 'cpu', 2) != key or want == 'xla'
+  assert 'winograd transforms' not in conv_tuning.machine_key('gpu', 'gpu', 1)
