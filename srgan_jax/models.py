@@ -79,6 +79,10 @@ WINOGRAD_MIN_FEATURES = 16
 # job's SRGAN networks took 15.6 s to tune (5.9 before), and Winograd won 2 of the 18 phases of
 # maps under 14x14 (AVX2 AMD EPYC, 2026-12-03).
 WINOGRAD_MIN_SIZE = 14
+# With winograd_native's transforms, from 4x4 maps up: they cost little to compile, and on a
+# 2-core Intel Xeon (2026-12-04, steps tuned each way, in turns) Winograd then won most phases
+# of the 7x7 maps: the SRResNet pretrain step 1.16x, the seed GAN iteration 1.09x.
+WINOGRAD_MIN_SIZE_NATIVE = 4
 # The im2col candidates, not tried where Winograd is: in the 213 phases of 3x3 stride-1 convs
 # that both were timed on (AVX2 AMD EPYC, 2026-12-03, 13 signatures), the faster of them was a
 # median 2.4x slower than XLA's or Winograd's, and never faster by more than 1%; each costs
@@ -172,10 +176,13 @@ def computes(implementation: str, sig: ConvSignature) -> bool:
 
 
 def winograd_applies(sig: ConvSignature) -> bool:
-  """Whether 'winograd' is a candidate for `sig` (see WINOGRAD_MIN_FEATURES and _SIZE)."""
+  """Whether 'winograd' is a candidate for `sig` (see WINOGRAD_MIN_FEATURES, _SIZE and
+  _SIZE_NATIVE)."""
+  native = winograd.use_native(sig.dtype)
   return (computes('winograd', sig)
           and min(sig.in_features, sig.features) >= WINOGRAD_MIN_FEATURES
-          and min(sig.height, sig.width) >= WINOGRAD_MIN_SIZE)
+          and min(sig.height, sig.width) >= (WINOGRAD_MIN_SIZE_NATIVE if native
+                                             else WINOGRAD_MIN_SIZE))
 
 
 def phase_candidates(sig: ConvSignature, phase: str,

@@ -45,6 +45,7 @@ from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-
 from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
 
@@ -151,6 +152,14 @@ def one_command_run(tmp_path_factory):
     patch.setattr(conv_tuning, 'tune', tune)
     summary = train.train_and_evaluate(config, workdir)
   return OneCommandRun(config, workdir, summary, tunings)
+
+
+@pytest.fixture
+def xla_winograd_transforms(monkeypatch):
+  """The candidate rules as they stand with Winograd's transforms in XLA (where no C++
+  compiler builds winograd_native's; with those, Winograd is tried on smaller maps too:
+  tests/test_winograd_native.py)."""
+  monkeypatch.setattr(winograd_native, 'available', lambda: False)
 
 
 @pytest.fixture

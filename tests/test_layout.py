@@ -21,11 +21,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = 'srgan_jax'
 
 TIERS = (
-    # Shared basics: no import from the package (winograd: the arithmetic of a fast conv;
-    # onednn: oneDNN's convs through XLA's FFI).
-    ('errors', 'files', 'config_utils', 'safe_pickle', 'winograd', 'onednn'),
-    # Training state, pixels, the process's XLA set-up.
-    ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform'),
+    # Shared basics: no import from the package (native: builds the C++ FFI modules).
+    ('errors', 'files', 'config_utils', 'safe_pickle', 'native'),
+    # Training state, pixels, the process's XLA set-up; C++ through XLA's FFI (Winograd's
+    # transforms; oneDNN's convs).
+    ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform', 'winograd_native',
+     'onednn'),
+    # Winograd's arithmetic of a fast conv (its transforms native where they are built).
+    ('winograd',),
     # The parts: data sources, networks, losses, checkpoints, logs.
     ('sources', 'models', 'losses', 'checkpoints', 'writers'),
     # The pretrained VGG19 of the content loss, built of models' convs (tuned like the others).

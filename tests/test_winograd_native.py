@@ -131,3 +131,15 @@ def test_machine_key_names_the_transforms_timed(monkeypatch):
   monkeypatch.setattr(winograd_native, 'available', lambda: False)
   assert conv_tuning.machine_key('cpu', 'cpu', 2) != key or want == 'xla'
   assert 'winograd transforms' not in conv_tuning.machine_key('gpu', 'gpu', 1)
+
+
+@pytest.mark.usefixtures('without_onednn')
+def test_with_native_transforms_winograd_is_tried_on_small_maps_too(monkeypatch):
+  small = models.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
+  monkeypatch.setattr(winograd_native, 'available', lambda: False)
+  assert 'winograd' not in models.phase_candidates(small, 'forward')
+  monkeypatch.setattr(winograd_native, 'available', lambda: True)
+  assert models.phase_candidates(small, 'forward') == ('xla', 'winograd')
+  assert models.phase_candidates(small._replace(height=3), 'forward') == ('xla',)
+  # Native transforms are float32: other dtypes keep XLA's, and the larger minimum.
+  assert 'winograd' not in models.phase_candidates(small._replace(dtype='bfloat16'), 'forward')
