@@ -35,24 +35,42 @@ def compiler() -> str:
   return cxx
 
 
+def cpu_features() -> str:
+  """This CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; '' elsewhere): a
+  module built with -march=native runs only on CPUs with its flags, so a cache directory
+  shared between machines (a home on NFS, a container image) keeps one build per CPU."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = f.read().split('\n\n')[0].splitlines()
+  except OSError:
+    return ''
+  return ' | '.join(line for line in lines if line.split(':')[0].strip() in ('model name',
+                                                                              'flags'))
+
+
+def module_path(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> str:
+  """Where build puts `source` compiled: a file named by a digest of the source, jaxlib,
+  compiler, `flags`, `key` (what else the build depends on, e.g. a library's version) and the
+  CPU (cpu_features)."""
+  with open(os.path.join(PACKAGE_DIR, source), 'rb') as f:
+    digest = hashlib.sha1(f.read() + repr((jaxlib.version.__version__, compiler(), tuple(flags),
+                                           key, cpu_features())).encode()).hexdigest()[:12]
+  return os.path.join(cache_dir(name), f'srgan_{name}_{digest}.so')
+
+
 def build(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> str:
-  """The path of `source` (a file name beside this module) compiled into a shared library,
-  compiling it first if this source, jaxlib, compiler, `flags` and `key` (what else the build
-  depends on, e.g. a library's version) have not been compiled together before."""
-  cxx = compiler()
-  path = os.path.join(PACKAGE_DIR, source)
-  with open(path, 'rb') as f:
-    digest = hashlib.sha1(f.read() + repr((jaxlib.version.__version__, cxx, tuple(flags),
-                                           key)).encode()).hexdigest()[:12]
-  directory = cache_dir(name)
-  target = os.path.join(directory, f'srgan_{name}_{digest}.so')
+  """The path of `source` (a file name beside this module) compiled into a shared library
+  (module_path), compiling it first if it has not been compiled that way before."""
+  target = module_path(source, name, flags, key)
   if os.path.exists(target):
     return target
+  directory = os.path.dirname(target)
   os.makedirs(directory, exist_ok=True)
   logging.info('%s: compiling the FFI module once, into %s.', name, target)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(fd)
-  command = [cxx, '-std=c++17', '-shared', '-fPIC', path, '-I', jax.ffi.include_dir(),
+  path = os.path.join(PACKAGE_DIR, source)
+  command = [compiler(), '-std=c++17', '-shared', '-fPIC', path, '-I', jax.ffi.include_dir(),
              *flags, '-o', tmp]
   try:
     run = subprocess.run(command, capture_output=True, text=True)

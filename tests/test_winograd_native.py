@@ -3,6 +3,7 @@ winograd.py's XLA transforms, convs equal to XLA's with them under pmap, the fal
 they cannot be built, and the tuning cache keyed by which transforms were timed."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -143,3 +144,18 @@ def test_with_native_transforms_winograd_is_tried_on_small_maps_too(monkeypatch)
   assert models.phase_candidates(small._replace(height=3), 'forward') == ('xla',)
   # Native transforms are float32: other dtypes keep XLA's, and the larger minimum.
   assert 'winograd' not in models.phase_candidates(small._replace(dtype='bfloat16'), 'forward')
+
+
+def test_a_module_built_for_one_cpu_is_not_loaded_on_another(monkeypatch, tmp_path):
+  """-march=native builds run only where the instruction sets match: one build per CPU."""
+  if not native.shutil.which('g++') and not native.shutil.which('c++'):
+    pytest.skip('no C++ compiler here')
+  real = native.cpu_features()
+  if os.path.exists('/proc/cpuinfo'):
+    assert 'model name' in real and 'flags' in real
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+  path = lambda: native.module_path(winograd_native.SOURCE, 'winograd', winograd_native.FLAGS)
+  monkeypatch.setattr(native, 'cpu_features', lambda: 'model name : A | flags : avx2')
+  on_a = path()
+  monkeypatch.setattr(native, 'cpu_features', lambda: 'model name : B | flags : avx512f')
+  assert path() != on_a and os.path.dirname(path()) == os.path.dirname(on_a)
