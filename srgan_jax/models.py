@@ -327,17 +327,20 @@ def _valid_conv(implementation: str, xp, kernel, s: int):
   return y.reshape(n, oh, ow, f)
 
 
-def conv_forward(implementation: str, x, kernel, s: int):
-  """The SAME conv of x (NHWC) with an HWIO kernel at stride s, without bias."""
+def conv_forward(implementation: str, x, kernel, s: int, bias=None):
+  """The SAME conv of x (NHWC) with an HWIO kernel at stride s, plus `bias` (f) if given
+  (Winograd's native output transform adds it as it writes the output: no pass of its own)."""
   sig = conv_signature(x.shape, x.dtype, kernel.shape[0], kernel.shape[-1], s)
-  if implementation == 'onednn':
-    return onednn.conv_forward(x, kernel, s, sig.padding(), sig.output_size)
-  if implementation == 'kn2row':
-    return _kn2row(x, kernel, s, sig.padding())
   if implementation == 'winograd' and computes(implementation, sig):
-    return winograd.conv(x, kernel, sig.padding())
-  return _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
-                     kernel, s)
+    return winograd.conv(x, kernel, sig.padding(), bias=bias)
+  if implementation == 'onednn':
+    y = onednn.conv_forward(x, kernel, s, sig.padding(), sig.output_size)
+  elif implementation == 'kn2row':
+    y = _kn2row(x, kernel, s, sig.padding())
+  else:
+    y = _valid_conv(implementation, jnp.pad(x, ((0, 0),) + sig.padding() + ((0, 0),)),
+                    kernel, s)
+  return y if bias is None else y + bias
 
 
 def _kn2row(x, kernel, s: int, padding):
@@ -505,20 +508,22 @@ def conv_phase(phase: str, implementation: str, sig: ConvSignature):
   return fns[phase], (x_shape, kernel_shape, (sig.batch,) + sig.output_size + (sig.features,))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def tuned_conv(x, kernel, s: int, choice: ConvChoice):
-  """conv_forward with each phase by the implementation `choice` names for it."""
-  return conv_forward(choice.forward, x, kernel, s)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def tuned_conv(x, kernel, bias, s: int, choice: ConvChoice):
+  """conv_forward(x, kernel) + bias with each phase by the implementation `choice` names
+  for it."""
+  return conv_forward(choice.forward, x, kernel, s, bias)
 
 
-def _tuned_conv_fwd(x, kernel, s, choice):
-  return tuned_conv(x, kernel, s, choice), (x, kernel)
+def _tuned_conv_fwd(x, kernel, bias, s, choice):
+  return tuned_conv(x, kernel, bias, s, choice), (x, kernel)
 
 
 def _tuned_conv_bwd(s, choice, residuals, dy):
   x, kernel = residuals
   return (conv_input_grad(choice.input_grad, x.shape, kernel, s, dy),
-          conv_kernel_grad(choice.kernel_grad, x, kernel.shape, s, dy))
+          conv_kernel_grad(choice.kernel_grad, x, kernel.shape, s, dy),
+          jnp.sum(dy, (0, 1, 2)))
 
 
 tuned_conv.defvjp(_tuned_conv_fwd, _tuned_conv_bwd)
@@ -570,7 +575,7 @@ class Conv(nn.Module):
     choice = self._choice(conv_signature(x.shape, x.dtype, k, self.features, s))
     if choice.forward == choice.input_grad == choice.kernel_grad:
       return conv_forward(choice.forward, x, kernel, s) + bias
-    return tuned_conv(x, kernel, s, choice) + bias
+    return tuned_conv(x, kernel, bias, s, choice)
 
 
 def _conv(net: nn.Module, features: int, kernel_size: int = 3, strides: int = 1) -> Conv:

@@ -146,12 +146,13 @@ def use_native(dtype, native: Optional[bool] = None) -> bool:
   return native
 
 
-def conv(x, kernel, padding, native: Optional[bool] = None):
+def conv(x, kernel, padding, native: Optional[bool] = None, bias=None):
   """The 3x3 stride-1 conv of an NHWC input padded by `padding` ((top, bottom), (left,
   right); negative: cropped) with an HWIO kernel, a chunk of the batch at a time (see
   batch_chunk). Each chunk is padded as it is tiled, in the cache, rather than the whole
   batch in one more pass over memory first. The transforms are winograd_native's where it is
-  available (`native`: see use_native)."""
+  available (`native`: see use_native). `bias` (f), if given, is added to the output, by the
+  native output transform (no pass of its own over the output)."""
   native = use_native(x.dtype, native)
   n, _, _, c = x.shape
   f = kernel.shape[-1]
@@ -159,15 +160,18 @@ def conv(x, kernel, padding, native: Optional[bool] = None):
   h, w = _output_size(x.shape, padding)
   chunk = batch_chunk(n, h, w, c, f, jnp.dtype(x.dtype).itemsize)
   if native:
-    return _native_conv(x, g, padding, chunk)
+    bias = jnp.broadcast_to(jnp.asarray(0 if bias is None else bias, x.dtype), (f,))
+    return _native_conv(x, g, padding, chunk, bias)
   if chunk == n:
-    return _conv_tiles(x, g, padding)
-  out = jax.lax.map(lambda xs: _conv_tiles(xs, g, padding),
-                    x.reshape((n // chunk, chunk) + x.shape[1:]))
-  return out.reshape((n,) + out.shape[2:])
+    out = _conv_tiles(x, g, padding)
+  else:
+    out = jax.lax.map(lambda xs: _conv_tiles(xs, g, padding),
+                      x.reshape((n // chunk, chunk) + x.shape[1:]))
+    out = out.reshape((n,) + out.shape[2:])
+  return out if bias is None else out + bias
 
 
-def _native_conv(x, g, padding, chunk: int):
+def _native_conv(x, g, padding, chunk: int, bias):
   """conv with winograd_native's transforms: each chunk's tiles read from x where it lies and
   its outputs written into the conv's output in place (no copies of the chunks)."""
   n = x.shape[0]
@@ -177,7 +181,7 @@ def _native_conv(x, g, padding, chunk: int):
 
   def chunk_out(i, y=None):
     tiles = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
-    return winograd_native.output_tiles(_products(tiles, g), i, chunk, shape, y)
+    return winograd_native.output_tiles(_products(tiles, g), bias, i, chunk, shape, y)
   return _over_chunks(n // chunk, chunk_out)
 
 

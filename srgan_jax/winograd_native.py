@@ -67,17 +67,18 @@ def input_tiles(x, index, chunk: int, top: int, left: int, tiles_h: int, tiles_w
       tiles_h=np.int64(tiles_h), tiles_w=np.int64(tiles_w), chunk=np.int64(chunk))
 
 
-def output_tiles(products, index, chunk: int, y_shape, y=None):
-  """A^T m A of each tile's (36, chunk * ceil(h/4) * ceil(w/4), f) products: the output
-  images of chunk `index` (of `chunk` images) of an (n, h, w, f) output, written into y (the
-  other chunks' results, updated in place) or, without y, into a new array whose other
-  images are undefined until their chunks are written."""
+def output_tiles(products, bias, index, chunk: int, y_shape, y=None):
+  """A^T m A of each tile's (36, chunk * ceil(h/4) * ceil(w/4), f) products plus `bias` (f):
+  the output images of chunk `index` (of `chunk` images) of an (n, h, w, f) output, written
+  into y (the other chunks' results, updated in place) or, without y, into a new array whose
+  other images are undefined until their chunks are written."""
   shape = jax.ShapeDtypeStruct(tuple(y_shape), products.dtype)
   index = jnp.asarray(index, jnp.int32)
   if y is None:
-    return jax.ffi.ffi_call(_target('output'), shape)(products, index, chunk=np.int64(chunk))
-  return jax.ffi.ffi_call(_target('output_into'), shape, input_output_aliases={1: 0})(
-      products, y, index, chunk=np.int64(chunk))
+    return jax.ffi.ffi_call(_target('output'), shape)(products, bias, index,
+                                                      chunk=np.int64(chunk))
+  return jax.ffi.ffi_call(_target('output_into'), shape, input_output_aliases={2: 0})(
+      products, bias, y, index, chunk=np.int64(chunk))
 
 
 def grad_tiles(dy, index, chunk: int):

@@ -32,17 +32,18 @@ inline void InputRow(const float* const d[kT], float* const t[kT], int64_t n) {
   }
 }
 
-// A^T m on the 6 values m[0..5], into o[0..3].
-inline void OutputRow(const float* const m[kT], float* const o[kM], int64_t n) {
+// A^T m on the 6 values m[0..5], plus `bias`, into o[0..3].
+inline void OutputRow(const float* const m[kT], float* const o[kM], int64_t n,
+                      const float* bias) {
 #pragma GCC ivdep
   for (int64_t c = 0; c < n; ++c) {
     const float m0 = m[0][c], m1 = m[1][c], m2 = m[2][c], m3 = m[3][c], m4 = m[4][c],
-                m5 = m[5][c];
+                m5 = m[5][c], z = bias[c];
     const float a = m1 + m2, b = m1 - m2, p = m3 + m4, q = m3 - m4;
-    o[0][c] = m0 + a + p;
-    o[1][c] = b + 2.f * q;
-    o[2][c] = a + 4.f * p;
-    o[3][c] = b + 8.f * q + m5;
+    o[0][c] = m0 + a + p + z;
+    o[1][c] = b + 2.f * q + z;
+    o[2][c] = a + 4.f * p + z;
+    o[3][c] = b + 8.f * q + m5 + z;
   }
 }
 
@@ -124,21 +125,23 @@ ffi::Error InputTiles(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> index,
   return ffi::Error::Success();
 }
 
-// products (36, chunk*th*tw, f) -> the chunk's images of y (n, h, w, f): A^T m A of each tile,
-// the 4x4 outputs inside y. y's other images are left as they are.
-ffi::Error OutputTiles(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::S32> index,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t chunk) {
+// products (36, chunk*th*tw, f) -> the chunk's images of y (n, h, w, f): A^T m A of each tile
+// plus the conv's bias (f), the 4x4 outputs inside y. y's other images are left as they are.
+ffi::Error OutputTiles(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::F32> bias,
+                       ffi::Buffer<ffi::S32> index, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t chunk) {
   auto yd = y->dimensions();
   const int64_t n = chunk, h = yd[1], w = yd[2], f = yd[3];
   const int64_t th = (h + kM - 1) / kM, tw = (w + kM - 1) / kM, p_all = n * th * tw;
   int64_t first;
   if (!ChunkStart(index, chunk, yd[0], &first) || products.dimensions()[1] != p_all ||
-      products.dimensions()[2] != f)
+      products.dimensions()[2] != f || bias.dimensions()[0] != f)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "Winograd output tiles: bad shape");
   const float* src = products.typed_data();
   float* dst = y->typed_data() + first * h * w * f;
   float rows[kM * kT * kBlock];  // A^T applied down each column: [u][column b][c].
   float out[kM * kM * kBlock];
+  const std::vector<float> zeros(kBlock, 0.f);
   int64_t p = 0;
   for (int64_t b = 0; b < n; ++b)
     for (int64_t ti = 0; ti < th; ++ti)
@@ -150,7 +153,7 @@ ffi::Error OutputTiles(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::S32> ind
             for (int a = 0; a < kT; ++a) m[a] = src + ((a * kT + col) * p_all + p) * f + c0;
             float* o[kM];
             for (int u = 0; u < kM; ++u) o[u] = rows + (u * kT + col) * kBlock;
-            OutputRow(m, o, nc);
+            OutputRow(m, o, nc, zeros.data());
           }
           for (int u = 0; u < kM; ++u) {
             const float* m[kT];
@@ -162,7 +165,7 @@ ffi::Error OutputTiles(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::S32> ind
               o[v] = (r < h && s < w) ? dst + ((b * h + r) * w + s) * f + c0
                                       : out + (u * kM + v) * kBlock;  // Outside y: discarded.
             }
-            OutputRow(m, o, nc);
+            OutputRow(m, o, nc, bias.typed_data() + c0);
           }
         }
   return ffi::Error::Success();
@@ -186,12 +189,12 @@ ffi::Error GradTiles(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::S32> index,
 
 // Into y, the results of the earlier chunks' calls: y is also an operand, aliased to the
 // result by the caller (jax.ffi.ffi_call's input_output_aliases).
-ffi::Error OutputTilesInto(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::F32> y_in,
-                           ffi::Buffer<ffi::S32> index, ffi::ResultBuffer<ffi::F32> y,
-                           int64_t chunk) {
+ffi::Error OutputTilesInto(ffi::Buffer<ffi::F32> products, ffi::Buffer<ffi::F32> bias,
+                           ffi::Buffer<ffi::F32> y_in, ffi::Buffer<ffi::S32> index,
+                           ffi::ResultBuffer<ffi::F32> y, int64_t chunk) {
   if (y_in.typed_data() != y->typed_data())
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "Winograd output tiles: not aliased");
-  return OutputTiles(products, index, y, chunk);
+  return OutputTiles(products, bias, index, y, chunk);
 }
 
 }  // namespace
@@ -209,11 +212,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganWinogradInputTiles, InputTiles,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganWinogradOutputTiles, OutputTiles,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("chunk"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganWinogradOutputTilesInto, OutputTilesInto,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

@@ -404,18 +404,19 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch, 
   assert winograd.workspace_bytes(6, 9, 7, 5, 4, 4) == per_image
   x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
           for i, s in enumerate(models.conv_phase('forward', 'xla', sig)[1][:2]))
+  b = jax.random.normal(jax.random.PRNGKey(3), (4,))
   choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
   dy = jax.random.normal(jax.random.PRNGKey(2), (6, 9, 7, 4))
 
   def outputs(budget):
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
-    y, vjp = jax.vjp(lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)
+    y, vjp = jax.vjp(lambda x, w, b: models.tuned_conv(x, w, b, 1, choice), x, w, b)
     return (y,) + vjp(dy)
 
   def loops(budget):  # The while loops (lax.map, lax.scan) of the three phases' program.
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
     program = str(jax.make_jaxpr(lambda x, w: jax.vjp(
-        lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)[1](dy))(x, w))
+        lambda x, w: models.tuned_conv(x, w, b, 1, choice), x, w)[1](dy))(x, w))
     assert ('ffi_call' in program) == native  # The transforms the test means to check.
     return program.count(' scan[')
 
@@ -424,8 +425,8 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch, 
   for budget in (2 * per_image, 3 * per_image):  # Chunks of 2 and 3 images.
     for got, want in zip(outputs(budget), whole):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
-  y, vjp = jax.vjp(lambda x, w: models.conv_forward('xla', x, w, 1), x, w)
-  for got, want in zip(whole, (y,) + vjp(dy)):
+  y, vjp = jax.vjp(lambda x, w, b: models.conv_forward('xla', x, w, 1) + b, x, w, b)
+  for got, want in zip(whole, (y,) + vjp(dy)):  # The bias and its gradient too.
     scale = float(jnp.max(jnp.abs(want)))
     np.testing.assert_allclose(got / scale, want / scale, atol=2e-5)
 
@@ -440,7 +441,7 @@ def test_winograd_computes_xla_conv_on_partial_tiles_of_many_features():
   dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
   dx, dw = vjp(dy)
   choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
-  y_w, vjp_w = jax.vjp(lambda x, w: models.tuned_conv(x, w, 1, choice), x, w)
+  y_w, vjp_w = jax.vjp(lambda x, w: models.tuned_conv(x, w, jnp.zeros((20,)), 1, choice), x, w)
   for got, want in zip((y_w,) + vjp_w(dy), (y, dx, dw)):
     scale = float(jnp.max(jnp.abs(want)))
     np.testing.assert_allclose(got / scale, want / scale, atol=2e-5)

@@ -49,12 +49,13 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
   # The output transform writes its chunk's images and leaves the others as they were.
   products = jax.random.normal(jax.random.PRNGKey(1), (36, th * tw, f))
   y = jnp.full((n, oh, ow, f), 7.0)
-  y = winograd_native.output_tiles(products, n - 1, 1, y.shape, y)
+  bias = jnp.arange(f, dtype=jnp.float32)
+  y = winograd_native.output_tiles(products, bias, n - 1, 1, y.shape, y)
   rows = jnp.stack([winograd._sum(winograd.A_T[u], list(products.reshape(6, 6, th * tw, f)))  # pylint: disable=protected-access
                     for u in range(4)])
   tiles = jnp.stack([winograd._sum(winograd.A_T[v], [rows[:, b] for b in range(6)])  # pylint: disable=protected-access
                      for v in range(4)], 1).reshape(4, 4, th, tw, f)
-  want = tiles.transpose(2, 0, 3, 1, 4).reshape(th * 4, tw * 4, f)[:oh, :ow]
+  want = tiles.transpose(2, 0, 3, 1, 4).reshape(th * 4, tw * 4, f)[:oh, :ow] + bias
   _close(y[n - 1], want)
   np.testing.assert_array_equal(y[:n - 1], 7.0)
   # dy's tiles: the kernel gradient's products with the input tiles give XLA's conv gradient.
@@ -78,9 +79,10 @@ def test_pmapped_convs_with_native_transforms_equal_xla_convs():
   choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
 
   def value_and_grads(implementation, x, kernel):
-    conv = (functools.partial(models.tuned_conv, s=1, choice=choice)
+    bias = jnp.linspace(-1.0, 1.0, 24)
+    conv = (functools.partial(models.tuned_conv, bias=bias, s=1, choice=choice)
             if implementation == 'winograd' else
-            functools.partial(models.conv_forward, 'xla', s=1))
+            functools.partial(models.conv_forward, 'xla', s=1, bias=bias))
     loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
     return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)
 
