@@ -13,8 +13,9 @@ steps got slower with it (the seed CNN's 133 -> 165 ms a step).
 
 How: onednn_conv.cc, XLA FFI handlers for the three phases of a conv, is compiled by
 native.build against the installed oneDNN (once per source, oneDNN and jaxlib version), loaded,
-and registered as custom-call targets for the CPU. Where anything is missing (not Linux x86-64, the packages, a compiler) the candidate is absent; `status()`
-says why, and one log line says it once.
+and registered as custom-call targets for the CPU. Where anything is missing (not Linux
+x86-64, the packages, a compiler) the candidate is absent; `status()` says why, and one log
+line says it once.
 
 Why opt-in: measured on the Intel Xeon only, each step timed in turns with and without it
 (2026-12-04): the SRResNet step 134-136 against 144-152 ms, the seed GAN iteration 1.64-1.70

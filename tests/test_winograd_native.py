@@ -39,11 +39,12 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
   oh, ow = winograd._output_size(x.shape, padding)  # pylint: disable=protected-access
   th, tw = -(-oh // 4), -(-ow // 4)
   f = c + 3
+  # pylint: disable=protected-access
   for chunk in (1, n):
     for i in range(n // chunk):
       part = x[i * chunk:(i + 1) * chunk]
-      xp = winograd._pad_to_tiles(part, padding, th * 4 + 2, tw * 4 + 2)  # pylint: disable=protected-access
-      want = winograd._input_tiles(xp, th, tw)  # pylint: disable=protected-access
+      xp = winograd._pad_to_tiles(part, padding, th * 4 + 2, tw * 4 + 2)
+      want = winograd._input_tiles(xp, th, tw)
       got = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
       _close(got, want)
   # The output transform writes its chunk's images and leaves the others as they were.
@@ -51,9 +52,9 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
   y = jnp.full((n, oh, ow, f), 7.0)
   bias = jnp.arange(f, dtype=jnp.float32)
   y = winograd_native.output_tiles(products, bias, n - 1, 1, y.shape, y)
-  rows = jnp.stack([winograd._sum(winograd.A_T[u], list(products.reshape(6, 6, th * tw, f)))  # pylint: disable=protected-access
-                    for u in range(4)])
-  tiles = jnp.stack([winograd._sum(winograd.A_T[v], [rows[:, b] for b in range(6)])  # pylint: disable=protected-access
+  by_position = list(products.reshape(6, 6, th * tw, f))
+  rows = jnp.stack([winograd._sum(winograd.A_T[u], by_position) for u in range(4)])
+  tiles = jnp.stack([winograd._sum(winograd.A_T[v], [rows[:, b] for b in range(6)])
                      for v in range(4)], 1).reshape(4, 4, th, tw, f)
   want = tiles.transpose(2, 0, 3, 1, 4).reshape(th * 4, tw * 4, f)[:oh, :ow] + bias
   _close(y[n - 1], want)
