@@ -67,7 +67,13 @@ class Options:
   which: Sequence[str] = STEPS
   steps: int = 3              # steps per timed run.
   runs: int = 3               # timed runs of each side (median).
-  warmup: int = 1             # untimed steps after compilation.
+  # Untimed steps after compilation, on both sides: enough for the JAX side's heap to settle.
+  # In its first ~15 GAN iterations glibc's heap grows by a few hundred MB at a time as XLA's
+  # buffers find their places, and first-touched memory is slow on these VMs (about 2.8 ms a
+  # MB): with 1 warm-up step the seed GAN iteration's JAX runs spread over 71-97 images/s and
+  # their median gave 1.07x, with 15 they ran at 95-101 and gave 1.36x (Intel Xeon, 2026-12-04,
+  # back to back). Training runs hundreds of steps past that.
+  warmup: int = 15
   # Batch sizes; 0: the config's (cnn 128, generator 64, gan 128).
   batches: Dict[str, int] = dataclasses.field(default_factory=dict)
   torch: bool = True          # False: the JAX side only.
