@@ -7,10 +7,12 @@ convs moved their tiles at 6-14 GB/s and cost more than the batched matmuls betw
 (a `jax.profiler` trace of its train step on a 2-core Intel Xeon, 2026-12-04: 38 ms of
 transforms and 30 ms of products a device and step). In C++ each tile's 36 values stay in the
 cache between their row and column passes, and the conv's padding costs no pass at all.
+SRGAN_JAX_NATIVE=0 keeps the XLA transforms.
 """
 
 import ctypes
 import functools
+import os
 import platform
 
 from absl import logging
@@ -21,6 +23,8 @@ import numpy as np
 from srgan_jax import native
 
 SOURCE = 'winograd_transforms.cc'
+# '0': keep winograd.py's XLA transforms (e.g. to rule the C++ out when debugging).
+OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
 # -march=native: the transforms' loops vectorised for this CPU (the module is built on it).
 FLAGS = ('-O3', '-march=native')
 TARGETS = {'input': 'SrganWinogradInputTiles', 'output': 'SrganWinogradOutputTiles',
@@ -34,6 +38,8 @@ def _target(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the native transforms are ready (built, loaded, registered), else why not."""
+  if os.environ.get(OPT_OUT_ENV) == '0':
+    return f'off ({OPT_OUT_ENV}=0)'
   try:
     if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
       raise RuntimeError(f'built for Linux x86-64 only, not {platform.system()} '

@@ -116,6 +116,17 @@ def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path)
   assert not list(tmp_path.glob('**/*.so*'))  # Nothing half-built left behind.
 
 
+def test_the_native_transforms_can_be_turned_off(monkeypatch):
+  monkeypatch.setenv(winograd_native.OPT_OUT_ENV, '0')
+  winograd_native.status.cache_clear()
+  try:
+    assert not winograd_native.available()
+    assert winograd_native.OPT_OUT_ENV in winograd_native.status()
+    assert conv_tuning.machine_key('cpu', 'cpu', 2).endswith('winograd transforms xla')
+  finally:
+    winograd_native.status.cache_clear()
+
+
 def test_a_failed_build_leaves_no_module_behind(monkeypatch, tmp_path):
   monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
   bad = tmp_path / 'bad.cc'
