@@ -96,6 +96,7 @@ def test_pmapped_convs_with_native_transforms_equal_xla_convs():
 
 
 def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path):
+  monkeypatch.delenv(winograd_native.OPT_OUT_ENV, raising=False)
   monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setattr(native.shutil, 'which', lambda name: None)
