@@ -147,8 +147,9 @@ def use_native(dtype, native: Optional[bool] = None) -> bool:
   if native is None:
     return jnp.dtype(dtype) == jnp.float32 and winograd_native.available()
   if native and not (jnp.dtype(dtype) == jnp.float32 and winograd_native.available()):
-    raise ValueError('Winograd\'s native transforms take float32 where they are available '
-                     f'({winograd_native.status() or "they are"}); got {jnp.dtype(dtype).name}')
+    raise ValueError('Winograd\'s native transforms need float32 and their built module: '
+                     f'dtype {jnp.dtype(dtype).name}, module '
+                     f'{winograd_native.status() or "ready"}')
   return native
 
 

@@ -44,7 +44,8 @@ def status() -> str:
     if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
       raise RuntimeError(f'built for Linux x86-64 only, not {platform.system()} '
                          f'{platform.machine()}')
-    module = ctypes.CDLL(native.build(SOURCE, 'winograd', FLAGS))
+    path = native.build(SOURCE, 'winograd', FLAGS)
+    module = ctypes.CDLL(path)
     for name, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(module, symbol)),
                                   platform='cpu')
@@ -52,6 +53,7 @@ def status() -> str:
     logging.warning('Winograd\'s native transforms unavailable (its XLA transforms instead): '
                     '%s', e)
     return str(e)
+  logging.info('Winograd\'s transforms: C++ (%s; %s=0 for XLA\'s).', path, OPT_OUT_ENV)
   return ''
 
 
