@@ -574,7 +574,7 @@ class Conv(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     choice = self._choice(conv_signature(x.shape, x.dtype, k, self.features, s))
     if choice.forward == choice.input_grad == choice.kernel_grad:
-      return conv_forward(choice.forward, x, kernel, s) + bias
+      return conv_forward(choice.forward, x, kernel, s, bias)
     return tuned_conv(x, kernel, bias, s, choice)
 
 

@@ -6,12 +6,14 @@ conv tuning uses ($SRGAN_JAX_CACHE_DIR, default ~/.cache/srgan_jax), written to 
 file and renamed, so that a killed build leaves nothing half-written behind.
 """
 
+import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from absl import logging
 import jax
@@ -81,3 +83,18 @@ def build(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> s
     if os.path.exists(tmp):
       os.remove(tmp)
   return target
+
+
+def load(source: str, name: str, targets: Mapping[str, str], flags: Sequence[str] = (),
+         key: str = '') -> ctypes.CDLL:
+  """`source` built (build), loaded, and each of its handler symbols registered as the XLA
+  custom-call target that `targets` maps it from, for the CPU; RuntimeError or OSError when
+  any of it cannot be done here (only Linux x86-64 is built for)."""
+  if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
+    raise RuntimeError(f'{name}\'s FFI module is built for Linux x86-64 only, not '
+                       f'{platform.system()} {platform.machine()}')
+  module = ctypes.CDLL(build(source, name, flags, key))
+  for target, symbol in targets.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(module, symbol)),
+                                platform='cpu')
+  return module

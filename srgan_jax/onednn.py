@@ -28,7 +28,6 @@ import ctypes
 import functools
 import importlib.metadata
 import os
-import platform
 from typing import Optional
 
 from absl import logging
@@ -42,7 +41,7 @@ OPT_IN_ENV = 'SRGAN_JAX_ONEDNN'  # '1': offer the candidate.
 LIBRARY_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 # oneDNN, loaded (process-wide) before the FFI module: its lib directory is on no search path.
 RUNTIME_LIBRARIES = ('libdnnl.so.3',)
-TARGETS = {'forward': 'SrganOnednnConvForward', 'input_grad': 'SrganOnednnConvInputGrad',
+SYMBOLS = {'forward': 'SrganOnednnConvForward', 'input_grad': 'SrganOnednnConvInputGrad',
            'kernel_grad': 'SrganOnednnConvKernelGrad'}
 
 
@@ -76,13 +75,6 @@ def _include_dir() -> str:
   return os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(path))))
 
 
-def _build(library_dir: str, include_dir: str) -> str:
-  """The compiled FFI module's path (native.build: once per source, oneDNN and jaxlib)."""
-  return native.build(SOURCE, 'onednn', (
-      '-O2', '-fopenmp', '-I', include_dir, '-L', library_dir, f'-Wl,-rpath,{library_dir}',
-      f'-Wl,-rpath-link,{library_dir}', '-ldnnl'), key=version_of(LIBRARY_PACKAGE))
-
-
 def version_of(package: str) -> str:
   try:
     return importlib.metadata.version(package)
@@ -97,9 +89,6 @@ def status() -> str:
   if os.environ.get(OPT_IN_ENV) != '1':
     return f'experimental, off unless {OPT_IN_ENV}=1'
   try:
-    if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
-      raise RuntimeError(f'oneDNN\'s FFI module is built for Linux x86-64 only, not '
-                         f'{platform.system()} {platform.machine()}')
     library_dir = _library_dir()
     include_dir = _include_dir()
     for name in RUNTIME_LIBRARIES:
@@ -107,12 +96,12 @@ def status() -> str:
       if not os.path.exists(path):
         raise RuntimeError(f'{name} is missing from {library_dir} (pip install ".[onednn]")')
       ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    module = ctypes.CDLL(_build(library_dir, include_dir))
+    # Built once per source, oneDNN and jaxlib version (native.build).
+    module = native.load(SOURCE, 'onednn', {_target(p): s for p, s in SYMBOLS.items()}, (
+        '-O2', '-fopenmp', '-I', include_dir, '-L', library_dir, f'-Wl,-rpath,{library_dir}',
+        f'-Wl,-rpath-link,{library_dir}', '-ldnnl'), key=version_of(LIBRARY_PACKAGE))
     if module.SrganOnednnProbe() != 0:
       raise RuntimeError('oneDNN\'s CPU engine did not start')
-    for phase, symbol in TARGETS.items():
-      jax.ffi.register_ffi_target(_target(phase), jax.ffi.pycapsule(getattr(module, symbol)),
-                                  platform='cpu')
   except (RuntimeError, OSError) as e:
     logging.warning('oneDNN convs (%s=1) unavailable: %s', OPT_IN_ENV, e)
     return str(e)

@@ -10,10 +10,8 @@ cache between their row and column passes, and the conv's padding costs no pass 
 SRGAN_JAX_NATIVE=0 keeps the XLA transforms.
 """
 
-import ctypes
 import functools
 import os
-import platform
 
 from absl import logging
 import jax
@@ -27,7 +25,8 @@ SOURCE = 'winograd_transforms.cc'
 OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
 # -march=native: the transforms' loops vectorised for this CPU (the module is built on it).
 FLAGS = ('-O3', '-march=native')
-TARGETS = {'input': 'SrganWinogradInputTiles', 'output': 'SrganWinogradOutputTiles',
+# winograd_transforms.cc's handlers, registered as _target(name).
+SYMBOLS = {'input': 'SrganWinogradInputTiles', 'output': 'SrganWinogradOutputTiles',
            'output_into': 'SrganWinogradOutputTilesInto', 'grad': 'SrganWinogradGradTiles'}
 
 
@@ -41,19 +40,13 @@ def status() -> str:
   if os.environ.get(OPT_OUT_ENV) == '0':
     return f'off ({OPT_OUT_ENV}=0)'
   try:
-    if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
-      raise RuntimeError(f'built for Linux x86-64 only, not {platform.system()} '
-                         f'{platform.machine()}')
-    path = native.build(SOURCE, 'winograd', FLAGS)
-    module = ctypes.CDLL(path)
-    for name, symbol in TARGETS.items():
-      jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(module, symbol)),
-                                  platform='cpu')
+    native.load(SOURCE, 'winograd', {_target(n): s for n, s in SYMBOLS.items()}, FLAGS)
   except (RuntimeError, OSError) as e:
     logging.warning('Winograd\'s native transforms unavailable (its XLA transforms instead): '
                     '%s', e)
     return str(e)
-  logging.info('Winograd\'s transforms: C++ (%s; %s=0 for XLA\'s).', path, OPT_OUT_ENV)
+  logging.info('Winograd\'s transforms: C++ (%s; %s=0 for XLA\'s).',
+               native.module_path(SOURCE, 'winograd', FLAGS), OPT_OUT_ENV)
   return ''
 
 

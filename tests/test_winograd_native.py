@@ -141,11 +141,13 @@ def test_a_failed_build_leaves_no_module_behind(monkeypatch, tmp_path):
 
 
 def test_machine_key_names_the_transforms_timed(monkeypatch):
-  key = conv_tuning.machine_key('cpu', 'cpu', 2)
-  want = 'native' if winograd_native.available() else 'xla'
-  assert key.endswith(f'winograd transforms {want}')
-  monkeypatch.setattr(winograd_native, 'available', lambda: False)
-  assert conv_tuning.machine_key('cpu', 'cpu', 2) != key or want == 'xla'
+  """Decisions timed with one kind of transforms are not reused with the other."""
+  keys = {}
+  for ready in (True, False):
+    monkeypatch.setattr(winograd_native, 'available', lambda ready=ready: ready)
+    keys[ready] = conv_tuning.machine_key('cpu', 'cpu', 2)
+  assert keys[True].endswith('winograd transforms native')
+  assert keys[False].endswith('winograd transforms xla')
   assert 'winograd transforms' not in conv_tuning.machine_key('gpu', 'gpu', 1)
 
 
