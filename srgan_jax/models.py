@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srgan_jax import batch_norm
 from srgan_jax import image_ops
 from srgan_jax import onednn
 from srgan_jax import winograd
@@ -650,9 +651,11 @@ def pixel_shuffle(x, factor: int):
 
 
 def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
-  # PyTorch defaults: momentum 0.1 (flax 0.9), eps 1e-5.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, name=name)
+  # PyTorch defaults: momentum 0.1 (flax 0.9), eps 1e-5. On CPU, batch_norm.BatchNorm (the same
+  # parameters and values, its sums in C++; see batch_norm.py), else flax's.
+  module = batch_norm.BatchNorm if batch_norm.native_backend() else nn.BatchNorm
+  return module(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                axis_name=axis_name if train else None, name=name)
 
 
 class ResidualBlock(nn.Module):

@@ -11,7 +11,6 @@ SRGAN_JAX_NATIVE=0 keeps the XLA transforms.
 """
 
 import functools
-import os
 
 from absl import logging
 import jax
@@ -21,8 +20,7 @@ import numpy as np
 from srgan_jax import native
 
 SOURCE = 'winograd_transforms.cc'
-# '0': keep winograd.py's XLA transforms (e.g. to rule the C++ out when debugging).
-OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
+OPT_OUT_ENV = native.OPT_OUT_ENV  # '0': keep winograd.py's XLA transforms.
 # -march=native: the transforms' loops vectorised for this CPU (the module is built on it).
 FLAGS = ('-O3', '-march=native')
 # winograd_transforms.cc's handlers, registered as _target(name).
@@ -37,7 +35,7 @@ def _target(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the native transforms are ready (built, loaded, registered), else why not."""
-  if os.environ.get(OPT_OUT_ENV) == '0':
+  if native.opted_out():
     return f'off ({OPT_OUT_ENV}=0)'
   try:
     native.load(SOURCE, 'winograd', {_target(n): s for n, s in SYMBOLS.items()}, FLAGS)
