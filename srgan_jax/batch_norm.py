@@ -37,15 +37,8 @@ SYMBOLS = {'srgan_batch_norm_moments': 'SrganBatchNormMoments',
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the C++ sums are ready (built, loaded, registered), else why not."""
-  if native.opted_out():
-    return f'off ({native.OPT_OUT_ENV}=0)'
-  try:
-    native.load(SOURCE, 'batch_norm', SYMBOLS, FLAGS)
-  except (RuntimeError, OSError) as e:
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.warning('BatchNorm\'s C++ sums unavailable (XLA\'s reductions instead): %s', e)
-    return str(e)
-  return ''
+  return native.status(SOURCE, 'batch_norm', SYMBOLS, FLAGS, "BatchNorm's sums",
+                       "XLA's reductions")
 
 
 def native_backend() -> bool:

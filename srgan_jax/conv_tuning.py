@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from srgan_jax import direct_conv
 from srgan_jax import files
 from srgan_jax import models
 from srgan_jax import onednn
@@ -174,13 +175,14 @@ def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla' means
   there: platform.configure_cpu_convolutions) and the code generator of its fusions (the other
   candidates' transforms and copies: platform.configure_cpu_fusion_emitters), whether
-  oneDNN's candidate was among them (onednn.version()) and whether Winograd's transforms were
-  winograd_native's C++ passes or XLA's."""
+  oneDNN's candidate was among them (onednn.version()), whether Winograd's transforms were
+  winograd_native's C++ passes or XLA's, and whether the direct convs were (direct_conv)."""
   candidates = hashlib.sha1(repr((models.CANDIDATES_REVISION, sorted(
       models.PHASE_CANDIDATES.items()))).encode()).hexdigest()
   library = (f' | xla convs on {process_setup.cpu_conv_library()}, fusions by its '
              f'{process_setup.cpu_fusion_emitters()} emitters | onednn {onednn.version()} | '
-             f'winograd transforms {"native" if winograd_native.available() else "xla"}'
+             f'winograd transforms {"native" if winograd_native.available() else "xla"} | '
+             f'direct convs {"native" if direct_conv.available() else "none"}'
              if backend == 'cpu' else '')
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
           f'{num_devices} {backend} devices | candidates {candidates[:8]} | '

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from srgan_jax import batch_norm
+from srgan_jax import direct_conv
 from srgan_jax import image_ops
 from srgan_jax import onednn
 from srgan_jax import winograd
@@ -47,13 +48,16 @@ CONV_PHASES = ('forward', 'input_grad', 'kernel_grad')
 # fewer multiplies for 3x3 stride-1 convs, see winograd.py), 'xla_t' | 'gather_t' |
 # 'winograd_t', which compute a gradient as a conv over the output gradient dilated by the
 # stride (see conv_input_grad, conv_kernel_grad), 'xla_dot', XLA's kernel gradient with its
-# input turned feature-major by a product with the identity (see _features_first), and
-# 'onednn', oneDNN's convolution through XLA's FFI: experimental, offered only when opted in
-# and installed (onednn.py; f32 only).
+# input turned feature-major by a product with the identity (see _features_first), 'direct',
+# stride-1 convs with at most 4 features on one side computed directly in C++ (direct_conv.py:
+# a generator's 9x9 convs to and from 1 or 3 channels, the first conv of a discriminator or
+# classifier; f32 only, where a C++ compiler is at hand), and 'onednn', oneDNN's convolution
+# through XLA's FFI: experimental, offered only when opted in and installed (onednn.py; f32
+# only).
 PHASE_CANDIDATES = {
-    'forward': ('xla', 'gather', 'kn2row', 'winograd', 'onednn'),
-    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t', 'onednn'),
-    'kernel_grad': ('xla', 'xla_dot', 'gather', 'gather_t', 'winograd', 'onednn'),
+    'forward': ('xla', 'gather', 'kn2row', 'winograd', 'direct', 'onednn'),
+    'input_grad': ('xla', 'matmul', 'xla_t', 'gather_t', 'winograd_t', 'direct', 'onednn'),
+    'kernel_grad': ('xla', 'xla_dot', 'gather', 'gather_t', 'winograd', 'direct', 'onednn'),
 }
 # Bumped when a candidate's program changes under the same name, or the rules of
 # phase_candidates change, so that conv_tuning's cached decisions are retimed (2: 'xla' kernel
@@ -64,8 +68,9 @@ PHASE_CANDIDATES = {
 # Winograd's kernel transform as one matmul; 11: no im2col where Winograd applies; 12: the
 # 'matmul' input gradient's col2im by stride phases; 13: Winograd's batch in chunks; 14: 'gather'
 # and 'gather_t' im2col tap-major; 15: no 'gather' on wide inputs where XLA's convs run on
-# Eigen; 16: Winograd's chunks padded one by one; 17: 'xla_dot' kernel gradients; 18: 'onednn').
-CANDIDATES_REVISION = 18
+# Eigen; 16: Winograd's chunks padded one by one; 17: 'xla_dot' kernel gradients; 18: 'onednn';
+# 19: 'direct').
+CANDIDATES_REVISION = 19
 # Candidates whose im2col buffer would exceed this many bytes are not tried, nor those whose
 # buffer is over MAX_WORKSPACE_RATIO times another candidate's of the same phase (im2col on
 # the wide side of a conv, e.g. of a 9x9 conv's 64 input features when it has 1 output).
@@ -169,9 +174,13 @@ def workspace_bytes(sig: ConvSignature, phase: str, implementation: str) -> int:
 
 def computes(implementation: str, sig: ConvSignature) -> bool:
   """Whether a phase implementation can compute `sig`: all can, but Winograd's F(4x4, 3x3)
-  only 3x3 stride-1 convs, and oneDNN's only f32 convs where its module is ready."""
+  only 3x3 stride-1 convs, oneDNN's only f32 convs where its module is ready, and the direct
+  convs only thin (direct_conv.thin) stride-1 f32 convs where their module is ready."""
   if implementation == 'onednn':
     return sig.dtype == 'float32' and onednn.available()
+  if implementation == 'direct':
+    return (sig.strides == 1 and sig.dtype == 'float32' and
+            direct_conv.thin(sig.in_features, sig.features) and direct_conv.available())
   return not implementation.startswith('winograd') or (
       (sig.kernel_size, sig.strides) == (winograd.KERNEL_SIZE, 1))
 
@@ -215,7 +224,7 @@ def phase_candidates(sig: ConvSignature, phase: str,
   DOT_TRANSPOSE_MIN_BYTES bytes.
 
   Nor 'onednn' unless its FFI module is ready in this process (onednn.available()) and the conv
-  is f32.
+  is f32; nor 'direct' unless it computes the conv (computes).
 
   Nor, where XLA:CPU runs its convs on Eigen (`conv_library`, platform.cpu_conv_library()),
   'gather' on inputs of more than TAP_MAJOR_MAX_FEATURES features: it is the product that
@@ -238,7 +247,7 @@ def phase_candidates(sig: ConvSignature, phase: str,
            and not (c in IM2COL and fast_3x3)
            and not (c == 'gather' and conv_library == 'eigen'
                     and sig.in_features > TAP_MAJOR_MAX_FEATURES)
-           and not (c == 'onednn' and not computes(c, sig))}
+           and not (c in ('onednn', 'direct') and not computes(c, sig))}
   # The ratio compares im2col-like buffers (k*k copies of one side) with one another; Winograd's
   # transformed tiles are not one of them, and would otherwise rule out im2col on both sides.
   smallest = min([b for c, b in sizes.items() if b and not c.startswith('winograd')] or [0])
@@ -336,6 +345,8 @@ def conv_forward(implementation: str, x, kernel, s: int, bias=None):
     return winograd.conv(x, kernel, sig.padding(), bias=bias)
   if implementation == 'onednn':
     y = onednn.conv_forward(x, kernel, s, sig.padding(), sig.output_size)
+  elif implementation == 'direct' and computes(implementation, sig):
+    y = direct_conv.conv(x, kernel, sig.padding())
   elif implementation == 'kn2row':
     y = _kn2row(x, kernel, s, sig.padding())
   else:
@@ -409,7 +420,8 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   'xla' | 'matmul': the transpose of that forward implementation (XLA's backprop conv; col2im
   of dy @ kernel^T). '<impl>_t': the forward implementation <impl> on dy dilated by the stride
   and padded, with the kernel flipped and its in/out features swapped (a stride-1 conv).
-  'onednn': oneDNN's backward-data convolution.
+  'onednn': oneDNN's backward-data convolution. 'direct': direct_conv's conv of dy with that
+  kernel (stride 1).
   """
   sig = conv_signature(x_shape, dy.dtype, kernel.shape[0], kernel.shape[-1], s)
   if implementation == 'onednn':
@@ -429,6 +441,8 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   if implementation == 'winograd_t' and computes(implementation, sig):
     return winograd.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
+  if implementation == 'direct' and computes(implementation, sig):
+    return direct_conv.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
   return _valid_conv(implementation[:-len('_t')], _dilated(dy, pads), flipped, 1)
 
 
@@ -440,7 +454,7 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
   feature-major by _features_first. 'gather_t': x^T @ im2col of dy dilated
   by the stride and padded, at x's own pixels (a buffer of k*k*out features instead of k*k*in:
   the cheap side when out is small; the padding's pixels, zeros, would add nothing).
-  'onednn': oneDNN's backward-weights convolution.
+  'onednn': oneDNN's backward-weights convolution. 'direct': direct_conv's (stride 1).
   """
   if implementation in ('xla', 'xla_dot'):
     return _xla_kernel_grad(x, kernel_shape, s, dy, by_dot=implementation == 'xla_dot')
@@ -449,6 +463,8 @@ def conv_kernel_grad(implementation: str, x, kernel_shape, s: int, dy):
     return onednn.conv_kernel_grad(x, kernel_shape, s, sig.padding(), dy)
   if implementation == 'winograd' and computes(implementation, sig):
     return winograd.kernel_grad(x, dy, sig.padding())
+  if implementation == 'direct' and computes(implementation, sig):
+    return direct_conv.kernel_grad(x, dy, kernel_shape[0], sig.padding())
   if implementation != 'gather_t':
     fn = lambda kernel: conv_forward(implementation, x, kernel, s)
     return jax.linear_transpose(fn, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]

@@ -105,3 +105,20 @@ def load(source: str, name: str, targets: Mapping[str, str], flags: Sequence[str
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(module, symbol)),
                                 platform='cpu')
   return module
+
+
+def status(source: str, name: str, targets: Mapping[str, str], flags: Sequence[str],
+           what: str, fallback: str) -> str:
+  """'' when `source`'s module is ready (not opted out, built, loaded, its `targets`
+  registered: load), else why not, logged as a warning naming `what` is unavailable and what
+  is used instead (`fallback`). A module's own status() caches it per process."""
+  if opted_out():
+    return f'off ({OPT_OUT_ENV}=0)'
+  try:
+    load(source, name, targets, flags)
+  except (RuntimeError, OSError) as e:
+    logging.warning('%s unavailable (%s instead): %s', what, fallback, e)
+    return str(e)
+  logging.info('%s: C++ (%s; %s=0 for %s).', what, module_path(source, name, flags),
+               OPT_OUT_ENV, fallback)
+  return ''

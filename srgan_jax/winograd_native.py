@@ -12,7 +12,6 @@ SRGAN_JAX_NATIVE=0 keeps the XLA transforms.
 
 import functools
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,17 +34,8 @@ def _target(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the native transforms are ready (built, loaded, registered), else why not."""
-  if native.opted_out():
-    return f'off ({OPT_OUT_ENV}=0)'
-  try:
-    native.load(SOURCE, 'winograd', {_target(n): s for n, s in SYMBOLS.items()}, FLAGS)
-  except (RuntimeError, OSError) as e:
-    logging.warning('Winograd\'s native transforms unavailable (its XLA transforms instead): '
-                    '%s', e)
-    return str(e)
-  logging.info('Winograd\'s transforms: C++ (%s; %s=0 for XLA\'s).',
-               native.module_path(SOURCE, 'winograd', FLAGS), OPT_OUT_ENV)
-  return ''
+  return native.status(SOURCE, 'winograd', {_target(n): s for n, s in SYMBOLS.items()}, FLAGS,
+                       "Winograd's transforms", "its XLA transforms")
 
 
 def available() -> bool:

@@ -43,6 +43,7 @@ from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-impor
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import direct_conv  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -167,3 +168,10 @@ def without_onednn(monkeypatch):
   """The candidate rules as they stand without the opt-in oneDNN candidate (it joins every
   f32 phase where it is ready: tests/test_onednn.py)."""
   monkeypatch.setattr(onednn, 'available', lambda: False)
+
+
+@pytest.fixture
+def without_direct_convs(monkeypatch):
+  """The candidate rules as they stand without the C++ direct convs (they join the phases of
+  thin f32 convs where a compiler builds them: tests/test_direct_conv.py)."""
+  monkeypatch.setattr(direct_conv, 'available', lambda: False)

@@ -24,9 +24,9 @@ TIERS = (
     # Shared basics: no import from the package (native: builds the C++ FFI modules).
     ('errors', 'files', 'config_utils', 'safe_pickle', 'native'),
     # Training state, pixels, the process's XLA set-up; C++ through XLA's FFI (Winograd's
-    # transforms; oneDNN's convs; BatchNorm's sums).
+    # transforms; oneDNN's convs; BatchNorm's sums; thin convs).
     ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform', 'winograd_native',
-     'onednn', 'batch_norm'),
+     'onednn', 'batch_norm', 'direct_conv'),
     # Winograd's arithmetic of a fast conv (its transforms native where they are built).
     ('winograd',),
     # The parts: data sources, networks, losses, checkpoints, logs.

@@ -261,7 +261,7 @@ def test_tuned_conv_missing_from_the_plan_warns_and_uses_auto():
   np.testing.assert_allclose(y, models.Conv(3, 3).apply(variables, x), atol=1e-6)
 
 
-@pytest.mark.usefixtures('without_onednn', 'xla_winograd_transforms')
+@pytest.mark.usefixtures('without_onednn', 'without_direct_convs', 'xla_winograd_transforms')
 def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   # A 9x9 conv from 64 features to 1: im2col of x (81 x 64 per pixel) is not tried for the
   # kernel gradient, im2col of the output gradient (81 x 1) is.
@@ -280,7 +280,7 @@ def test_workspace_bounds_keep_the_narrow_side_of_im2col():
   assert models.phase_candidates(square, 'input_grad') == ('xla_t', 'matmul')
 
 
-@pytest.mark.usefixtures('without_onednn', 'xla_winograd_transforms')
+@pytest.mark.usefixtures('without_onednn', 'without_direct_convs', 'xla_winograd_transforms')
 def test_gather_on_wide_inputs_is_tried_where_xla_convs_run_on_ynnpack_only():
   """On Eigen, 'gather' on wide inputs is Eigen's own product with the patches written out
   first (it lost there); on YNNPACK it won kernel gradients; on narrow inputs it is tap-major."""

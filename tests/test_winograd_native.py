@@ -111,7 +111,7 @@ def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path)
     program = str(jax.make_jaxpr(lambda x: winograd.conv(x, jnp.ones((3, 3, 16, 16)),
                                                           ((1, 1), (1, 1))))(x))
     assert 'ffi_call' not in program
-    assert conv_tuning.machine_key('cpu', 'cpu', 2).endswith('winograd transforms xla')
+    assert 'winograd transforms xla' in conv_tuning.machine_key('cpu', 'cpu', 2)
   finally:
     winograd_native.status.cache_clear()
   assert not list(tmp_path.glob('**/*.so*'))  # Nothing half-built left behind.
@@ -123,7 +123,7 @@ def test_the_native_transforms_can_be_turned_off(monkeypatch):
   try:
     assert not winograd_native.available()
     assert winograd_native.OPT_OUT_ENV in winograd_native.status()
-    assert conv_tuning.machine_key('cpu', 'cpu', 2).endswith('winograd transforms xla')
+    assert 'winograd transforms xla' in conv_tuning.machine_key('cpu', 'cpu', 2)
   finally:
     winograd_native.status.cache_clear()
 
@@ -146,8 +146,8 @@ def test_machine_key_names_the_transforms_timed(monkeypatch):
   for ready in (True, False):
     monkeypatch.setattr(winograd_native, 'available', lambda ready=ready: ready)
     keys[ready] = conv_tuning.machine_key('cpu', 'cpu', 2)
-  assert keys[True].endswith('winograd transforms native')
-  assert keys[False].endswith('winograd transforms xla')
+  assert 'winograd transforms native' in keys[True]
+  assert 'winograd transforms xla' in keys[False]
   assert 'winograd transforms' not in conv_tuning.machine_key('gpu', 'gpu', 1)
 
 
