@@ -99,24 +99,39 @@ void ConvFeaturesInner(const float* x, const float* kernel, float* y, const Geom
 
 // y = conv(x, kernel) with the input features innermost: kernel (k, k, F, c), c a multiple of
 // kL, F <= kMaxThin output features; P pixels' F vectors of partial sums in registers,
-// reduced at the end.
-template <int F, int P>
+// reduced at the end. J taps of a row at a time share their loads of x: pixel p at tap j + 1
+// reads what pixel p + 1 reads at tap j (a tap past the kernel's edge has zero weights).
+template <int F, int P, int J>
 void ConvChannelsInner(const float* x, const float* kernel, float* y, const Geometry& g) {
+  constexpr int W = P + J - 1;  // The pixels of x that J taps of P pixels read.
   for (int64_t b = 0; b < g.n; ++b)
     for (int64_t r = 0; r < g.oh; ++r)
       for (int64_t c0 = 0; c0 < g.ow; c0 += P) {
         V acc[P][F] = {};
         for (int64_t i = 0; i < g.k; ++i) {
-          for (int64_t j = 0; j < g.k; ++j) {
-            const float* px[P];
-            if (!TapPixels<P>(x, g, b, r, c0, i, j, px)) break;
-            const float* kv = kernel + (i * g.k + j) * F * g.c;
+          const int64_t rr = r + i - g.top;
+          if (rr < 0 || rr >= g.h) continue;
+          const float* row = x + (b * g.h + rr) * g.w * g.c;
+          for (int64_t j0 = 0; j0 < g.k; j0 += J) {
+            const float* px[W];
+            for (int q = 0; q < W; ++q) {
+              const int64_t cc = c0 + q + j0 - g.left;
+              px[q] = (cc >= 0 && cc < g.w) ? row + cc * g.c : kZeros;
+            }
+            const float* kv = kernel + (i * g.k + j0) * F * g.c;
+            const int taps = static_cast<int>(std::min<int64_t>(J, g.k - j0));
             for (int64_t ch = 0; ch < g.c; ch += kL) {
-              V kc[F];
-              for (int f = 0; f < F; ++f) kc[f] = Load(kv + f * g.c + ch);
-              for (int p = 0; p < P; ++p) {
-                const V xv = Load(px[p] + ch);
-                for (int f = 0; f < F; ++f) acc[p][f] += xv * kc[f];
+              V kc[J][F];
+              for (int j = 0; j < J; ++j)
+                for (int f = 0; f < F; ++f)
+                  kc[j][f] = j < taps ? Load(kv + (j * F + f) * g.c + ch) : V{};
+              for (int q = 0; q < W; ++q) {
+                const V xv = Load(px[q] + ch);
+                for (int j = 0; j < J; ++j) {
+                  const int p = q - j;
+                  if (p < 0 || p >= P) continue;
+                  for (int f = 0; f < F; ++f) acc[p][f] += xv * kc[j][f];
+                }
               }
             }
           }
@@ -212,7 +227,7 @@ void KernelGradFeaturesInner(const float* x, const float* dy, float* dk, const G
 template <int F, int P>
 struct ChannelsConv {
   static void Run(const float* a, const float* b, float* out, const Geometry& g) {
-    ConvChannelsInner<F, P>(a, b, out, g);
+    ConvChannelsInner<F, P, (F <= 2 ? 3 : 2)>(a, b, out, g);
   }
 };
 template <int F, int CB>
@@ -245,8 +260,10 @@ ffi::Error Dispatch(int64_t thin, bool wide, const float* a, const float* b, flo
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, "direct conv: more than 4 thin features");
 }
 
-// Pixels a ChannelsConv block holds: F of them vectors each, with the kernel's F and one x.
-constexpr int ConvPixels(int thin, bool) { return thin == 1 ? 7 : 12 / thin; }
+// Pixels a ChannelsConv block holds: F vectors each, beside J x F of the kernel and one of x.
+constexpr int ConvPixels(int thin, bool) {
+  return thin == 1 ? 7 : (kRegisters - 1) / thin - (thin <= 2 ? 3 : 2);
+}
 // Wide-side features a kernel gradient's tap holds (thin x this in registers).
 constexpr int GradBlock(int, bool wide) { return wide ? 32 : 16; }
 
