@@ -19,7 +19,7 @@ are XLA's.
 """
 
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -88,9 +88,7 @@ def _statistics(x, axis_name):
 def normalize(x, scale, bias, axis_name: Optional[str], epsilon: float):
   """(y, mean, var): x normalized by its batch statistics over all but the last axis (and
   over `axis_name`'s devices), times scale plus bias; mean and var are the statistics."""
-  mean, var = _statistics(x, axis_name)
-  y = (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias
-  return y.astype(x.dtype), mean, var
+  return _normalize_fwd(x, scale, bias, axis_name, epsilon)[0]
 
 
 def _normalize_fwd(x, scale, bias, axis_name, epsilon):
@@ -130,7 +128,6 @@ class BatchNorm(nn.Module):
   momentum: float = 0.99
   epsilon: float = 1e-5
   axis_name: Optional[str] = None
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):

@@ -5,6 +5,11 @@ C++ compiler is at hand on a Linux x86-64 CPU: models.py's 'direct' conv candida
 
 Why: as one matmul such a conv moves k*k copies of its wide side through memory (im2col,
 kn2row), and XLA:CPU's own convolution runs it at a fraction of its speed on wide convs.
+Measured on a 2-core Intel Xeon (2026-12-04, each phase pmapped over both cores, ms, the best
+other candidate / direct): the x4 generator's last conv, 9x9x64->1 at 28x28, b32, forward
+6.5-7.6 / 5.1-7.3, input gradient 6.3-6.8 / 5.4-5.6, kernel gradient 8.8-9.6 / 5.0-6.0; the x2
+RGB generator's, 9x9x64->3 at b64, forward 56-64 / 20-24 and its first conv's input gradient
+26-28 / 5.3-5.9 (benchmarks/README.md). Conv tuning still times it against the others.
 """
 
 import functools
@@ -20,7 +25,8 @@ FLAGS = ('-O3', '-march=native')
 SYMBOLS = {'srgan_direct_conv': 'SrganDirectConv',
            'srgan_direct_kernel_grad': 'SrganDirectKernelGrad'}
 MAX_THIN_FEATURES = 4  # direct_conv.cc's kMaxThin.
-WIDE_MULTIPLE = 16  # The wide side's features: a multiple of this (direct_conv.cc's kV).
+WIDE_MULTIPLE = 16  # The wide side's features: a multiple of this (direct_conv.cc's kV),
+MAX_WIDE_FEATURES = 4096  # and at most this many (its kMaxZeros).
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,9 +42,10 @@ def available() -> bool:
 
 def thin(in_features: int, features: int) -> bool:
   """Whether direct_conv.cc computes a conv of these features: one side at most
-  MAX_THIN_FEATURES, the other a multiple of WIDE_MULTIPLE."""
-  return ((in_features <= MAX_THIN_FEATURES and features % WIDE_MULTIPLE == 0) or
-          (features <= MAX_THIN_FEATURES and in_features % WIDE_MULTIPLE == 0))
+  MAX_THIN_FEATURES, the other a multiple of WIDE_MULTIPLE up to MAX_WIDE_FEATURES."""
+  wide = lambda n: n % WIDE_MULTIPLE == 0 and n <= MAX_WIDE_FEATURES
+  return ((in_features <= MAX_THIN_FEATURES and wide(features)) or
+          (features <= MAX_THIN_FEATURES and wide(in_features)))
 
 
 def _conv(x, kernel, padding):
