@@ -20,6 +20,7 @@ namespace {
 constexpr int kV = 16;              // The wide side's features: a multiple of this.
 constexpr int64_t kMaxThin = 4;     // The most features on the thin side.
 constexpr int64_t kMaxZeros = 4096;  // The widest pixel that reading outside x sees as zeros.
+constexpr int kMaxKernel = 16;       // The largest kernel size.
 const float kZeros[kMaxZeros] = {};
 
 struct Geometry {
@@ -28,17 +29,17 @@ struct Geometry {
   int64_t k, top, left;    // kernel size, padding before the first row and column
 };
 
-// The pointers to the pixels that output pixels c0 .. c0+P-1 of row r read at tap (i, j),
-// zeros outside x (or past the row's end).
-template <int P>
-inline bool TapPixels(const float* x, const Geometry& g, int64_t b, int64_t r, int64_t c0,
-                      int64_t i, int64_t j, const float* out[P]) {
+// The pixels c0 - left .. c0 - left + count - 1 of row r + i - top of image b of x, zeros
+// outside x: what a block of output pixels from c0 reads along row i of the kernel (tap j of
+// pixel p is win[j + p]); false when that row is outside x.
+inline bool RowWindow(const float* x, const Geometry& g, int64_t b, int64_t r, int64_t c0,
+                      int64_t i, int count, const float** win) {
   const int64_t rr = r + i - g.top;
   if (rr < 0 || rr >= g.h) return false;
   const float* row = x + (b * g.h + rr) * g.w * g.c;
-  for (int p = 0; p < P; ++p) {
-    const int64_t cc = c0 + p + j - g.left;
-    out[p] = (c0 + p < g.ow && cc >= 0 && cc < g.w) ? row + cc * g.c : kZeros;
+  for (int q = 0; q < count; ++q) {
+    const int64_t cc = c0 + q - g.left;
+    win[q] = (cc >= 0 && cc < g.w) ? row + cc * g.c : kZeros;
   }
   return true;
 }
@@ -77,10 +78,11 @@ void ConvFeaturesInner(const float* x, const float* kernel, float* y, const Geom
       for (int64_t c0 = 0; c0 < g.ow; c0 += P)
         for (int64_t f0 = 0; f0 < g.f; f0 += FB) {
           V acc[P][NV] = {};
-          for (int64_t i = 0; i < g.k; ++i)
+          for (int64_t i = 0; i < g.k; ++i) {
+            const float* win[P + kMaxKernel - 1];
+            if (!RowWindow(x, g, b, r, c0, i, P + g.k - 1, win)) continue;
             for (int64_t j = 0; j < g.k; ++j) {
-              const float* px[P];
-              if (!TapPixels<P>(x, g, b, r, c0, i, j, px)) break;
+              const float* const* px = win + j;
               const float* kv = kernel + (i * g.k + j) * g.c * g.f + f0;
               for (int64_t ch = 0; ch < g.c; ++ch) {
                 V kc[NV];
@@ -91,6 +93,7 @@ void ConvFeaturesInner(const float* x, const float* kernel, float* y, const Geom
                 }
               }
             }
+          }
           for (int p = 0; p < P && c0 + p < g.ow; ++p)
             for (int v = 0; v < NV; ++v)
               Store(y + ((b * g.oh + r) * g.ow + c0 + p) * g.f + f0 + v * kL, acc[p][v]);
@@ -109,15 +112,10 @@ void ConvChannelsInner(const float* x, const float* kernel, float* y, const Geom
       for (int64_t c0 = 0; c0 < g.ow; c0 += P) {
         V acc[P][F] = {};
         for (int64_t i = 0; i < g.k; ++i) {
-          const int64_t rr = r + i - g.top;
-          if (rr < 0 || rr >= g.h) continue;
-          const float* row = x + (b * g.h + rr) * g.w * g.c;
+          const float* win[P + kMaxKernel + J - 2];
+          if (!RowWindow(x, g, b, r, c0, i, P + g.k + J - 2, win)) continue;
           for (int64_t j0 = 0; j0 < g.k; j0 += J) {
-            const float* px[W];
-            for (int q = 0; q < W; ++q) {
-              const int64_t cc = c0 + q + j0 - g.left;
-              px[q] = (cc >= 0 && cc < g.w) ? row + cc * g.c : kZeros;
-            }
+            const float* const* px = win + j0;
             const float* kv = kernel + (i * g.k + j0) * F * g.c;
             const int taps = static_cast<int>(std::min<int64_t>(J, g.k - j0));
             for (int64_t ch = 0; ch < g.c; ch += kL) {
@@ -281,7 +279,7 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
   auto yd = y->dimensions();
   auto kd = kernel.dimensions();
   const Geometry g = Shape(x, kd[0], yd[3], yd[1], yd[2], pad_top, pad_left);
-  if (yd[0] != g.n || kd[1] != g.k || g.c > kMaxZeros ||
+  if (yd[0] != g.n || kd[1] != g.k || g.c > kMaxZeros || g.k > kMaxKernel ||
       kd[2] * kd[3] != g.c * g.f || (features_inner ? kd[3] : kd[2]) != g.f)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "direct conv: bad shape");
   const float* xs = x.typed_data();

@@ -27,6 +27,7 @@ SYMBOLS = {'srgan_direct_conv': 'SrganDirectConv',
 MAX_THIN_FEATURES = 4  # direct_conv.cc's kMaxThin.
 WIDE_MULTIPLE = 16  # The wide side's features: a multiple of this (direct_conv.cc's kV),
 MAX_WIDE_FEATURES = 4096  # and at most this many (its kMaxZeros).
+MAX_KERNEL_SIZE = 16  # Its kMaxKernel.
 
 
 @functools.lru_cache(maxsize=None)

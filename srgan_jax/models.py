@@ -180,6 +180,7 @@ def computes(implementation: str, sig: ConvSignature) -> bool:
     return sig.dtype == 'float32' and onednn.available()
   if implementation == 'direct':
     return (sig.strides == 1 and sig.dtype == 'float32' and
+            sig.kernel_size <= direct_conv.MAX_KERNEL_SIZE and
             direct_conv.thin(sig.in_features, sig.features) and direct_conv.available())
   return not implementation.startswith('winograd') or (
       (sig.kernel_size, sig.strides) == (winograd.KERNEL_SIZE, 1))

@@ -93,6 +93,7 @@ def test_direct_is_a_candidate_for_thin_stride_1_f32_convs_only(monkeypatch):
     for other in (last._replace(strides=2), last._replace(dtype='bfloat16'),
                   last._replace(features=8), last._replace(in_features=40),
                   last._replace(in_features=direct_conv.MAX_WIDE_FEATURES + 16),
+                  last._replace(kernel_size=direct_conv.MAX_KERNEL_SIZE + 1),
                   models.ConvSignature(32, 14, 14, 64, 64, 3, 1, 'float32')):
       assert 'direct' not in models.phase_candidates(other, phase), (other, phase)
   monkeypatch.setattr(direct_conv, 'available', lambda: False)
