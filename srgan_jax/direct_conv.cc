@@ -6,7 +6,7 @@
 // Why: such a conv is a product with one thin side. As one matmul (im2col, kn2row) it moves
 // k*k copies of the wide side through memory for few multiplies each; XLA's own convolution
 // runs them at a fraction of its speed on wide convs. Here each output pixel's (or kernel
-// tap's) sums stay in registers: the wide side's features innermost (16 to a vector), a few
+// tap's) sums stay in registers: the wide side's features innermost (8-float vectors), a few
 // pixels at a time sharing each kernel load.
 #include <algorithm>
 #include <cstdint>
