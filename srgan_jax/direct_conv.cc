@@ -145,52 +145,12 @@ inline void TapColumns(const Geometry& g, int64_t j, int64_t* lo, int64_t* hi) {
   *hi = std::min<int64_t>(g.ow, g.w + g.left - j);
 }
 
-// dkernel (k, k, c, f) = sum over pixels of x at each tap times dy, for thin output sides
-// (f <= kMaxThin, c a multiple of CB). Row by row of dy, so that the k rows of x a row reads
-// stay in the cache across its k*k taps: each tap's F x CB sums over the row in registers, then
-// added into dkernel (zeroed first).
-template <int F, int CB>
-void KernelGradChannelsInner(const float* x, const float* dy, float* dk, const Geometry& g) {
-  constexpr int NV = CB / kL;
-  std::fill(dk, dk + g.k * g.k * g.c * F, 0.f);
-  for (int64_t b = 0; b < g.n; ++b)
-    for (int64_t r = 0; r < g.oh; ++r) {
-      const float* drow = dy + (b * g.oh + r) * g.ow * F;
-      for (int64_t i = 0; i < g.k; ++i) {
-        const int64_t rr = r + i - g.top;
-        if (rr < 0 || rr >= g.h) continue;
-        for (int64_t j = 0; j < g.k; ++j) {
-          int64_t lo, hi;
-          TapColumns(g, j, &lo, &hi);
-          const float* xrow = x + ((b * g.h + rr) * g.w + j - g.left) * g.c;
-          float* dtap = dk + (i * g.k + j) * g.c * F;
-          for (int64_t c0 = 0; c0 < g.c; c0 += CB) {
-            V acc[F][NV] = {};
-            for (int64_t c = lo; c < hi; ++c) {
-              V xs[NV];
-              for (int v = 0; v < NV; ++v) xs[v] = Load(xrow + c * g.c + c0 + v * kL);
-              for (int f = 0; f < F; ++f) {
-                const float d = drow[c * F + f];
-                for (int v = 0; v < NV; ++v) acc[f][v] += xs[v] * d;
-              }
-            }
-            float sums[F][CB];
-            for (int f = 0; f < F; ++f)
-              for (int v = 0; v < NV; ++v) Store(sums[f] + v * kL, acc[f][v]);
-            for (int l = 0; l < CB; ++l)
-              for (int f = 0; f < F; ++f) dtap[(c0 + l) * F + f] += sums[f][l];
-          }
-        }
-      }
-    }
-}
-
-// dkernel (k, k, C, f) for thin input sides (C <= kMaxThin, f a multiple of FB), row by row
-// of dy as KernelGradChannelsInner.
-template <int C, int FB>
-void KernelGradFeaturesInner(const float* x, const float* dy, float* dk, const Geometry& g) {
-  constexpr int NV = FB / kL;
-  std::fill(dk, dk + g.k * g.k * C * g.f, 0.f);
+// Calls tap(i, j, xrow, drow, lo, hi) for each row of dy (drow: its pixels' f features) and
+// each tap (i, j) that reads inside x there: row by row of dy, so that the k rows of x a row
+// reads stay in the cache across its k*k taps. Output pixel c of the row reads xrow + c * g.c
+// at that tap, for c in [lo, hi).
+template <class Tap>
+void ForEachRowTap(const float* x, const float* dy, const Geometry& g, Tap tap) {
   for (int64_t b = 0; b < g.n; ++b)
     for (int64_t r = 0; r < g.oh; ++r) {
       const float* drow = dy + (b * g.oh + r) * g.ow * g.f;
@@ -200,25 +160,64 @@ void KernelGradFeaturesInner(const float* x, const float* dy, float* dk, const G
         for (int64_t j = 0; j < g.k; ++j) {
           int64_t lo, hi;
           TapColumns(g, j, &lo, &hi);
-          const float* xrow = x + ((b * g.h + rr) * g.w + j - g.left) * C;
-          for (int64_t f0 = 0; f0 < g.f; f0 += FB) {
-            V acc[C][NV] = {};
-            for (int64_t c = lo; c < hi; ++c) {
-              V ds[NV];
-              for (int v = 0; v < NV; ++v) ds[v] = Load(drow + c * g.f + f0 + v * kL);
-              for (int ch = 0; ch < C; ++ch) {
-                const float xv = xrow[c * C + ch];
-                for (int v = 0; v < NV; ++v) acc[ch][v] += xv * ds[v];
-              }
-            }
-            for (int ch = 0; ch < C; ++ch) {
-              float* out = dk + ((i * g.k + j) * C + ch) * g.f + f0;
-              for (int v = 0; v < NV; ++v) Store(out + v * kL, Load(out + v * kL) + acc[ch][v]);
-            }
-          }
+          tap(i, j, x + ((b * g.h + rr) * g.w + j - g.left) * g.c, drow, lo, hi);
         }
       }
     }
+}
+
+// dkernel (k, k, c, f) = sum over pixels of x at each tap times dy, for thin output sides
+// (f <= kMaxThin, c a multiple of CB): each tap's F x CB sums over a row in registers, then
+// added into dkernel (zeroed first).
+template <int F, int CB>
+void KernelGradChannelsInner(const float* x, const float* dy, float* dk, const Geometry& g) {
+  constexpr int NV = CB / kL;
+  std::fill(dk, dk + g.k * g.k * g.c * F, 0.f);
+  ForEachRowTap(x, dy, g, [&](int64_t i, int64_t j, const float* xrow, const float* drow,
+                              int64_t lo, int64_t hi) {
+    float* dtap = dk + (i * g.k + j) * g.c * F;
+    for (int64_t c0 = 0; c0 < g.c; c0 += CB) {
+      V acc[F][NV] = {};
+      for (int64_t c = lo; c < hi; ++c) {
+        V xs[NV];
+        for (int v = 0; v < NV; ++v) xs[v] = Load(xrow + c * g.c + c0 + v * kL);
+        for (int f = 0; f < F; ++f) {
+          const float d = drow[c * F + f];
+          for (int v = 0; v < NV; ++v) acc[f][v] += xs[v] * d;
+        }
+      }
+      float sums[F][CB];
+      for (int f = 0; f < F; ++f)
+        for (int v = 0; v < NV; ++v) Store(sums[f] + v * kL, acc[f][v]);
+      for (int l = 0; l < CB; ++l)
+        for (int f = 0; f < F; ++f) dtap[(c0 + l) * F + f] += sums[f][l];
+    }
+  });
+}
+
+// dkernel (k, k, C, f) for thin input sides (C <= kMaxThin, f a multiple of FB).
+template <int C, int FB>
+void KernelGradFeaturesInner(const float* x, const float* dy, float* dk, const Geometry& g) {
+  constexpr int NV = FB / kL;
+  std::fill(dk, dk + g.k * g.k * C * g.f, 0.f);
+  ForEachRowTap(x, dy, g, [&](int64_t i, int64_t j, const float* xrow, const float* drow,
+                              int64_t lo, int64_t hi) {
+    for (int64_t f0 = 0; f0 < g.f; f0 += FB) {
+      V acc[C][NV] = {};
+      for (int64_t c = lo; c < hi; ++c) {
+        V ds[NV];
+        for (int v = 0; v < NV; ++v) ds[v] = Load(drow + c * g.f + f0 + v * kL);
+        for (int ch = 0; ch < C; ++ch) {
+          const float xv = xrow[c * C + ch];
+          for (int v = 0; v < NV; ++v) acc[ch][v] += xv * ds[v];
+        }
+      }
+      for (int ch = 0; ch < C; ++ch) {
+        float* out = dk + ((i * g.k + j) * C + ch) * g.f + f0;
+        for (int v = 0; v < NV; ++v) Store(out + v * kL, Load(out + v * kL) + acc[ch][v]);
+      }
+    }
+  });
 }
 
 // The passes as types, so that Dispatch can pick their template arguments at run time.

@@ -34,7 +34,7 @@ MAX_KERNEL_SIZE = 16  # Its kMaxKernel.
 def status() -> str:
   """'' when the C++ convs are ready (built, loaded, registered), else why not."""
   return native.status(SOURCE, 'direct_conv', SYMBOLS, FLAGS, 'The direct convs',
-                       'no such conv candidate')
+                       'the other conv candidates')
 
 
 def available() -> bool:
@@ -78,17 +78,20 @@ def _conv_fwd(x, kernel, padding):
 
 
 def _conv_bwd(padding, residuals, dy):
-  """The input gradient: dy convolved with the kernel flipped and its features swapped; the
-  kernel gradient: kernel_grad."""
   x, kernel = residuals
-  k = kernel.shape[0]
-  pads = tuple((k - 1 - lo, size + lo - out)
-               for (lo, _), size, out in zip(padding, x.shape[1:3], dy.shape[1:3]))
-  dx = _conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), pads)
-  return dx, kernel_grad(x, dy, k, padding)
+  return input_grad(x.shape, kernel, dy, padding), kernel_grad(x, dy, kernel.shape[0], padding)
 
 
 _differentiable_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def input_grad(x_shape, kernel, dy, padding):
+  """d(sum(dy * conv(x, kernel, padding))) / dx: dy convolved with the kernel flipped and its
+  features swapped, padded so that the result has x's size."""
+  k = kernel.shape[0]
+  pads = tuple((k - 1 - lo, size + lo - out)
+               for (lo, _), size, out in zip(padding, x_shape[1:3], dy.shape[1:3]))
+  return _conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), pads)
 
 
 def kernel_grad(x, dy, kernel_size: int, padding):

@@ -421,12 +421,13 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   'xla' | 'matmul': the transpose of that forward implementation (XLA's backprop conv; col2im
   of dy @ kernel^T). '<impl>_t': the forward implementation <impl> on dy dilated by the stride
   and padded, with the kernel flipped and its in/out features swapped (a stride-1 conv).
-  'onednn': oneDNN's backward-data convolution. 'direct': direct_conv's conv of dy with that
-  kernel (stride 1).
+  'onednn': oneDNN's backward-data convolution. 'direct': direct_conv.input_grad (stride 1).
   """
   sig = conv_signature(x_shape, dy.dtype, kernel.shape[0], kernel.shape[-1], s)
   if implementation == 'onednn':
     return onednn.conv_input_grad(x_shape, kernel, s, sig.padding(), dy)
+  if implementation == 'direct' and computes(implementation, sig):
+    return direct_conv.input_grad(x_shape, kernel, dy, sig.padding())
   if implementation == 'matmul':
     k, c, f = sig.kernel_size, sig.in_features, sig.features
     taps = (dy.reshape(-1, f) @ kernel.reshape(k * k * c, f).T).reshape(dy.shape[:3] + (k, k, c))
@@ -442,8 +443,6 @@ def conv_input_grad(implementation: str, x_shape, kernel, s: int, dy):
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   if implementation == 'winograd_t' and computes(implementation, sig):
     return winograd.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
-  if implementation == 'direct' and computes(implementation, sig):
-    return direct_conv.conv(dy, flipped, [(lo, hi) for lo, hi, _ in pads])
   return _valid_conv(implementation[:-len('_t')], _dilated(dy, pads), flipped, 1)
 
 

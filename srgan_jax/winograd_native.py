@@ -19,7 +19,6 @@ import numpy as np
 from srgan_jax import native
 
 SOURCE = 'winograd_transforms.cc'
-OPT_OUT_ENV = native.OPT_OUT_ENV  # '0': keep winograd.py's XLA transforms.
 # -march=native: the transforms' loops vectorised for this CPU (the module is built on it).
 FLAGS = ('-O3', '-march=native')
 # winograd_transforms.cc's handlers, registered as _target(name).

@@ -96,7 +96,7 @@ def test_pmapped_convs_with_native_transforms_equal_xla_convs():
 
 
 def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path):
-  monkeypatch.delenv(winograd_native.OPT_OUT_ENV, raising=False)
+  monkeypatch.delenv(native.OPT_OUT_ENV, raising=False)
   monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setattr(native.shutil, 'which', lambda name: None)
@@ -118,11 +118,11 @@ def test_without_a_compiler_winograd_keeps_xla_transforms(monkeypatch, tmp_path)
 
 
 def test_the_native_transforms_can_be_turned_off(monkeypatch):
-  monkeypatch.setenv(winograd_native.OPT_OUT_ENV, '0')
+  monkeypatch.setenv(native.OPT_OUT_ENV, '0')
   winograd_native.status.cache_clear()
   try:
     assert not winograd_native.available()
-    assert winograd_native.OPT_OUT_ENV in winograd_native.status()
+    assert native.OPT_OUT_ENV in winograd_native.status()
     assert 'winograd transforms xla' in conv_tuning.machine_key('cpu', 'cpu', 2)
   finally:
     winograd_native.status.cache_clear()
