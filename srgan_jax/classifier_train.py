@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from srgan_jax import adam
 from srgan_jax import checkpoints
 from srgan_jax import conv_tuning
 from srgan_jax import distributed
@@ -181,9 +182,9 @@ def create_state(config, rng, steps, conv_plan=None,
   variables = models.init_classifier(
       models.create_classifier(config.classifier.architecture, num_classes=num_classes),
       rng, config.data.channels, image_size)
-  tx = optax.adam(learning_rate_schedule(config, steps))
   return state_lib.AveragedTrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
+      apply_fn=model.apply, params=variables['params'],
+      adam=adam.Adam(learning_rate_schedule(config, steps)),
       batch_stats=variables.get('batch_stats', {}), ema_params=variables['params'])
 
 

@@ -21,8 +21,8 @@ import jaxlib
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
 # '0': use none of the C++ passes that replace XLA ops where they are built (Winograd's
-# transforms, BatchNorm's sums, the direct convs), e.g. to rule them out when debugging; oneDNN
-# has its own switch.
+# transforms, BatchNorm's sums, the direct convs, Adam's update), e.g. to rule them out when
+# debugging; oneDNN has its own switch.
 OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from srgan_jax import adam
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
 from srgan_jax import conv_tuning
@@ -86,15 +87,14 @@ def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
   # Initialise without an axis name (no pmap here); the structure is the same.
   g_vars = models.init_variables(models.create_generator(config), g_rng, lr, train=False)
   d_vars = models.init_variables(models.create_discriminator(config), d_rng, hr, train=False)
-  tx = lambda lr: optax.adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
-  g_lr = generator_schedule(config)
+  optimizer = lambda lr: adam.Adam(lr, b1=config.optimizer.b1, b2=config.optimizer.b2)
   # The EMA starts as a copy (own buffers: the steps donate the state's buffers).
   g_state = state_lib.AveragedTrainState.create(
-      apply_fn=g_model.apply, params=g_vars['params'], tx=tx(g_lr),
+      apply_fn=g_model.apply, params=g_vars['params'], adam=optimizer(generator_schedule(config)),
       batch_stats=g_vars['batch_stats'],
       ema_params=jax.tree_util.tree_map(jnp.copy, g_vars['params']))
   d_state = state_lib.TrainState.create(apply_fn=d_model.apply, params=d_vars['params'],
-                                        tx=tx(config.optimizer.learning_rate),
+                                        adam=optimizer(config.optimizer.learning_rate),
                                         batch_stats=d_vars['batch_stats'])
   return g_state, d_state
 

@@ -23,12 +23,13 @@ PACKAGE = 'srgan_jax'
 TIERS = (
     # Shared basics: no import from the package (native: builds the C++ FFI modules).
     ('errors', 'files', 'config_utils', 'safe_pickle', 'native'),
-    # Training state, pixels, the process's XLA set-up; C++ through XLA's FFI (Winograd's
-    # transforms; oneDNN's convs; BatchNorm's sums; thin convs).
-    ('state', 'image_ops', 'images', 'metrics', 'distributed', 'platform', 'winograd_native',
-     'onednn', 'batch_norm', 'direct_conv'),
-    # Winograd's arithmetic of a fast conv (its transforms native where they are built).
-    ('winograd',),
+    # Pixels, the process's XLA set-up; C++ through XLA's FFI (Winograd's transforms; oneDNN's
+    # convs; BatchNorm's sums; thin convs; Adam's update).
+    ('image_ops', 'images', 'metrics', 'distributed', 'platform', 'winograd_native',
+     'onednn', 'batch_norm', 'direct_conv', 'adam'),
+    # Training state (its Adam's update native where it is built); Winograd's arithmetic of a
+    # fast conv (its transforms native where they are built).
+    ('state', 'winograd'),
     # The parts: data sources, networks, losses, checkpoints, logs.
     ('sources', 'models', 'losses', 'checkpoints', 'writers'),
     # The pretrained VGG19 of the content loss, built of models' convs (tuned like the others).

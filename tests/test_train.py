@@ -92,8 +92,8 @@ def test_pmap_over_4_devices_equals_1_device(tiny_config):
   # float round-off in the (theoretically zero) gradients of conv biases before BatchNorm up
   # to full learning-rate steps.
   sgd = optax.sgd(0.1)
-  g_state = g_state.replace(tx=sgd, opt_state=sgd.init(g_state.params))
-  d_state = d_state.replace(tx=sgd, opt_state=sgd.init(d_state.params))
+  g_state = g_state.replace(tx=sgd, adam=None, opt_state=sgd.init(g_state.params))
+  d_state = d_state.replace(tx=sgd, adam=None, opt_state=sgd.init(d_state.params))
   rng = np.random.default_rng(0)
   batch = {'hr': rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
            'lr': rng.integers(0, 256, (16, 7, 7, 1), dtype=np.uint8)}
