@@ -11,8 +11,9 @@ ms of its 0.79 s GAN step (benchmarks/README.md).
 
 `Adam` holds the hyper-parameters that optax.adam is given; `Adam.tx()` is that optax.adam,
 whose state the pass reads and writes (the same tree: checkpoints do not depend on the pass).
-The values are optax's and state.ema_update's: each element goes through their operations in
-their order, in float32. Where the pass is not available (no compiler, not a Linux x86-64
+The values are optax's and state.ema_update's to float rounding: each element goes through
+their operations in float32 as XLA:CPU compiles them alone (adam_update.cc); in a larger
+program XLA may fuse them otherwise and round an element's last bit differently. Where the pass is not available (no compiler, not a Linux x86-64
 CPU, not float32, a GPU or TPU backend, SRGAN_JAX_NATIVE=0), `step` is optax's update.
 """
 

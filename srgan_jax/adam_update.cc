@@ -4,13 +4,15 @@
 // the same maths into three or four passes and a copy of the second moment; the step is
 // memory-bound, so one pass is what makes it cheaper.
 //
-// Each element goes through the operations of optax.adam and state.ema_update in float, as
-// XLA:CPU (jax 0.10) compiles them, so the results are the same to the bit: a division by the
-// bias corrections as a product with their inverse, a * b + c * d as fma(a, b, c * d), and no
-// other contraction (adam.py builds this file with -ffp-contract=off).
+// Each element goes through the operations of optax.adam and state.ema_update in float as
+// XLA:CPU (jax 0.10) compiles one parameter's update alone, so that the results are the same
+// to the bit there: a division by the bias corrections as a product with their inverse,
+// a * b + c * d as fma(a, b, c * d), and no other contraction (adam.py builds this file with
+// -ffp-contract=off). In a larger program XLA may fuse the maths otherwise (the second moment
+// recomputed inside the parameter's pass) and round an element's last bit differently.
 #include <cmath>
-#include <initializer_list>
 #include <cstdint>
+#include <initializer_list>
 
 #include "xla/ffi/api/ffi.h"
 
