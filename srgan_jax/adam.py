@@ -110,5 +110,6 @@ def _update(p, g, m, v, *rest):
   with_ema = len(rest) == 2
   target = 'srgan_adam_ema' if with_ema else 'srgan_adam'
   aliases = {0: 0, 2: 1, 3: 2, **({4: 3} if with_ema else {})}
-  return jax.ffi.ffi_call(target, (shape,) * (4 if with_ema else 3),
+  # vmap (e.g. over seeds' states) calls the pass once per batch element.
+  return jax.ffi.ffi_call(target, (shape,) * (4 if with_ema else 3), vmap_method='sequential',
                           input_output_aliases=aliases)(p, g, m, v, *rest)

@@ -78,6 +78,26 @@ def test_equals_optax_adam_under_pmap(learning_rate, ema_decay):
       np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-7)
 
 
+@needs_native
+def test_vmapped_states_update_each_their_own():
+  """Two states in one vmapped step (e.g. two seeds) update as each would alone."""
+  rng = np.random.default_rng(1)
+  hyper = adam.Adam(SCHEDULE)
+  first = state_lib.AveragedTrainState.create(apply_fn=None, params=_params(rng), adam=hyper,
+                                              ema_params=_params(rng))
+  states = [first, first.replace(params=_params(rng), ema_params=_params(rng))]
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                        s.params) for s in states]
+  step = lambda s, g: state_lib.apply_averaged_gradients(s, g, None, 0.9)
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  both = jax.jit(jax.vmap(step))(stacked, jax.tree.map(lambda *xs: jnp.stack(xs), *grads))
+  for i, (state, g) in enumerate(zip(states, grads)):
+    alone = jax.jit(step)(state, g)
+    for got, want in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], both)),
+                         jax.tree.leaves(alone)):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def _pmapped_hlo(state, ema: bool) -> str:
   grads = jax.tree.map(jnp.ones_like, state.params)
   if ema:
