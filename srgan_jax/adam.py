@@ -13,8 +13,9 @@ ms of its 0.79 s GAN step (benchmarks/README.md).
 whose state the pass reads and writes (the same tree: checkpoints do not depend on the pass).
 The values are optax's and state.ema_update's to float rounding: each element goes through
 their operations in float32 as XLA:CPU compiles them alone (adam_update.cc); in a larger
-program XLA may fuse them otherwise and round an element's last bit differently. Where the pass is not available (no compiler, not a Linux x86-64
-CPU, not float32, a GPU or TPU backend, SRGAN_JAX_NATIVE=0), `step` is optax's update.
+program XLA may fuse them otherwise and round an element's last bit differently. Where the
+pass is not available (no compiler, not a Linux x86-64 CPU, not float32, a GPU or TPU backend,
+SRGAN_JAX_NATIVE=0), `step` is optax's update.
 """
 
 import dataclasses
@@ -110,6 +111,6 @@ def _update(p, g, m, v, *rest):
   with_ema = len(rest) == 2
   target = 'srgan_adam_ema' if with_ema else 'srgan_adam'
   aliases = {0: 0, 2: 1, 3: 2, **({4: 3} if with_ema else {})}
-  # vmap (e.g. over seeds' states) calls the pass once per batch element.
-  return jax.ffi.ffi_call(target, (shape,) * (4 if with_ema else 3), vmap_method='sequential',
+  return jax.ffi.ffi_call(target, (shape,) * (4 if with_ema else 3),
+                          vmap_method=native.VMAP_METHOD,
                           input_output_aliases=aliases)(p, g, m, v, *rest)

@@ -54,7 +54,8 @@ def _moments(x):
   """(2, c): the sums of x and of x * x over all but x's last axis."""
   if _native(x):
     shape = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call('srgan_batch_norm_moments', shape)(x)
+    return jax.ffi.ffi_call('srgan_batch_norm_moments', shape,
+                            vmap_method=native.VMAP_METHOD)(x)
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   return jnp.stack([x.sum(axes), (x * x).sum(axes)])
@@ -64,7 +65,8 @@ def _grad_moments(g, x, mean):
   """(2, c): the sums of g and of g * (x - mean) over all but the last axis."""
   if _native(x):
     shape = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call('srgan_batch_norm_grad_moments', shape)(g, x, mean)
+    return jax.ffi.ffi_call('srgan_batch_norm_grad_moments', shape,
+                            vmap_method=native.VMAP_METHOD)(g, x, mean)
   axes = tuple(range(x.ndim - 1))
   g = g.astype(jnp.float32)
   return jnp.stack([g.sum(axes), (g * (x.astype(jnp.float32) - mean)).sum(axes)])

@@ -58,8 +58,9 @@ def _conv(x, kernel, padding):
   features_inner = c <= MAX_THIN_FEATURES and f % WIDE_MULTIPLE == 0
   if not features_inner:
     kernel = kernel.transpose(0, 1, 3, 2)  # (k, k, f, c): the input features innermost.
-  return jax.ffi.ffi_call('srgan_direct_conv', shape)(
-      x, kernel, pad_top=np.int64(top), pad_left=np.int64(left), features_inner=features_inner)
+  return jax.ffi.ffi_call('srgan_direct_conv', shape, vmap_method=native.VMAP_METHOD)(
+      x, kernel, pad_top=np.int64(top), pad_left=np.int64(left),
+      features_inner=features_inner)
 
 
 def conv(x, kernel, padding):
@@ -98,5 +99,6 @@ def kernel_grad(x, dy, kernel_size: int, padding):
   """d(sum(dy * conv(x, kernel, padding))) / dkernel, (k, k, c, f)."""
   (top, _), (left, _) = padding
   shape = jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1], dy.shape[-1]), x.dtype)
-  return jax.ffi.ffi_call('srgan_direct_kernel_grad', shape)(
+  return jax.ffi.ffi_call('srgan_direct_kernel_grad', shape,
+                          vmap_method=native.VMAP_METHOD)(
       x, dy, pad_top=np.int64(top), pad_left=np.int64(left))

@@ -24,6 +24,9 @@ CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
 # transforms, BatchNorm's sums, the direct convs, Adam's update), e.g. to rule them out when
 # debugging; oneDNN has its own switch.
 OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
+# How the FFI calls batch under jax.vmap (e.g. per-example gradients, an ensemble of states):
+# each C++ pass takes whole arrays, so a vmapped call runs it once per batch element.
+VMAP_METHOD = 'sequential'
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -125,7 +125,8 @@ def _call(phase: str, out_shape, dtype, a, b, kernel_size: int, s: int, padding)
     raise RuntimeError(f"The conv implementation 'onednn' is unavailable here: {status()}.")
   (top, bottom), (left, right) = padding
   i64 = np.int64
-  return jax.ffi.ffi_call(_target(phase), jax.ShapeDtypeStruct(tuple(out_shape), dtype))(
+  return jax.ffi.ffi_call(_target(phase), jax.ShapeDtypeStruct(tuple(out_shape), dtype),
+                          vmap_method=native.VMAP_METHOD)(
       a, b, kernel_size=i64(kernel_size), stride=i64(s), pad_top=i64(top),
       pad_bottom=i64(bottom), pad_left=i64(left), pad_right=i64(right))
 

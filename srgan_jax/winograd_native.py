@@ -50,7 +50,7 @@ def input_tiles(x, index, chunk: int, top: int, left: int, tiles_h: int, tiles_w
   range(tiles_w), of each image of chunk `index` (an int32 scalar, e.g. a loop's counter) of
   `chunk` images of NHWC x, zeros outside x: (36, chunk * tiles_h * tiles_w, c)."""
   shape = jax.ShapeDtypeStruct((36, chunk * tiles_h * tiles_w, x.shape[-1]), x.dtype)
-  return jax.ffi.ffi_call(_target('input'), shape)(
+  return jax.ffi.ffi_call(_target('input'), shape, vmap_method=native.VMAP_METHOD)(
       x, jnp.asarray(index, jnp.int32), pad_top=np.int64(top), pad_left=np.int64(left),
       tiles_h=np.int64(tiles_h), tiles_w=np.int64(tiles_w), chunk=np.int64(chunk))
 
@@ -63,9 +63,10 @@ def output_tiles(products, bias, index, chunk: int, y_shape, y=None):
   shape = jax.ShapeDtypeStruct(tuple(y_shape), products.dtype)
   index = jnp.asarray(index, jnp.int32)
   if y is None:
-    return jax.ffi.ffi_call(_target('output'), shape)(products, bias, index,
-                                                      chunk=np.int64(chunk))
-  return jax.ffi.ffi_call(_target('output_into'), shape, input_output_aliases={2: 0})(
+    return jax.ffi.ffi_call(_target('output'), shape, vmap_method=native.VMAP_METHOD)(
+        products, bias, index, chunk=np.int64(chunk))
+  return jax.ffi.ffi_call(_target('output_into'), shape, vmap_method=native.VMAP_METHOD,
+                          input_output_aliases={2: 0})(
       products, bias, y, index, chunk=np.int64(chunk))
 
 
@@ -74,5 +75,5 @@ def grad_tiles(dy, index, chunk: int):
   zeros outside it: (36, chunk * ceil(h/4) * ceil(w/4), f)."""
   _, h, w, f = dy.shape
   shape = jax.ShapeDtypeStruct((36, chunk * _tiles(h) * _tiles(w), f), dy.dtype)
-  return jax.ffi.ffi_call(_target('grad'), shape)(dy, jnp.asarray(index, jnp.int32),
-                                                  chunk=np.int64(chunk))
+  return jax.ffi.ffi_call(_target('grad'), shape, vmap_method=native.VMAP_METHOD)(
+      dy, jnp.asarray(index, jnp.int32), chunk=np.int64(chunk))

@@ -37,6 +37,8 @@ if ('SRGAN_JAX_CACHE_DIR' not in os.environ or
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -81,6 +83,19 @@ def pytest_collection_modifyitems(items):
     group = module_groups.get(item.module.__name__)
     if group:
       item.add_marker(pytest.mark.xdist_group(group))
+
+
+def assert_vmap_equals_each_alone(fn, batched, *args, atol=0.0):
+  """jax.vmap(fn) over the leading axis of `batched` (with `args` unbatched) equals fn on each
+  slice alone, to `atol` of the largest magnitude (0: bit for bit): a C++ FFI pass under vmap
+  (native.VMAP_METHOD) computes what it computes alone."""
+  together = jax.jit(jax.vmap(fn, (0,) + (None,) * len(args)))(batched, *args)
+  for i in range(batched.shape[0]):
+    alone = jax.jit(fn)(batched[i], *args)
+    for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
+      got, want = np.asarray(got)[i], np.asarray(want)
+      scale = max(float(np.max(np.abs(want))), 1e-30)
+      np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=atol)
 
 
 def make_tiny_config(**overrides):

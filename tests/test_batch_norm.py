@@ -12,6 +12,8 @@ from srgan_jax import batch_norm
 from srgan_jax import models
 from srgan_jax import native
 
+from tests import conftest
+
 needs_native = pytest.mark.skipif(not batch_norm.native_backend(),
                                   reason=f'C++ sums unavailable: {batch_norm.status()}')
 
@@ -124,3 +126,17 @@ def test_other_dtypes_keep_xla_sums():
   assert 'ffi_call' not in program
   y, _ = module.apply(variables, x, mutable=['batch_stats'])
   assert y.dtype == jnp.bfloat16 and bool(jnp.all(y == 0))  # Constant x: normalized to 0.
+
+
+@needs_native
+def test_vmapped_batch_norm_equals_each_alone():
+  """Each slice of the vmapped axis its own batch: its statistics and gradient alone."""
+  xs = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5, 3, 70)) * 2.0 + 1.0
+  module = batch_norm.BatchNorm(use_running_average=False, momentum=0.9)
+  variables = module.init(jax.random.PRNGKey(1), xs[0])
+
+  def loss(x, variables):
+    y, updates = module.apply(variables, x, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y)), updates
+
+  conftest.assert_vmap_equals_each_alone(jax.grad(loss, has_aux=True), xs, variables)

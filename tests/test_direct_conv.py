@@ -14,6 +14,8 @@ from srgan_jax import direct_conv
 from srgan_jax import models
 from srgan_jax import native
 
+from tests import conftest
+
 needs_native = pytest.mark.skipif(not direct_conv.available(),
                                   reason=f'direct convs unavailable: {direct_conv.status()}')
 
@@ -119,3 +121,16 @@ def test_without_a_compiler_direct_is_no_candidate(monkeypatch, tmp_path):
     assert native.OPT_OUT_ENV in direct_conv.status()
   finally:
     direct_conv.status.cache_clear()
+
+
+@needs_native
+def test_vmapped_direct_conv_and_its_gradients_equal_each_alone():
+  """Both orientations (to 1 feature, from 1), their input and kernel gradients."""
+  rng = np.random.default_rng(3)
+  xs = jnp.asarray(rng.normal(size=(2, 3, 12, 11, 16)), jnp.float32)
+  for x, kernel in ((xs, rng.normal(size=(9, 9, 16, 1))), (xs[..., :1], rng.normal(size=(3, 3, 1, 16)))):
+    kernel = jnp.asarray(kernel, jnp.float32)
+    k = kernel.shape[0]
+    padding = ((k // 2, k // 2), (k // 2, k // 2))
+    loss = lambda x, kernel: jnp.sum(jnp.sin(direct_conv.conv(x, kernel, padding)))
+    conftest.assert_vmap_equals_each_alone(jax.grad(loss, (0, 1)), x, kernel)

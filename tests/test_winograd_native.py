@@ -16,6 +16,8 @@ from srgan_jax import native
 from srgan_jax import winograd
 from srgan_jax import winograd_native
 
+from tests import conftest
+
 needs_native = pytest.mark.skipif(not winograd_native.available(),
                                   reason=f'native transforms unavailable: '
                                   f'{winograd_native.status()}')
@@ -176,3 +178,16 @@ def test_a_module_built_for_one_cpu_is_not_loaded_on_another(monkeypatch, tmp_pa
   on_a = path()
   monkeypatch.setattr(native, 'cpu_features', lambda: 'model name : B | flags : avx512f')
   assert path() != on_a and os.path.dirname(path()) == os.path.dirname(on_a)
+
+
+@needs_native
+def test_vmapped_winograd_conv_and_its_gradients_equal_each_alone():
+  rng = np.random.default_rng(3)
+  xs = jnp.asarray(rng.normal(size=(2, 3, 12, 11, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 24)), jnp.float32)
+  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
+  target = jnp.asarray(rng.normal(size=(3, 12, 11, 24)), jnp.float32)
+  loss = lambda x, kernel: jnp.sum(
+      models.tuned_conv(x, kernel, jnp.zeros(24), 1, choice) * target)
+  # XLA batches the products' matmuls over the vmapped axis: float rounding, as in _close.
+  conftest.assert_vmap_equals_each_alone(jax.grad(loss, (0, 1)), xs, kernel, atol=2e-6)
