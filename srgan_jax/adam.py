@@ -30,6 +30,7 @@ from optax._src import numerics
 from srgan_jax import native
 
 SOURCE = 'adam_update.cc'
+NAME = 'adam'  # Its build's name (native.build).
 # -ffp-contract=off: only the pass's own fused multiply-adds, where XLA:CPU has them;
 # -fno-math-errno: sqrt vectorises (it cannot set errno: its argument is >= 0).
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno')
@@ -39,7 +40,7 @@ SYMBOLS = {'srgan_adam': 'SrganAdam', 'srgan_adam_ema': 'SrganAdamEma'}
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the C++ pass is ready (built, loaded, registered), else why not."""
-  return native.status(SOURCE, 'adam', SYMBOLS, FLAGS, "Adam's update", "optax's update")
+  return native.status(SOURCE, NAME, SYMBOLS, FLAGS, "Adam's update", "optax's update")
 
 
 @dataclasses.dataclass(frozen=True)

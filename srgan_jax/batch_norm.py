@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from srgan_jax import native
 
 SOURCE = 'batch_norm_sums.cc'
+NAME = 'batch_norm'  # Its build's name (native.build).
 FLAGS = ('-O3', '-march=native')
 SYMBOLS = {'srgan_batch_norm_moments': 'SrganBatchNormMoments',
            'srgan_batch_norm_grad_moments': 'SrganBatchNormGradMoments'}
@@ -37,7 +38,7 @@ SYMBOLS = {'srgan_batch_norm_moments': 'SrganBatchNormMoments',
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the C++ sums are ready (built, loaded, registered), else why not."""
-  return native.status(SOURCE, 'batch_norm', SYMBOLS, FLAGS, "BatchNorm's sums",
+  return native.status(SOURCE, NAME, SYMBOLS, FLAGS, "BatchNorm's sums",
                        "XLA's reductions")
 
 

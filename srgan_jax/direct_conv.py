@@ -21,6 +21,7 @@ import numpy as np
 from srgan_jax import native
 
 SOURCE = 'direct_conv.cc'
+NAME = 'direct_conv'  # Its build's name (native.build).
 FLAGS = ('-O3', '-march=native')
 SYMBOLS = {'srgan_direct_conv': 'SrganDirectConv',
            'srgan_direct_kernel_grad': 'SrganDirectKernelGrad'}
@@ -33,7 +34,7 @@ MAX_KERNEL_SIZE = 16  # Its kMaxKernel.
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the C++ convs are ready (built, loaded, registered), else why not."""
-  return native.status(SOURCE, 'direct_conv', SYMBOLS, FLAGS, 'The direct convs',
+  return native.status(SOURCE, NAME, SYMBOLS, FLAGS, 'The direct convs',
                        'the other conv candidates')
 
 

@@ -20,19 +20,23 @@ import numpy as np
 import optax
 
 from srgan_jax import adam
+from srgan_jax import batch_norm
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
 from srgan_jax import conv_tuning
+from srgan_jax import direct_conv
 from srgan_jax import distributed
 from srgan_jax import evaluate as evaluate_lib
 from srgan_jax import files
 from srgan_jax import images as images_lib
 from srgan_jax import input_pipeline
 from srgan_jax import models
+from srgan_jax import native
 from srgan_jax import state as state_lib
 from srgan_jax import steps
 from srgan_jax import validation
 from srgan_jax import vgg
+from srgan_jax import winograd_native
 from srgan_jax import writers
 from srgan_jax.errors import ConfigError
 from srgan_jax.errors import NonFiniteError
@@ -317,11 +321,17 @@ class _Run:
     return jax.process_index() == 0
 
 
+# The C++ modules a run uses on CPU where they build (oneDNN's is opt-in).
+NATIVE_MODULES = (batch_norm, direct_conv, winograd_native, adam)
+
+
 def _prepare(config, workdir: str) -> _Run:
   """Checks the config, data and workdir, loads (or trains) the frozen networks and the judge,
   and restores the latest checkpoint when there is one."""
   validation.validate_config(config, jax.device_count())
   checkpoints.ensure_writable(workdir)
+  if jax.default_backend() == 'cpu':  # Each builds on first use; on a first run, side by side.
+    native.build_all([(m.SOURCE, m.NAME, m.FLAGS) for m in NATIVE_MODULES])
   resuming = checkpoints.has_checkpoint(workdir)
   if resuming:
     _, saved_config, _ = checkpoints.read_config(workdir)

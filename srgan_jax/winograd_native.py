@@ -19,6 +19,7 @@ import numpy as np
 from srgan_jax import native
 
 SOURCE = 'winograd_transforms.cc'
+NAME = 'winograd'  # Its build's name (native.build).
 # -march=native: the transforms' loops vectorised for this CPU (the module is built on it).
 FLAGS = ('-O3', '-march=native')
 # winograd_transforms.cc's handlers, registered as _target(name).
@@ -33,7 +34,7 @@ def _target(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def status() -> str:
   """'' when the native transforms are ready (built, loaded, registered), else why not."""
-  return native.status(SOURCE, 'winograd', {_target(n): s for n, s in SYMBOLS.items()}, FLAGS,
+  return native.status(SOURCE, NAME, {_target(n): s for n, s in SYMBOLS.items()}, FLAGS,
                        "Winograd's transforms", "its XLA transforms")
 
 

@@ -4,6 +4,7 @@ they cannot be built, and the tuning cache keyed by which transforms were timed.
 
 import functools
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import pytest
 from srgan_jax import conv_tuning
 from srgan_jax import models
 from srgan_jax import native
+from srgan_jax import train
 from srgan_jax import winograd
 from srgan_jax import winograd_native
 
@@ -140,6 +142,36 @@ def test_a_failed_build_leaves_no_module_behind(monkeypatch, tmp_path):
   with pytest.raises(RuntimeError, match='compiling .*bad.cc failed'):
     native.build('bad.cc', 'probe')
   assert not list((tmp_path / 'probe').glob('*'))
+
+
+def test_build_all_builds_side_by_side_and_leaves_failures_to_status(monkeypatch, tmp_path):
+  """A first run builds the C++ modules together; one that fails does not stop the others (its
+  own status() reports it when it is needed); opted out, nothing is built."""
+  if not native.shutil.which('g++') and not native.shutil.which('c++'):
+    pytest.skip('no C++ compiler here')
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / 'cache'))
+  # What the trainer builds ahead: the package's modules, by the names they build under.
+  for module in train.NATIVE_MODULES:
+    assert os.path.exists(os.path.join(native.PACKAGE_DIR, module.SOURCE))
+    assert f'/{module.NAME}/' in native.module_path(module.SOURCE, module.NAME, module.FLAGS)
+  monkeypatch.setattr(native, 'PACKAGE_DIR', str(tmp_path))
+  (tmp_path / 'one.cc').write_text('extern "C" int one() { return 1; }\n')
+  (tmp_path / 'two.cc').write_text('extern "C" int two() { return 2; }\n')
+  (tmp_path / 'bad.cc').write_text('this is not C++\n')
+  modules = [('one.cc', 'one', ('-O1',)), ('bad.cc', 'bad', ()), ('two.cc', 'two', ('-O1',))]
+  native.build_all(modules)
+  for source, name, flags in modules:
+    assert os.path.exists(native.module_path(source, name, flags)) == (name != 'bad')
+  # Side by side: two builds wait for each other (one after the other, the first would time out).
+  monkeypatch.setattr(native.os, 'cpu_count', lambda: 2)
+  barrier, met = threading.Barrier(2, timeout=10), []
+  monkeypatch.setattr(native, 'build', lambda *module: met.append(barrier.wait()))
+  native.build_all(modules[:2])
+  assert sorted(met) == [0, 1]
+  monkeypatch.setenv(native.OPT_OUT_ENV, '0')
+  met.clear()
+  native.build_all(modules[:2])
+  assert not met
 
 
 def test_machine_key_names_the_transforms_timed(monkeypatch):
