@@ -14,8 +14,8 @@ whose state the pass reads and writes (the same tree: checkpoints do not depend 
 The values are optax's and state.ema_update's to float rounding: each element goes through
 their operations in float32 as XLA:CPU compiles them alone (adam_update.cc); in a larger
 program XLA may fuse them otherwise and round an element's last bit differently. Where the
-pass is not available (no compiler, not a Linux x86-64 CPU, not float32, a GPU or TPU backend,
-SRGAN_JAX_NATIVE=0), `step` is optax's update.
+pass is not available (native_for: no compiler, not a Linux x86-64 CPU, not float32, a GPU or
+TPU backend, SRGAN_JAX_NATIVE=0), state.py updates by optax's update and ema_update.
 """
 
 import dataclasses
@@ -57,8 +57,8 @@ class Adam:
 
 
 def native_for(params) -> bool:
-  """Whether `step` takes the C++ pass for `params`: float32 leaves on a CPU backend where
-  the pass is built."""
+  """Whether the C++ pass (step) serves `params`: float32 leaves on a CPU backend where it is
+  built."""
   return (jax.default_backend() == 'cpu' and
           all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
           and not status())
@@ -72,20 +72,13 @@ def _learning_rate(adam: Adam, schedule_state):
 
 
 def step(adam: Adam, params, grads, opt_state, ema: Optional[Tuple[Any, Any]] = None):
-  """(params, opt_state, ema_params) after one Adam step of `grads`.
+  """(params, opt_state, ema_params) after one Adam step of `grads`, by the C++ pass (callers
+  check native_for; elsewhere the state's tx and state.ema_update do it).
 
   `opt_state`: the state of `adam.tx()`. `ema`: (ema_params, decay at this step) to also
   update the EMA of the parameters, decay * ema + (1 - decay) * new params (state.ema_update
   gives the decay); None returns None as the EMA.
   """
-  if not native_for(params):
-    updates, opt_state = adam.tx().update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    if ema is None:
-      return params, opt_state, None
-    ema_params, decay = ema
-    return params, opt_state, jax.tree_util.tree_map(
-        lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
   moments, schedule_state = opt_state
   count = numerics.safe_increment(moments.count)
   coefficients = jnp.stack([jnp.asarray(c, jnp.float32) for c in (

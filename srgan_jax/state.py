@@ -35,9 +35,13 @@ class TrainState(train_state.TrainState):
     return super().create(apply_fn=apply_fn, params=params, tx=tx or adam.tx(), adam=adam,
                           **kwargs)
 
+  def fused(self) -> bool:
+    """Whether the update is adam.step's one pass (an `adam` whose pass serves the params)."""
+    return self.adam is not None and adam_lib.native_for(self.params)
+
   def apply_gradients(self, *, grads, **kwargs):
-    """flax's apply_gradients; with `adam`, adam.step's update (the same values)."""
-    if self.adam is None:
+    """flax's apply_gradients; with `adam` where its pass runs, adam.step (the same values)."""
+    if not self.fused():
       return super().apply_gradients(grads=grads, **kwargs)
     params, opt_state, _ = adam_lib.step(self.adam, self.params, grads, self.opt_state)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **kwargs)
@@ -65,9 +69,9 @@ def ema_decay_at(decay, step):
 
 
 def apply_averaged_gradients(state: AveragedTrainState, grads, batch_stats, ema_decay):
-  """One optimizer step of `state` and the EMA update of its parameters (with the state's
-  `adam`, both in adam.step's one pass)."""
-  if state.adam is None:
+  """One optimizer step of `state` and the EMA update of its parameters (both in adam.step's
+  one pass where the state's update is fused)."""
+  if not state.fused():
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return new_state.replace(ema_params=ema_update(state.ema_params, new_state.params,
                                                    ema_decay, new_state.step))

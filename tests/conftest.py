@@ -1,6 +1,7 @@
 """Test set-up: 4 fake CPU devices (before JAX starts), a tiny config for real code paths, and
 the grouping that lets pytest-xdist (`-n auto` in pytest.ini) split the suite over the cores."""
 
+import functools
 import os
 import tempfile
 from typing import Any, List, NamedTuple
@@ -38,6 +39,7 @@ if ('SRGAN_JAX_CACHE_DIR' not in os.environ or
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -46,6 +48,7 @@ from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-imp
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import direct_conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -85,17 +88,48 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.xdist_group(group))
 
 
+def assert_close(got, want, atol=2e-6):
+  """Equal to float32 rounding: within `atol` of the largest magnitude of `want` (0: bit for
+  bit)."""
+  got, want = np.asarray(got), np.asarray(want)
+  scale = max(float(np.max(np.abs(want))), 1e-30)
+  np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=atol)
+
+
 def assert_vmap_equals_each_alone(fn, batched, *args, atol=0.0):
   """jax.vmap(fn) over the leading axis of `batched` (with `args` unbatched) equals fn on each
-  slice alone, to `atol` of the largest magnitude (0: bit for bit): a C++ FFI pass under vmap
-  (native.VMAP_METHOD) computes what it computes alone."""
+  slice alone (assert_close to `atol`): a C++ FFI pass under vmap (native.VMAP_METHOD) computes
+  what it computes alone."""
   together = jax.jit(jax.vmap(fn, (0,) + (None,) * len(args)))(batched, *args)
   for i in range(batched.shape[0]):
     alone = jax.jit(fn)(batched[i], *args)
     for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
-      got, want = np.asarray(got)[i], np.asarray(want)
-      scale = max(float(np.max(np.abs(want))), 1e-30)
-      np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=atol)
+      assert_close(np.asarray(got)[i], want, atol=atol)
+
+
+def pmapped_tuned_conv_and_xla(choice, sig, kernel_scale: float = 1.0):
+  """(got, want, jaxpr): a conv of `sig` with the phases `choice` names (models.tuned_conv)
+  and XLA's, each pmapped over 2 devices with their own inputs: the value and the gradients
+  of sum(sin(conv)) w.r.t. x and the kernel (scaled by `kernel_scale`); and the tuned one's
+  program on one device."""
+  devices = jax.local_devices()[:2]
+  shapes = models.conv_phase('forward', 'xla', sig)[1][:2]
+  x, kernel = (jax.random.normal(jax.random.PRNGKey(i), (len(devices),) + s)
+               for i, s in enumerate(shapes))
+  kernel = kernel * kernel_scale
+  bias = jnp.linspace(-1.0, 1.0, sig.features)
+
+  def value_and_grads(tuned, x, kernel):
+    conv = (functools.partial(models.tuned_conv, bias=bias, s=sig.strides, choice=choice)
+            if tuned else functools.partial(models.conv_forward, 'xla', s=sig.strides,
+                                            bias=bias))
+    loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+    return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)
+
+  got = jax.pmap(functools.partial(value_and_grads, True), devices=devices)(x, kernel)
+  want = jax.pmap(functools.partial(value_and_grads, False), devices=devices)(x, kernel)
+  program = str(jax.make_jaxpr(functools.partial(value_and_grads, True))(x[0], kernel[0]))
+  return got, want, program
 
 
 def make_tiny_config(**overrides):

@@ -20,10 +20,7 @@ needs_native = pytest.mark.skipif(not direct_conv.available(),
                                   reason=f'direct convs unavailable: {direct_conv.status()}')
 
 
-def _close(got, want, atol=2e-6):
-  """Equal up to float32 rounding, relative to the largest magnitude of `want`."""
-  scale = float(jnp.max(jnp.abs(want)))
-  np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=atol)
+_close = conftest.assert_close
 
 
 def _xla_conv(x, kernel, padding):
@@ -59,25 +56,10 @@ def test_conv_and_kernel_gradient_equal_xla(n, h, w, c, f, k):
 def test_pmapped_tuned_conv_with_direct_phases_equals_xla(c, f):
   """Each device's thread runs its own calls: the value and both gradients (through the
   flipped kernel of the input gradient) equal XLA's conv's."""
-  devices = jax.local_devices()[:2]
   sig = models.ConvSignature(3, 10, 9, c, f, 9, 1, 'float32')
-  shapes = models.conv_phase('forward', 'xla', sig)[1][:2]
-  x, kernel = (jax.random.normal(jax.random.PRNGKey(i), (len(devices),) + s)
-               for i, s in enumerate(shapes))
-  kernel = kernel / np.sqrt(9 * 9 * c)  # Outputs of order 1: sin's slope does not amplify.
-  choice = models.ConvChoice('direct', 'direct', 'direct')
-
-  def value_and_grads(implementation, x, kernel):
-    bias = jnp.linspace(-1.0, 1.0, f)
-    conv = (functools.partial(models.tuned_conv, bias=bias, s=1, choice=choice)
-            if implementation == 'direct' else
-            functools.partial(models.conv_forward, 'xla', s=1, bias=bias))
-    loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
-    return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)
-
-  got = jax.pmap(functools.partial(value_and_grads, 'direct'), devices=devices)(x, kernel)
-  want = jax.pmap(functools.partial(value_and_grads, 'xla'), devices=devices)(x, kernel)
-  program = str(jax.make_jaxpr(functools.partial(value_and_grads, 'direct'))(x[0], kernel[0]))
+  # Outputs of order 1: sin's slope does not amplify.
+  got, want, program = conftest.pmapped_tuned_conv_and_xla(
+      models.ConvChoice('direct', 'direct', 'direct'), sig, kernel_scale=1 / np.sqrt(9 * 9 * c))
   # The value, the gradient's forward pass and its input gradient; the kernel gradient.
   assert program.count('srgan_direct_conv') == 3 and 'srgan_direct_kernel_grad' in program
   for g, w in zip(got, want):

@@ -25,11 +25,9 @@ needs_native = pytest.mark.skipif(not winograd_native.available(),
                                   f'{winograd_native.status()}')
 
 
-def _close(got, want, atol=2e-6):
-  """Equal up to float32 rounding, relative to the largest magnitude (Winograd's convs differ
-  from XLA's by about 1e-5 of it, the transforms from XLA's transforms by its order of sums)."""
-  scale = float(jnp.max(jnp.abs(want)))
-  np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=atol)
+# Winograd's convs differ from XLA's by about 1e-5 of the largest magnitude, the transforms
+# from XLA's transforms by their order of sums.
+_close = conftest.assert_close
 
 
 @needs_native
@@ -76,24 +74,9 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
 @needs_native
 def test_pmapped_convs_with_native_transforms_equal_xla_convs():
   """Each device's thread runs its own calls: values and both gradients as XLA's conv."""
-  devices = jax.local_devices()[:2]
   sig = models.ConvSignature(4, 14, 10, 16, 24, 3, 1, 'float32')
-  shapes = models.conv_phase('forward', 'xla', sig)[1][:2]
-  x, kernel = (jax.random.normal(jax.random.PRNGKey(i), (len(devices),) + s)
-               for i, s in enumerate(shapes))
-  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
-
-  def value_and_grads(implementation, x, kernel):
-    bias = jnp.linspace(-1.0, 1.0, 24)
-    conv = (functools.partial(models.tuned_conv, bias=bias, s=1, choice=choice)
-            if implementation == 'winograd' else
-            functools.partial(models.conv_forward, 'xla', s=1, bias=bias))
-    loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
-    return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)
-
-  got = jax.pmap(functools.partial(value_and_grads, 'winograd'), devices=devices)(x, kernel)
-  want = jax.pmap(functools.partial(value_and_grads, 'xla'), devices=devices)(x, kernel)
-  program = str(jax.make_jaxpr(functools.partial(value_and_grads, 'winograd'))(x[0], kernel[0]))
+  got, want, program = conftest.pmapped_tuned_conv_and_xla(
+      models.ConvChoice('winograd', 'winograd_t', 'winograd'), sig)
   assert program.count('ffi_call') >= 4  # Forward in and out, the kernel gradient's two.
   for g, w in zip(got, want):
     _close(g, w, atol=2e-5)
