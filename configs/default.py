@@ -147,8 +147,8 @@ def get_config():
   # Per-core host devices on CPU (XLA:CPU runs a convolution on one core); set before JAX starts.
   config.cpu_devices_per_core = True
   # The library XLA:CPU runs convolutions on (what 'xla' above means on CPU), process-wide, set
-  # before JAX starts: 'eigen' (XLA's own; 1.2-1.5x faster steps on an Intel Xeon, see
-  # benchmarks/README.md; the AMD class is not measured yet) or
+  # before JAX starts: 'eigen' (XLA's own; the seed CNN's step 1.4x faster on an Intel Xeon and
+  # an AVX-512 AMD EPYC, the convs up to 4.9x on an AVX2 one: benchmarks/README.md) or
   # 'ynnpack' (jax 0.10's default). No effect on GPU/TPU, parameters or checkpoints.
   config.cpu_conv_library = 'eigen'
   return config

@@ -12,8 +12,9 @@ candidates of models.PHASE_CANDIDATES for the phases that make up most of that t
 returns a models.ConvPlan that the networks receive as their `conv_plan` attribute. Decisions
 are cached in `conv_plans.json` under $SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax),
 keyed by the CPU, jax and jaxlib versions, backend and signature, so a later run on the same
-machine times nothing. Off CPU, XLA's convolution is used everywhere (cuDNN tunes itself) and
-nothing is timed.
+machine times nothing. A tuning stops at TIME_BUDGET_S: the phases it leaves keep their
+reference in this process and a later run tunes them. Off CPU, XLA's convolution is used
+everywhere (cuDNN tunes itself) and nothing is timed.
 """
 
 import collections
@@ -77,6 +78,19 @@ COMPILE_THREADS_PER_CORE = 2
 # 2-core AVX2 AMD EPYC, in turns: 9.14 vs 9.52 s, and 12.11 vs 12.78 s in a slower hour
 # (medians of 6, 2026-12-04).
 COMPILE_OPTIONS = {'xla_cpu_parallel_codegen_split_count': 1}
+# Seconds a tuning may spend (issue 12: under 10 s for the main job's networks). The references
+# are always timed; then the other candidates of the phases worth tuning, the costliest phases
+# first, as far as the budget's estimate allows. A phase left out keeps its reference for this
+# process and is tuned by a later run (its cache entry says it was deferred, and by which
+# process). The main job's tuning took 5.4-6.1 s on a 2-core Intel Xeon (89 candidates) and
+# 6.8-14.6 s on a 2-core AVX2 AMD EPYC as that machine's speed drifted (2026-12-04).
+TIME_BUDGET_S = 8.0
+# Wall seconds of an alternative candidate (compile and calls) over a reference's: 69 vs 50-52
+# ms each in the main job's tuning on a 2-core Intel Xeon (2026-12-05, two cold runs).
+OTHER_CANDIDATE_COST = 1.4
+# Names the deferrals this process made: a deferred decision stands for the rest of the process
+# (its later tunings time nothing more) and is timed by the next process that needs it.
+PROCESS = f'{os.getpid()}@{time.time_ns()}'
 
 Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
 
@@ -332,28 +346,46 @@ def _borrowed_note(sig: models.ConvSignature, phases: Sequence[str], borrowed: M
   return ' (' + ', '.join(f'{SHORT_NAMES[p]} as at b{b}' for p, b in batches.items()) + ')'
 
 
-def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, float]:
+class Measured(NamedTuple):
+  """What _measure_into did: candidates timed, wall seconds, and the phases it deferred (the
+  budget ran out) with their references' seconds a step (reference time x calls)."""
+  candidates: int
+  seconds: float
+  deferred: Tuple[Tuple[models.ConvSignature, str], ...] = ()
+  deferred_seconds: float = 0.0
+
+
+def _measure_into(entries: dict, todo, calls: Mapping, measure,
+                  budget_s: float = float('inf')) -> Measured:
   """Times the candidates of the (signature, phase) pairs `todo` and records the fastest of
-  each in `entries`; returns (candidates timed, seconds).
+  each in `entries`.
 
   Each phase's reference implementation (the first of models.phase_candidates: XLA's, or what
   stands in for it) is timed first. Its time, times the `calls` of the signature, bounds what
   tuning the phase can save, so the other candidates are only tried for the phases that make up
-  WORTH_TUNING of that total; the rest keep the reference. A phase with one candidate is not
-  timed.
+  WORTH_TUNING of that total, the costliest first, while the estimated wall time (the
+  references' per candidate, times OTHER_CANDIDATE_COST) stays within `budget_s`; a phase
+  that does not fit keeps its reference, recorded as deferred by this PROCESS. The rest keep
+  the reference. A phase with one candidate is not timed.
   """
   library = process_setup.cpu_conv_library()
   candidates = {key: models.phase_candidates(*key, library) for key in sorted(todo)}
   contested = [key for key, impls in candidates.items() if len(impls) > 1]
   t0 = time.perf_counter()
   seconds = dict(measure([key + candidates[key][:1] for key in contested])) if contested else {}
+  spent = time.perf_counter() - t0
+  each = OTHER_CANDIDATE_COST * spent / max(len(contested), 1)
   cost = {key: seconds[key + candidates[key][:1]] * calls[key[0]] for key in contested}
-  covered, others = 0.0, []
+  covered, others, deferred = 0.0, [], []
   for key in sorted(contested, key=cost.get, reverse=True):
     if covered >= WORTH_TUNING * sum(cost.values()):
       break
     covered += cost[key]
-    others += [key + (impl,) for impl in candidates[key][1:]]
+    more = [key + (impl,) for impl in candidates[key][1:]]
+    if spent + each * (len(others) + len(more)) > budget_s:
+      deferred.append(key)
+    else:
+      others += more
   seconds.update(measure(others) if others else {})
   elapsed = time.perf_counter() - t0
   by_phase = {key: {impls[0]: 0.0} for key, impls in candidates.items() if len(impls) == 1}
@@ -362,14 +394,22 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure) -> Tuple[int, fl
   for (sig, phase), times in by_phase.items():
     entries.setdefault(signature_key(sig), {})[phase] = {
         'choice': min(times, key=times.get),
-        'ms': {impl: round(1e3 * t, 4) for impl, t in times.items()}}
-  return len(seconds), elapsed
+        'ms': {impl: round(1e3 * t, 4) for impl, t in times.items()},
+        **({'deferred': PROCESS} if (sig, phase) in deferred else {})}
+  return Measured(len(seconds), elapsed, tuple(deferred), sum(cost[key] for key in deferred))
+
+
+def _decided(entry: Optional[dict]) -> bool:
+  """Whether a cache entry of a phase is a decision for this process: measured, or deferred by
+  this process (another process's deferral is timed again)."""
+  return entry is not None and entry.get('deferred', PROCESS) == PROCESS
 
 
 def tune(networks: Sequence[Network], devices=None, *,
          measure: Optional[Callable[[Sequence[Job]], Mapping[Job, float]]] = None,
          cpu: Optional[str] = None, directory: Optional[str] = None,
-         log: Callable[[str], None] = logging.info) -> models.ConvPlan:
+         log: Callable[[str], None] = logging.info,
+         budget_s: float = TIME_BUDGET_S) -> models.ConvPlan:
   """The plan of the fastest implementation of each phase of the networks' convs.
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
@@ -401,7 +441,7 @@ def tune(networks: Sequence[Network], devices=None, *,
   cache = read_cache(path)
   entries = cache.setdefault(machine_key(cpu or cpu_model(), backend, len(devices)), {})
   missing = lambda sigs: {(sig, phase) for sig in sigs for phase in needed[sig]
-                          if phase not in entries.get(signature_key(sig), {})}
+                          if not _decided(entries.get(signature_key(sig), {}).get(phase))}
   untrained = {sig for sig, phases in needed.items() if 'kernel_grad' not in phases}
   todo = missing(set(needed) - untrained)
   announce = lambda: log(f'Conv tuning: timing the implementations of each conv on this '
@@ -409,18 +449,23 @@ def tune(networks: Sequence[Network], devices=None, *,
   if todo:
     announce()
   # The layers trained here are timed first: their decisions serve the others too.
-  timed = _measure_into(entries, todo, calls, measure)
+  timed = _measure_into(entries, todo, calls, measure, budget_s)
   relatives = {key: _same_layer(entries, *key) for key in missing(untrained)}
   borrowed = {key: relative for key, relative in relatives.items() if relative}
   untimed = missing(untrained) - set(borrowed)
   if untimed and not todo:
     announce()
-  more = _measure_into(entries, untimed, calls, measure)
+  more = _measure_into(entries, untimed, calls, measure, budget_s - timed.seconds)
   todo |= untimed
   if todo:
     files.write_json(path, cache)
-    log(f'Conv tuning: {timed[0] + more[0]} candidates of {len(todo)} conv phases timed in '
-        f'{timed[1] + more[1]:.1f} s.')
+    deferred = timed.deferred + more.deferred
+    deferred_ms = 1e3 * (timed.deferred_seconds + more.deferred_seconds)
+    log(f'Conv tuning: {timed.candidates + more.candidates} candidates of {len(todo)} conv '
+        f'phases timed in {timed.seconds + more.seconds:.1f} s.' + (
+            f' {len(deferred)} phases worth tuning ({deferred_ms:.1f} ms a step at their '
+            f'reference) keep it in this run: the tuning stops at its {budget_s:g} s budget '
+            f'(conv_tuning.TIME_BUDGET_S); a later run tunes them.' if deferred else ''))
 
   def choice(sig):
     return models.ConvChoice(**{

@@ -125,6 +125,94 @@ def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path
       models.ConvChoice('xla', 'xla_t', 'xla'))
 
 
+class _Clock:
+  """conv_tuning's `time`: its seconds pass only as a fake measure says."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self):
+    return self.now
+
+
+def _budget_case(monkeypatch, big_seconds=10.0):
+  """(clock, measure, timed jobs, reference of a phase) for the tiny generator: each job takes
+  one fake second of wall time; a reference call takes 1 s, `big_seconds` for the 9x9x4->1
+  conv's phases (the costliest), and every other candidate 0.5 s."""
+  clock, timed = _Clock(), []
+  monkeypatch.setattr(conv_tuning, 'time', clock)
+  big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
+  reference = lambda sig, phase: models.phase_candidates(sig, phase)[0]
+
+  def measure(jobs):
+    timed.extend(jobs)
+    clock.now += len(jobs)
+    return {job: (big_seconds if job[0] == big else 1.0) if job[2] == reference(*job[:2])
+            else 0.5 for job in jobs}
+  return big, measure, timed, reference
+
+
+def _deferred(tmp_path):
+  """{(signature, phase)} the cache records as deferred, and by which process."""
+  entries = next(iter(json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text()).values()))
+  return {(conv_tuning._parse_signature(key), phase): entry['deferred']
+          for key, phases in entries.items() for phase, entry in phases.items()
+          if 'deferred' in entry}
+
+
+def test_tuning_stops_at_its_budget_costliest_phases_first(tmp_path, monkeypatch):
+  """The references take N s for N contested phases, so each other candidate is estimated at
+  OTHER_CANDIDATE_COST s: a budget for the costliest conv's candidates and less than one more
+  times those alone; every other phase worth tuning keeps its reference, logged and cached as
+  deferred by this process."""
+  big, measure, timed, reference = _budget_case(monkeypatch)
+  lines = []
+  refs = len([1 for sig, use in conv_tuning.conv_uses(_networks()[0]).items()
+              for phase in use.phases if len(models.phase_candidates(sig, phase)) > 1])
+  big_others = sum(len(models.phase_candidates(big, phase)) - 1 for phase in models.CONV_PHASES)
+  budget = refs + conv_tuning.OTHER_CANDIDATE_COST * (big_others + 0.5)
+  plan = conv_tuning.tune(_networks()[:1], jax.local_devices()[:1], measure=measure,
+                          cpu='Test CPU', directory=str(tmp_path), log=lines.append,
+                          budget_s=budget)
+  others = {job[:2] for job in timed if job[2] != reference(*job[:2])}
+  assert others == {(big, phase) for phase in models.CONV_PHASES}
+  choices = dict(plan)
+  assert all(impl != reference(big, phase) for phase, impl in choices[big]._asdict().items())
+  block = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  assert choices[block] == models.ConvChoice('xla', 'xla_t', 'xla')
+  deferred = _deferred(tmp_path)
+  assert (block, 'forward') in deferred and set(deferred.values()) == {conv_tuning.PROCESS}
+  assert not any(sig == big for sig, _ in deferred)
+  assert f'its {budget:g} s budget' in lines[1]
+  assert f' {len(deferred)} phases worth tuning' in lines[1]
+
+
+def test_deferred_phases_stand_in_this_process_and_a_later_one_tunes_them(tmp_path,
+                                                                           monkeypatch):
+  big, measure, timed, reference = _budget_case(monkeypatch)
+  kwargs = dict(devices=jax.local_devices()[:1], cpu='Test CPU', directory=str(tmp_path),
+                log=lambda line: None)
+  plan = conv_tuning.tune(_networks()[:1], measure=measure, budget_s=0, **kwargs)
+  assert all(impl == reference(sig, phase) for sig, phase, impl in timed)
+  deferred = _deferred(tmp_path)
+  assert (big, 'forward') in deferred and set(deferred.values()) == {conv_tuning.PROCESS}
+  assert all(getattr(dict(plan)[sig], phase) == reference(sig, phase) for sig, phase in deferred)
+
+  def no_timing(jobs):
+    raise AssertionError(f'timed {jobs}')
+  assert conv_tuning.tune(_networks()[:1], measure=no_timing, **kwargs) == plan
+  # Another process (a later run) tunes what was deferred (those of its phases worth it), only
+  # that, and decides it for good.
+  monkeypatch.setattr(conv_tuning, 'PROCESS', 'a later run')
+  timed.clear()
+  later = conv_tuning.tune(_networks()[:1], measure=measure, budget_s=1e9, **kwargs)
+  assert {job[:2] for job in timed} == set(deferred)
+  tuned = {(sig, phase) for sig, phase, impl in timed if impl != reference(sig, phase)}
+  assert {(big, phase) for phase in models.CONV_PHASES} <= tuned <= set(deferred)
+  assert all(impl != reference(big, phase) for phase, impl in dict(later)[big]._asdict().items())
+  assert not _deferred(tmp_path)
+
+
 def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
   timer, lines = FakeTimer(), []
   networks = [conv_tuning.Network('generator', GENERATOR, (2, 5, 5, 1)),
