@@ -1,7 +1,7 @@
 // XLA FFI handlers for srgan_jax/batch_norm.py: the per-feature sums that BatchNorm's
-// statistics and their gradient need, each one pass over (..., c) buffers on the caller's
-// thread (an XLA device, one a core), the features innermost so the compiler vectorises them.
-// The sums accumulate in double.
+// statistics and their gradient need, and the input gradient, each one pass over (..., c)
+// buffers on the caller's thread (an XLA device, one a core), the features innermost so the
+// compiler vectorises them. The sums accumulate in double.
 #include <algorithm>
 #include <cstdint>
 
@@ -83,6 +83,32 @@ ffi::Error GradMoments(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// g, x (..., c), coefficients (4, c) = [a, mean, d_var, d_mean] -> dx (..., c):
+// g * a + d_mean + (x - mean) * d_var, BatchNorm's input gradient once its sums are known.
+ffi::Error GradInput(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                     ffi::Buffer<ffi::F32> coefficients, ffi::ResultBuffer<ffi::F32> dx) {
+  const int64_t c = Features(x), rows = Rows(x, c);
+  if (g.element_count() != x.element_count() || dx->element_count() != x.element_count() ||
+      coefficients.element_count() != static_cast<size_t>(4 * c))
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "BatchNorm input gradient: bad shape");
+  const float* gs = g.typed_data();
+  const float* xs = x.typed_data();
+  const float* a = coefficients.typed_data();
+  const float* mean = a + c;
+  const float* d_var = a + 2 * c;
+  const float* d_mean = a + 3 * c;
+  float* out = dx->typed_data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gr = gs + r * c;
+    const float* xr = xs + r * c;
+    float* o = out + r * c;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < c; ++k)
+      o[k] = gr[k] * a[k] + d_mean[k] + (xr[k] - mean[k]) * d_var[k];
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganBatchNormMoments, Moments,
@@ -90,6 +116,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganBatchNormMoments, Moments,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganBatchNormGradMoments, GradMoments,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SrganBatchNormGradInput, GradInput,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
