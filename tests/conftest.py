@@ -57,18 +57,14 @@ from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wro
 NUM_DEVICES = 4
 
 
-AUTOUSE_FIXTURES = ('native_modules',)
-
-
 def _shared_fixture_group(item):
   """The xdist group of a test: the name of a session fixture of ours that it uses, else its
-  module if it uses a module-scoped one, else None (any worker). Autouse fixtures (every
-  worker's native_modules) group nothing."""
+  module if it uses a module-scoped one, else None (any worker)."""
   group = None
   for name in item.fixturenames:
     defs = item._fixtureinfo.name2fixturedefs.get(name)  # pylint: disable=protected-access
-    if not defs or not defs[-1].baseid.startswith('tests') or name in AUTOUSE_FIXTURES:
-      continue  # pytest's own (tmp_path_factory is session-scoped too), or every test's.
+    if not defs or not defs[-1].baseid.startswith('tests'):
+      continue  # pytest's own (tmp_path_factory is session-scoped too).
     if defs[-1].scope == 'session':
       return name
     if defs[-1].scope == 'module':
