@@ -163,14 +163,6 @@ def make_tiny_config(**overrides):
   return config
 
 
-@pytest.fixture(scope='session', autouse=True)
-def native_modules():
-  """The C++ modules built into this worker's cache before its first test, so that the
-  processes its tests start load them rather than each building them (a 2-process job started
-  beside a 1-process one: 26 s for test_distributed's fixture, 20 s with the modules built)."""
-  native.build_all([(m.SOURCE, m.NAME, m.FLAGS) for m in train.NATIVE_MODULES])
-
-
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
