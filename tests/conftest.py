@@ -56,20 +56,6 @@ from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wro
 
 NUM_DEVICES = 4
 
-# The C++ modules, built once for the session, side by side, by the process that starts the
-# xdist workers (or runs the tests itself); each worker's cache links to those builds. Each
-# worker built all four while collecting (the BatchNorm, Adam, direct-conv and Winograd tests
-# ask whether they are ready), one after another, 10 s of each worker's start.
-_NATIVE_BUILDS = 'SRGAN_JAX_TESTS_NATIVE_BUILDS'
-if not _WORKER:
-  native.build_all([(m.SOURCE, m.NAME, m.FLAGS) for m in train.NATIVE_MODULES])
-  os.environ[_NATIVE_BUILDS] = os.environ['SRGAN_JAX_CACHE_DIR']
-elif os.environ.get(_NATIVE_BUILDS):
-  for _module in train.NATIVE_MODULES:
-    if not os.path.exists(native.cache_dir(_module.NAME)):
-      os.symlink(os.path.join(os.environ[_NATIVE_BUILDS], _module.NAME),
-                 native.cache_dir(_module.NAME))
-
 
 def _shared_fixture_group(item):
   """The xdist group of a test: the name of a session fixture of ours that it uses, else its
