@@ -135,10 +135,10 @@ class _Clock:
     return self.now
 
 
-def _budget_case(monkeypatch, big_seconds=10.0):
-  """(clock, measure, timed jobs, reference of a phase) for the tiny generator: each job takes
-  one fake second of wall time; a reference call takes 1 s, `big_seconds` for the 9x9x4->1
-  conv's phases (the costliest), and every other candidate 0.5 s."""
+def _budget_case(monkeypatch):
+  """(the costliest conv, measure, the jobs it timed, a phase's reference) for the tiny
+  generator: each job takes one fake second of conv_tuning's wall time; a reference call takes
+  1 s, 10 s for the 9x9x4->1 conv's phases, and every other candidate 0.5 s."""
   clock, timed = _Clock(), []
   monkeypatch.setattr(conv_tuning, 'time', clock)
   big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
@@ -147,7 +147,7 @@ def _budget_case(monkeypatch, big_seconds=10.0):
   def measure(jobs):
     timed.extend(jobs)
     clock.now += len(jobs)
-    return {job: (big_seconds if job[0] == big else 1.0) if job[2] == reference(*job[:2])
+    return {job: (10.0 if job[0] == big else 1.0) if job[2] == reference(*job[:2])
             else 0.5 for job in jobs}
   return big, measure, timed, reference
 
@@ -162,9 +162,9 @@ def _deferred(tmp_path):
 
 def test_tuning_stops_at_its_budget_costliest_phases_first(tmp_path, monkeypatch):
   """The references take N s for N contested phases, so each other candidate is estimated at
-  OTHER_CANDIDATE_COST s: a budget for the costliest conv's candidates and less than one more
-  times those alone; every other phase worth tuning keeps its reference, logged and cached as
-  deferred by this process."""
+  OTHER_CANDIDATE_COST s: with a budget that fits the costliest conv's other candidates and not
+  one more, only those are timed, and every other phase worth tuning keeps its reference,
+  logged and cached as deferred by this process."""
   big, measure, timed, reference = _budget_case(monkeypatch)
   lines = []
   refs = len([1 for sig, use in conv_tuning.conv_uses(_networks()[0]).items()
