@@ -155,8 +155,9 @@ from srgan_jax import train
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
 config = make_tiny_config(**{
     'data.train_examples': 2048, 'data.eval_examples': 256, 'generator.features': 16,
-    'pretrain_steps': 300, 'num_train_steps': 0, 'batch_size': 16, 'log_every_steps': 100,
-    'eval_every_steps': 300, 'checkpoint_every_steps': 300})
+    'pretrain_steps': 150, 'optimizer.pretrain_learning_rate': 4e-3, 'num_train_steps': 0,
+    'batch_size': 16, 'log_every_steps': 50, 'eval_every_steps': 150,
+    'checkpoint_every_steps': 150})
 summary = train.train_and_evaluate(config, sys.argv[1])
 assert train.jax.local_device_count() == 1
 print('SUMMARY ' + json.dumps({k: float(v) for k, v in summary.items()}))
@@ -164,11 +165,12 @@ print('SUMMARY ' + json.dumps({k: float(v) for k, v in summary.items()}))
 
 
 def test_srresnet_learns_to_beat_bicubic(tmp_path):
-  """A few hundred content-loss steps on real MNIST digits must beat bicubic by a clear margin:
-  a change that breaks learning (a wrong loss sign, a dead gradient, a broken optimizer or
-  data pairing) fails here, not only in the study.
+  """150 content-loss steps on real MNIST digits must beat bicubic by a clear margin: a change
+  that breaks learning (a wrong loss sign, a dead gradient, a broken optimizer or data pairing)
+  fails here, not only in the study. At 4x the configs' pretraining rate they reach +4.1 dB and
+  +0.41 SSIM (300 steps at 1e-3: +3.5 dB, in 15 s instead of 12 on a 2-core Intel Xeon).
 
-  In a process with one host device: 300 steps of BatchNorm all-reduces over several host
+  In a process with one host device: hundreds of steps of BatchNorm all-reduces over several host
   devices, on 2 cores that the suite's other worker also uses, can starve XLA:CPU's collective
   threads past its 40 s rendezvous timeout (an abort, seen with 4 and with 2 devices); the
   multi-device arithmetic is tested elsewhere on a few steps.
