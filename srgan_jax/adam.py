@@ -25,7 +25,6 @@ from typing import Any, Callable, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from srgan_jax import native
 
@@ -80,7 +79,7 @@ def step(adam: Adam, params, grads, opt_state, ema: Optional[Tuple[Any, Any]] = 
   gives the decay); None returns None as the EMA.
   """
   moments, schedule_state = opt_state
-  count = numerics.safe_increment(moments.count)
+  count = optax.safe_increment(moments.count)
   coefficients = jnp.stack([jnp.asarray(c, jnp.float32) for c in (
       1 - adam.b1, adam.b1, 1 - adam.b2, adam.b2, 1 / (1 - adam.b1 ** count),
       1 / (1 - adam.b2 ** count), 0.0, adam.eps, _learning_rate(adam, schedule_state),
@@ -94,7 +93,7 @@ def step(adam: Adam, params, grads, opt_state, ema: Optional[Tuple[Any, Any]] = 
   moments = moments._replace(count=count, mu=new[1], nu=new[2])
   if isinstance(schedule_state, optax.ScaleByScheduleState):  # A schedule's; a float's: none.
     schedule_state = schedule_state._replace(
-        count=numerics.safe_increment(schedule_state.count))
+        count=optax.safe_increment(schedule_state.count))
   return new[0], (moments, schedule_state), (new[3] if ema is not None else None)
 
 
