@@ -12,17 +12,38 @@ nothing is created on disk.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import numbers
 import os
+import sys
 import time
 
 import numpy as np
-import tensorboardX
 
 from srgan_jax import files
 from srgan_jax import images as images_lib
+
+
+def _import_tensorboardx():
+  """tensorboardX, without importing PyTorch into this process.
+
+  Its writer module imports torch, when it is installed (as in Colab, or beside the benchmarks'
+  PyTorch reference), only to name a type in its annotations: 1.0 s of every training start-up
+  on a 2-core Intel Xeon (0.16 s without), and PyTorch's runtime in a JAX process for nothing.
+  Numpy arrays are all this module gives it. A process that has imported torch already keeps
+  it."""
+  if 'torch' in sys.modules:
+    return importlib.import_module('tensorboardX')
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects.
+  try:
+    return importlib.import_module('tensorboardX')
+  finally:
+    del sys.modules['torch']
+
+
+tensorboardX = _import_tensorboardx()
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +59,39 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   assert writers.read_metrics(tmp_path) == recs
   tb = tmp_path / 'tensorboard'
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tb))
+
+
+_IMPORTS_TORCH = """
+import os, sys
+sys.path.insert(0, sys.argv[1])  # A stand-in torch, which records that it was imported.
+if sys.argv[2] == 'first':
+  import torch
+from srgan_jax import writers
+w = writers.MetricWriter(sys.argv[3])
+w.write_scalars(1, {'loss': 0.5})
+w.write_images(1, {'grid': __import__('numpy').zeros((8, 8, 3), 'uint8')})
+w.close()
+print('torch imported:', 'torch' in sys.modules, os.path.exists(sys.argv[4]))
+"""
+
+
+@pytest.mark.parametrize('torch_first', [False, True])
+def test_tensorboardx_leaves_torch_out_of_the_process(tmp_path, torch_first):
+  """tensorboardX's writer imports torch, where it is installed, for a type annotation (1 s of
+  each training start-up); the writers keep it out, and leave a torch imported before alone."""
+  fake = tmp_path / 'site' / 'torch'
+  fake.mkdir(parents=True)
+  marker = tmp_path / 'imported'
+  (fake / '__init__.py').write_text(f'open({str(marker)!r}, "w").close()\nclass Tensor: pass\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run(
+      [sys.executable, '-c', _IMPORTS_TORCH, str(tmp_path / 'site'),
+       'first' if torch_first else 'not', str(tmp_path / 'run'), str(marker)],
+      cwd=root, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=root))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert f'torch imported: {torch_first} {torch_first}' in run.stdout, run.stdout
+  assert writers.read_metrics(str(tmp_path / 'run'))[0]['loss'] == 0.5
 
 
 def test_metric_writer_disabled_is_noop(tmp_path):
