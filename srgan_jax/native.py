@@ -3,10 +3,13 @@
 Each module is compiled once per source, jaxlib version, compiler and extra flags, with the
 system's C++ compiler (g++, or $CXX) against jaxlib's FFI headers, into the cache directory
 conv tuning uses ($SRGAN_JAX_CACHE_DIR, default ~/.cache/srgan_jax), written to a temporary
-file and renamed, so that a killed build leaves nothing half-written behind.
+file and renamed, so that a killed build leaves nothing half-written behind. Processes that
+start together on one machine (the processes of a multi-process job, pytest's workers) build
+each module once: one compiles it while the others wait for it.
 """
 
 import concurrent.futures
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -19,6 +22,11 @@ from typing import Mapping, Sequence, Tuple
 from absl import logging
 import jax
 import jaxlib
+
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # Not on Windows, where no module is built (supported()).
+  fcntl = None
 
 CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
 # '0': use none of the C++ passes that replace XLA ops where they are built (Winograd's
@@ -80,6 +88,29 @@ def build(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> s
     return target
   directory = os.path.dirname(target)
   os.makedirs(directory, exist_ok=True)
+  with _exclusive(os.path.splitext(target)[0] + '.lock'):
+    if not os.path.exists(target):  # Else another process built it while this one waited.
+      _compile(source, name, flags, target)
+  return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  """Holds an exclusive lock on `lock_path` (created if missing) across processes; the kernel
+  releases it if the holder dies."""
+  if fcntl is None:
+    yield
+    return
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compile(source: str, name: str, flags: Sequence[str], target: str) -> None:
+  directory = os.path.dirname(target)
   logging.info('%s: compiling the FFI module once, into %s.', name, target)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(fd)
@@ -94,7 +125,6 @@ def build(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> s
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  return target
 
 
 def supported() -> bool:

@@ -33,6 +33,13 @@ if ('SRGAN_JAX_CACHE_DIR' not in os.environ or
     (_WORKER and os.environ.get('SRGAN_JAX_TESTS_CACHE_OF') != _WORKER)):
   os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')
   os.environ['SRGAN_JAX_TESTS_CACHE_OF'] = _WORKER
+  _FRESH_CACHE = True
+else:
+  _FRESH_CACHE = False
+# The C++ modules, by contrast, are built once for the session (the controller's directory,
+# inherited by the workers): each fresh cache links to it, and native.build compiles a module
+# in one process while the others wait for it.
+os.environ.setdefault('SRGAN_JAX_TESTS_NATIVE_DIR', tempfile.mkdtemp(prefix='srgan_jax_native_'))
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
@@ -55,6 +62,22 @@ from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-
 from srgan_jax import winograd_native  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_DEVICES = 4
+
+if _FRESH_CACHE:
+  for _module in train.NATIVE_MODULES:
+    _shared = os.path.join(os.environ['SRGAN_JAX_TESTS_NATIVE_DIR'], _module.NAME)
+    os.makedirs(_shared, exist_ok=True)
+    os.symlink(_shared, native.cache_dir(_module.NAME))
+
+
+def pytest_sessionstart(session):
+  """Each test process (an xdist worker, or the only one) builds the C++ modules side by side
+  before collecting, as train._prepare does on a first run (collection asks whether they are
+  ready one at a time); the workers share the builds, two compilers at a time. Not the xdist
+  controller: its build would hold back the workers' start."""
+  config = session.config
+  if hasattr(config, 'workerinput') or not config.pluginmanager.has_plugin('dsession'):
+    native.build_all([(m.SOURCE, m.NAME, m.FLAGS) for m in train.NATIVE_MODULES])
 
 
 def _shared_fixture_group(item):

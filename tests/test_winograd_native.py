@@ -2,6 +2,7 @@
 winograd.py's XLA transforms, convs equal to XLA's with them under pmap, the fallback where
 they cannot be built, and the tuning cache keyed by which transforms were timed."""
 
+import concurrent.futures
 import functools
 import os
 import threading
@@ -124,7 +125,26 @@ def test_a_failed_build_leaves_no_module_behind(monkeypatch, tmp_path):
     pytest.skip('no C++ compiler here')
   with pytest.raises(RuntimeError, match='compiling .*bad.cc failed'):
     native.build('bad.cc', 'probe')
-  assert not list((tmp_path / 'probe').glob('*'))
+  # No module, nor its temporary file; only the (empty) file the builds lock.
+  assert [p.suffix for p in (tmp_path / 'probe').glob('*')] == ['.lock']
+
+
+def test_processes_starting_together_build_a_module_once(monkeypatch, tmp_path):
+  """The processes of a job that start together on one machine (or pytest's workers) find no
+  module built: one compiles it while the others wait, then load its build."""
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setattr(native, 'PACKAGE_DIR', str(tmp_path))
+  (tmp_path / 'one.cc').write_text('extern "C" int one() { return 1; }\n')
+  log = tmp_path / 'compiles.log'
+  compiler = tmp_path / 'slow-c++'  # Writes its output (the last argument) after a while.
+  compiler.write_text(f'#!/bin/sh\necho "$$" >> {log}\nsleep 0.5\n'
+                      'for out; do :; done\necho module > "$out"\n')
+  compiler.chmod(0o755)
+  monkeypatch.setenv('CXX', str(compiler))
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # Each opens the lock on its own.
+    paths = list(pool.map(lambda _: native.build('one.cc', 'one'), range(3)))
+  assert len(set(paths)) == 1 and open(paths[0]).read() == 'module\n'
+  assert len(log.read_text().split()) == 1
 
 
 def test_build_all_builds_side_by_side_and_leaves_failures_to_status(monkeypatch, tmp_path):
