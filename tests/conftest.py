@@ -110,6 +110,8 @@ def pytest_collection_modifyitems(items):
     group = module_groups.get(item.module.__name__)
     if group:
       item.add_marker(pytest.mark.xdist_group(group))
+  # The long tests first (a stable sort): a worker that draws one late ends alone.
+  items.sort(key=lambda item: item.get_closest_marker('long') is None)
 
 
 def assert_close(got, want, atol=2e-6):

@@ -48,6 +48,7 @@ def test_gan_config_is_the_seeds_loss():
   assert compare.gan_config().batch_size == 128  # seed_x2_rgb's.
 
 
+@pytest.mark.long
 def test_jax_side_times_the_gan_step():
   """The JAX side alone, in-process (the 4 test devices, batch 4: one image per device), on the
   step the command-line test below leaves out; together they time every step."""
@@ -150,6 +151,7 @@ def test_torch_steps_train(channels_last):
     ref.make_steps(['vgg'], {})
 
 
+@pytest.mark.long
 def test_command_line_times_both_sides():
   """`python -m benchmarks.compare` on the CNN and generator steps: with PyTorch (its server in
   a subprocess) one line per step with ratio jax/torch; without it (as in CI), the JAX side."""

@@ -4,6 +4,8 @@ the ratio of the sums (no timed asserts)."""
 import io
 import math
 
+import pytest
+
 from benchmarks import conv_library
 from srgan_jax import platform
 
@@ -17,6 +19,7 @@ def test_lines_parse_back():
       ('3x3x4->4@8x8/b2', 'eigen'): {'fwd': 1.5, 'dx': 2.0, 'dw': 0.25}}
 
 
+@pytest.mark.long
 def test_each_library_in_its_own_process():
   out = io.StringIO()
   ratios = conv_library.compare([TINY], runs=1, out=out)

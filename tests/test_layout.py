@@ -121,6 +121,7 @@ def _workdir_with_a_generator(workdir: str) -> str:
   return workdir
 
 
+@pytest.mark.long
 def test_installed_package_runs_from_another_directory(tmp_path):
   """`pip install .` puts the library, the configs and the experiment commands in place: the
   documented entry points work outside the checkout, on a workdir of checkpoints."""

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import make_tiny_config
 from srgan_jax import distributed
@@ -57,6 +58,7 @@ def _tolerance(name: str, learning_rate: float) -> float:
   return atol
 
 
+@pytest.mark.long
 def test_gan_step_matches_the_two_steps():
   # Relativistic + AC-GAN head: every branch of steps.gan_step that reads D's outputs.
   config = make_tiny_config(**{'loss.adversarial': 'relativistic',

@@ -29,6 +29,7 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.long
 def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_config,
                                                               monkeypatch):
   workdir = str(tmp_path / 'run')
@@ -164,6 +165,7 @@ print('SUMMARY ' + json.dumps({k: float(v) for k, v in summary.items()}))
 """
 
 
+@pytest.mark.long
 def test_srresnet_learns_to_beat_bicubic(tmp_path):
   """150 content-loss steps on real MNIST digits must beat bicubic by a clear margin: a change
   that breaks learning (a wrong loss sign, a dead gradient, a broken optimizer or data pairing)
