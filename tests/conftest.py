@@ -73,7 +73,7 @@ if _FRESH_CACHE:
 def pytest_sessionstart(session):
   """Each test process (an xdist worker, or the only one) builds the C++ modules side by side
   before collecting, as train._prepare does on a first run (collection asks whether they are
-  ready one at a time); the workers share the builds, two compilers at a time. Not the xdist
+  ready one at a time); the workers share the builds, each module compiled once. Not the xdist
   controller: its build would hold back the workers' start."""
   config = session.config
   if hasattr(config, 'workerinput') or not config.pluginmanager.has_plugin('dsession'):

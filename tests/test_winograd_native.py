@@ -141,7 +141,8 @@ def test_processes_starting_together_build_a_module_once(monkeypatch, tmp_path):
                       'for out; do :; done\necho module > "$out"\n')
   compiler.chmod(0o755)
   monkeypatch.setenv('CXX', str(compiler))
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # Each opens the lock on its own.
+  # Threads stand in for the processes: each opens the lock file on its own, as a process does.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
     paths = list(pool.map(lambda _: native.build('one.cc', 'one'), range(3)))
   assert len(set(paths)) == 1 and open(paths[0]).read() == 'module\n'
   assert len(log.read_text().split()) == 1
