@@ -1,0 +1,125 @@
+"""benchmarks.targets: each stage's figures judged against its target, in a table and a file.
+
+The suite stage runs a real pytest on a few tests of its own; the main job's figures come from
+the shrunk main job's workdir (one_command_run); compare's lines are compare.format_line's.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import compare
+from benchmarks import targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = '''
+import pytest
+
+def test_one():
+  assert 1 + 1 == 2
+
+def test_two():
+  assert 'a' < 'b'
+
+@pytest.mark.skip(reason='counted as skipped')
+def test_skipped():
+  pass
+'''
+FAILING = '''
+def test_failing():
+  assert 1 + 1 == 3
+'''
+
+
+def _suite_args(path):
+  """pytest on `path` alone: none of the repository's options (workers, durations)."""
+  return [str(path), '-p', 'no:cacheprovider', '-o', 'addopts=', '-q']
+
+
+def test_suite_stage_counts_the_tests_and_times_them(tmp_path):
+  tests = tmp_path / 'tiny_tests.py'
+  tests.write_text(TESTS)
+  out = io.StringIO()
+  result = targets.run(targets.Options(workdir=str(tmp_path / 'w'), stages=('suite',),
+                                       suite_args=_suite_args(tests), pause_s=0), out)
+  suite = result['figures']['suite']
+  assert (suite['passed'], suite['skipped'], suite.get('failed')) == (2, 1, None), suite
+  assert 0 < suite['seconds'] <= suite['wall'] < targets.SUITE_S
+  [row] = result['rows']
+  assert row['met'] is True and '2 passed, 1 skipped' in row['figure'], row
+  assert targets.exit_status(result) == 0
+  with open(tmp_path / 'w' / 'targets.json') as f:
+    assert json.load(f)['rows'] == result['rows']
+  with open(tmp_path / 'w' / 'suite.log') as f:
+    assert '2 passed, 1 skipped' in f.read()
+  text = out.getvalue()
+  assert f'CPU: {compare.cpu_model()}' in text and '| suite < 5 min, no failure |' in text
+
+
+def test_command_line_reports_a_failing_test_as_a_target_not_met(tmp_path):
+  tests = tmp_path / 'failing_tests.py'
+  tests.write_text(TESTS + FAILING)
+  workdir = tmp_path / 'w'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.targets', '--stages=suite', '--pause_s=0',
+       f'--workdir={workdir}', '--suite_args=' + ' '.join(_suite_args(tests))],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert '1 failed, 2 passed, 1 skipped' in proc.stdout and '| **no** |' in proc.stdout
+  with open(workdir / 'targets.json') as f:
+    assert json.load(f)['figures']['suite']['failed'] == 1
+
+
+def test_a_stage_that_does_not_run_is_reported(tmp_path):
+  result = targets.run(targets.Options(
+      workdir=str(tmp_path / 'w'), stages=('suite',), pause_s=0,
+      suite_args=_suite_args(tmp_path / 'no_such_tests.py')), io.StringIO())
+  assert 'suite' not in result['figures'] and targets.exit_status(result) == 2
+  [row] = result['rows']
+  assert row['met'] is False and 'see ' in row['figure'] and 'suite.log' in row['figure']
+
+
+def test_the_workdir_must_be_new_or_empty_and_the_stages_known(tmp_path):
+  (tmp_path / 'old.txt').write_text('a previous run')
+  with pytest.raises(targets.TargetsError, match='not empty'):
+    targets.run(targets.Options(workdir=str(tmp_path), stages=('suite',)), io.StringIO())
+  with pytest.raises(targets.TargetsError, match='unknown'):
+    targets.run(targets.Options(workdir=str(tmp_path / 'new'), stages=('tests',)), io.StringIO())
+  assert os.listdir(tmp_path) == ['old.txt']  # Nothing ran, nothing was written.
+
+
+def test_ratios_are_met_only_when_every_run_is(monkeypatch):
+  def runs(*pairs):  # Each run's output as compare prints it, parsed back.
+    return [compare.parse_lines(compare.format_line('gan', jax_rate, torch_rate, 'images/s'))
+            for jax_rate, torch_rate in pairs]
+  [row] = targets.judge({'compare': runs((130.0, 100.0), (125.0, 100.0))})
+  assert row['met'] is True and '1.30x' in row['figure'] and '1.25x' in row['figure']
+  [row] = targets.judge({'compare': runs((130.0, 100.0), (115.0, 100.0))})
+  assert row['met'] is False
+  [row] = targets.judge({'compare': runs((130.0, None))})
+  assert row['met'] is None and 'pip install torch' in row['figure']
+
+
+def test_main_job_figures_from_its_workdir(one_command_run):
+  """The shrunk main job's results.json and tuning log lines, against each target."""
+  log = '\n'.join(line for lines in one_command_run.tunings for line in lines)
+  figures = targets.main_job_figures(one_command_run.workdir, log, seconds=61.0)
+  with open(os.path.join(one_command_run.workdir, 'results.json')) as f:
+    results = json.load(f)
+  assert figures['judge_accuracy_sr'] == results['judge_accuracy_sr']
+  assert figures['psnr_sr'] == results['psnr_sr']
+  assert 0 < figures['tuning_seconds'] < 60  # Its tuning ran: an empty cache at the start.
+  rows = {r['target'].split(' ')[0]: r for r in targets.judge({'main': figures})}
+  assert rows['main']['met'] is True and rows['main']['figure'] == '1 min 01 s'
+  assert rows['judge']['met'] == (results['judge_accuracy_sr'] >= 0.98)
+  assert rows['PSNR']['met'] == (results['psnr_sr'] >= results['psnr_bicubic'] + 7)
+  assert rows['conv']['met'] == (figures['tuning_seconds'] < 10)
+  late = targets.judge({'main': {**figures, 'seconds': 15 * 60 + 1}})
+  assert late[0]['met'] is False and late[0]['figure'] == '15 min 01 s'
+  assert targets.tuning_seconds('Convs tuned for the generator (cached): ...') is None
+  with pytest.raises(targets.TargetsError, match='results.json'):
+    targets.main_job_figures(os.path.dirname(one_command_run.workdir), log, seconds=1.0)
