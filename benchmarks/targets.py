@@ -151,9 +151,14 @@ def pytest_summary(text: str) -> dict:
   lines = [l for l in text.splitlines() if PYTEST_SECONDS.search(l) and PYTEST_COUNTS.search(l)]
   if not lines:
     return {}
-  counts = {kind.rstrip('s') if kind.startswith('error') else kind: int(n)
+  counts = {'errors' if kind == 'error' else kind: int(n)
             for n, kind in PYTEST_COUNTS.findall(lines[-1])}
   return {**counts, 'seconds': float(PYTEST_SECONDS.search(lines[-1]).group(1))}
+
+
+def _minutes(seconds: float) -> str:
+  minutes, seconds = divmod(round(seconds), 60)
+  return f'{minutes} min {seconds:02d} s'
 
 
 def _row(target: str, figure: str, met: Optional[bool]) -> dict:
@@ -181,7 +186,7 @@ def judge(figures: dict) -> List[dict]:
   main = figures.get('main')
   if main:
     rows.append(_row(f'main job <= {MAIN_JOB_S // 60} min (the AVX2 AMD class\'s target)',
-                     f'{main["seconds"] // 60:.0f} min {main["seconds"] % 60:02.0f} s',
+                     _minutes(main['seconds']),
                      main['seconds'] <= MAIN_JOB_S))
     rows.append(_row(f'judge on SR >= {JUDGE_FLOOR:.0%}', f'{main["judge_accuracy_sr"]:.2%}',
                      main['judge_accuracy_sr'] >= JUDGE_FLOOR))
@@ -197,9 +202,9 @@ def judge(figures: dict) -> List[dict]:
   if suite:
     counts = ', '.join(f'{n} {k}' for k, n in suite.items() if k not in ('seconds', 'wall'))
     rows.append(_row(f'suite < {SUITE_S // 60} min, no failure',
-                     f'{suite["wall"] // 60:.0f} min {suite["wall"] % 60:02.0f} s ({counts})',
+                     f'{_minutes(suite["wall"])} ({counts})',
                      suite['wall'] < SUITE_S and not suite.get('failed') and
-                     not suite.get('error')))
+                     not suite.get('errors')))
   for name, why in figures.get('failed', {}).items():
     rows.append(_row(f'{name} ran', why, False))
   return rows
@@ -298,17 +303,22 @@ def exit_status(result: dict) -> int:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', '', 'A new or empty folder for the logs, caches, the main job\'s '
-                    'workdir and targets.json; default: a new temp folder.')
-flags.DEFINE_list('stages', list(STAGES), f'Stages to run: some of {", ".join(STAGES)}.')
-flags.DEFINE_integer('compare_runs', Options.compare_runs, 'Runs of benchmarks.compare, one '
-                     'tuning cache.')
-flags.DEFINE_string('compare_args', shlex.join(Options.compare_args),
-                    'Arguments of benchmarks.compare.')
-flags.DEFINE_string('main_args', '', 'More arguments of main.py (e.g. --config.seed=1).')
-flags.DEFINE_string('suite_args', '', 'Arguments of pytest.')
-flags.DEFINE_float('pause_s', Options.pause_s, 'Seconds of quiet before each stage after the '
-                   'first.')
+
+
+def define_flags():
+  """The command's flags, defined only when it runs as a command: modules that a test process
+  imports beside this one (main.py, srgan_jax.upscale) define a --workdir of their own."""
+  flags.DEFINE_string('workdir', '', 'A new or empty folder for the logs, caches, the main '
+                      'job\'s workdir and targets.json; default: a new temp folder.')
+  flags.DEFINE_list('stages', list(STAGES), f'Stages to run: some of {", ".join(STAGES)}.')
+  flags.DEFINE_integer('compare_runs', Options.compare_runs, 'Runs of benchmarks.compare, one '
+                       'tuning cache.')
+  flags.DEFINE_string('compare_args', shlex.join(Options.compare_args),
+                      'Arguments of benchmarks.compare.')
+  flags.DEFINE_string('main_args', '', 'More arguments of main.py (e.g. --config.seed=1).')
+  flags.DEFINE_string('suite_args', '', 'Arguments of pytest.')
+  flags.DEFINE_float('pause_s', Options.pause_s, 'Seconds of quiet before each stage after '
+                     'the first.')
 
 
 def main(argv):
@@ -325,4 +335,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -4,6 +4,7 @@ The suite stage runs a real pytest on a few tests of its own; the main job's fig
 the shrunk main job's workdir (one_command_run); compare's lines are compare.format_line's.
 """
 
+import importlib
 import io
 import json
 import os
@@ -120,6 +121,15 @@ def test_main_job_figures_from_its_workdir(one_command_run):
   assert rows['conv']['met'] == (figures['tuning_seconds'] < 10)
   late = targets.judge({'main': {**figures, 'seconds': 15 * 60 + 1}})
   assert late[0]['met'] is False and late[0]['figure'] == '15 min 01 s'
+  assert targets.judge({'main': {**figures, 'seconds': 479.6}})[0]['figure'] == '8 min 00 s'
   assert targets.tuning_seconds('Convs tuned for the generator (cached): ...') is None
   with pytest.raises(targets.TargetsError, match='results.json'):
     targets.main_job_figures(os.path.dirname(one_command_run.workdir), log, seconds=1.0)
+
+
+def test_importable_beside_the_commands_that_define_a_workdir_flag():
+  """srgan_jax.upscale (as main.py) defines --workdir when imported; a test process imports it
+  beside this module, which defines its flags only when it runs as a command."""
+  from srgan_jax import upscale  # pylint: disable=unused-import,import-outside-toplevel
+  importlib.reload(targets)
+  assert 'stages' not in targets.FLAGS
