@@ -111,18 +111,43 @@ def tree_revision() -> str:
   return rev + (' +changes' if dirty else '')
 
 
+def progress(line: str) -> Optional[str]:
+  """What of a stage's output line to echo while it runs: a training progress line (with its
+  ETA) without its log prefix and metrics, pytest's progress, compare's results; else None."""
+  line = line.rstrip()
+  if line.startswith(compare.PREFIX):
+    return line
+  if ' ETA ' in line:
+    return line.split('] ', 1)[-1].split(' | ')[0]
+  if line.endswith('%]'):
+    return line
+  return None
+
+
 def run_stage(name: str, command: List[str], workdir: str, out: TextIO,
-              env: Optional[Dict[str, str]] = None) -> Stage:
-  """Runs `command` from the repository root, stdout and stderr into workdir/<name>.log."""
+              env: Optional[Dict[str, str]] = None, every_s: float = 30.0) -> Stage:
+  """Runs `command` from the repository root, stdout and stderr into workdir/<name>.log,
+  echoing its progress (progress(); the first at once, then at most every `every_s` seconds)
+  and its results."""
   log = os.path.join(workdir, f'{name}.log')
   out.write(f'targets: {name}: {shlex.join(command)}  (log: {log})\n')
   out.flush()
   start = time.perf_counter()
+  last = start - every_s
   with open(log, 'w') as f:
-    returncode = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}).returncode
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, text=True)
+    for line in proc.stdout:
+      f.write(line)
+      shown = progress(line)
+      now = time.perf_counter()
+      if shown and (shown.startswith(compare.PREFIX) or now - last >= every_s):
+        out.write(f'targets: {name}: {shown}\n')
+        out.flush()
+        last = now
+    returncode = proc.wait()
   seconds = time.perf_counter() - start
-  out.write(f'targets: {name}: exit status {returncode} after {seconds:.0f} s\n')
+  out.write(f'targets: {name}: exit status {returncode} after {_minutes(seconds)}\n')
   out.flush()
   return Stage(name, command, returncode, seconds, log)
 

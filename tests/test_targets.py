@@ -8,6 +8,7 @@ import importlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 
 from benchmarks import compare
 from benchmarks import targets
+from srgan_jax import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = '''
@@ -71,6 +73,7 @@ def test_command_line_reports_a_failing_test_as_a_target_not_met(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stdout + proc.stderr
   assert '1 failed, 2 passed, 1 skipped' in proc.stdout and '| **no** |' in proc.stdout
+  assert re.search(r'^targets: suite: [.sF]{4} +\[100%\]$', proc.stdout, re.M)  # Progress.
   with open(workdir / 'targets.json') as f:
     assert json.load(f)['figures']['suite']['failed'] == 1
 
@@ -82,6 +85,19 @@ def test_a_stage_that_does_not_run_is_reported(tmp_path):
   assert 'suite' not in result['figures'] and targets.exit_status(result) == 2
   [row] = result['rows']
   assert row['met'] is False and 'see ' in row['figure'] and 'suite.log' in row['figure']
+
+
+def test_progress_shows_the_training_line_and_its_eta():
+  """A stage's progress echoes main.py's progress line (writers.Progress, logged by train as
+  '<progress> | <metrics>' behind absl's prefix) without prefix or metrics."""
+  clock = iter([0.0, 10.0]).__next__
+  line = writers.Progress(2600, stages=((0, 'pretraining'), (2400, 'GAN')), clock=clock).update(50)
+  assert 'ETA' in line
+  logged = f'I1205 06:23:49.591943 1403 train.py:502] {line} | content=0.1522 stage=0\n'
+  assert targets.progress(logged) == line == (
+      'step 50/2600 (1.9%) 5.0 steps/s, pretraining ETA 7m50s, then 200 GAN steps')
+  assert targets.progress(compare.format_line('cnn', 3.0, 2.0, 'x')).startswith('compare: cnn')
+  assert targets.progress('info: cpu: Some CPU\n') is None
 
 
 def test_the_workdir_must_be_new_or_empty_and_the_stages_known(tmp_path):
