@@ -68,12 +68,14 @@ class Options:
 
 @dataclasses.dataclass
 class Stage:
-  """What one subprocess did: its command, exit status, wall seconds and log file."""
+  """What one subprocess did: its command, exit status, wall seconds, log file and peak
+  resident memory (MiB; None where the OS does not report a child's)."""
   name: str
   command: List[str]
   returncode: int
   seconds: float
   log: str
+  peak_rss_mib: Optional[float] = None
 
   def output(self) -> str:
     with open(self.log) as f:
@@ -145,11 +147,16 @@ def run_stage(name: str, command: List[str], workdir: str, out: TextIO,
         out.write(f'targets: {name}: {shown}\n')
         out.flush()
         last = now
+    peak_rss_mib = None
+    if hasattr(os, 'wait4'):  # The child's own resource usage (Linux: ru_maxrss in KiB).
+      _, status, usage = os.wait4(proc.pid, 0)
+      proc.returncode = os.waitstatus_to_exitcode(status)
+      peak_rss_mib = usage.ru_maxrss / 1024
     returncode = proc.wait()
   seconds = time.perf_counter() - start
   out.write(f'targets: {name}: exit status {returncode} after {_minutes(seconds)}\n')
   out.flush()
-  return Stage(name, command, returncode, seconds, log)
+  return Stage(name, command, returncode, seconds, log, peak_rss_mib)
 
 
 def tuning_seconds(log_text: str) -> Optional[float]:
@@ -168,7 +175,8 @@ def main_job_figures(workdir: str, log_text: str, seconds: float) -> dict:
   except (OSError, ValueError) as e:
     raise TargetsError(f'the main job left no readable {path} ({e}); see its log.') from e
   return {'seconds': seconds, 'tuning_seconds': tuning_seconds(log_text),
-          **{k: results[k] for k in ('judge_accuracy_sr', 'psnr_sr', 'psnr_bicubic')}}
+          **{k: results[k] for k in ('judge_accuracy_sr', 'psnr_sr', 'ssim_sr', 'psnr_bicubic',
+                                     'fid_sr')}}
 
 
 def pytest_summary(text: str) -> dict:
@@ -211,7 +219,9 @@ def judge(figures: dict) -> List[dict]:
   main = figures.get('main')
   if main:
     rows.append(_row(f'main job <= {MAIN_JOB_S // 60} min (the AVX2 AMD class\'s target)',
-                     _minutes(main['seconds']),
+                     _minutes(main['seconds']) + (
+                         f', peak RSS {main["peak_rss_mib"] / 1024:.1f} GiB'
+                         if main.get('peak_rss_mib') else ''),
                      main['seconds'] <= MAIN_JOB_S))
     rows.append(_row(f'judge on SR >= {JUDGE_FLOOR:.0%}', f'{main["judge_accuracy_sr"]:.2%}',
                      main['judge_accuracy_sr'] >= JUDGE_FLOOR))
@@ -301,7 +311,8 @@ def run(options: Options, out: TextIO = sys.stdout) -> dict:
       failed(done)
     else:
       try:
-        figures['main'] = main_job_figures(main_dir, done.output(), done.seconds)
+        figures['main'] = {**main_job_figures(main_dir, done.output(), done.seconds),
+                           'peak_rss_mib': done.peak_rss_mib}
       except TargetsError as e:
         figures['failed']['main'] = str(e)
   if 'suite' in options.stages:

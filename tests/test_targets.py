@@ -59,6 +59,9 @@ def test_suite_stage_counts_the_tests_and_times_them(tmp_path):
     assert json.load(f)['rows'] == result['rows']
   with open(tmp_path / 'w' / 'suite.log') as f:
     assert '2 passed, 1 skipped' in f.read()
+  stage = targets.run_stage('echo', [sys.executable, '-c', 'x = bytearray(300 << 20)'],
+                            str(tmp_path), io.StringIO())
+  assert stage.returncode == 0 and 300 < stage.peak_rss_mib < 1000  # The child's, not ours.
   text = out.getvalue()
   assert f'CPU: {compare.cpu_model()}' in text and '| suite < 5 min, no failure |' in text
 
@@ -128,7 +131,7 @@ def test_main_job_figures_from_its_workdir(one_command_run):
   with open(os.path.join(one_command_run.workdir, 'results.json')) as f:
     results = json.load(f)
   assert figures['judge_accuracy_sr'] == results['judge_accuracy_sr']
-  assert figures['psnr_sr'] == results['psnr_sr']
+  assert figures['psnr_sr'] == results['psnr_sr'] and figures['ssim_sr'] == results['ssim_sr']
   assert 0 < figures['tuning_seconds'] < 60  # Its tuning ran: an empty cache at the start.
   rows = {r['target'].split(' ')[0]: r for r in targets.judge({'main': figures})}
   assert rows['main']['met'] is True and rows['main']['figure'] == '1 min 01 s'
@@ -138,6 +141,8 @@ def test_main_job_figures_from_its_workdir(one_command_run):
   late = targets.judge({'main': {**figures, 'seconds': 15 * 60 + 1}})
   assert late[0]['met'] is False and late[0]['figure'] == '15 min 01 s'
   assert targets.judge({'main': {**figures, 'seconds': 479.6}})[0]['figure'] == '8 min 00 s'
+  assert targets.judge({'main': {**figures, 'peak_rss_mib': 2355.2}})[0]['figure'] == (
+      '1 min 01 s, peak RSS 2.3 GiB')
   assert targets.tuning_seconds('Convs tuned for the generator (cached): ...') is None
   with pytest.raises(targets.TargetsError, match='results.json'):
     targets.main_job_figures(os.path.dirname(one_command_run.workdir), log, seconds=1.0)
