@@ -39,17 +39,28 @@ from srgan_jax.errors import CheckpointError
 from srgan_jax.errors import UpscaleError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoints hold the generator.')
-flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest usable one).')
-flags.DEFINE_integer('batch_size', 256, 'Images upscaled at once (images upscaled whole).')
-flags.DEFINE_integer('tile_size', inference.DEFAULT_TILE_SIZE,
-                     'LR pixels of each tile (square) of larger images; 0: whole images.')
-flags.DEFINE_integer('tile_margin', None,
-                     'LR pixels of context each tile is computed with on every side (default: '
-                     'the receptive radius of the generator, so tiling changes nothing).')
-flags.DEFINE_integer('tile_batch_size', inference.DEFAULT_TILE_BATCH_SIZE,
-                     'Tiles upscaled at once (bounds the memory used).')
-flags.mark_flag_as_required('workdir')
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command's flags, defined when it runs as a command and not on import: the notebook
+  and scripts import upscale_files beside main.py, whose --workdir would clash with these."""
+  flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoints hold the generator.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest usable one).',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('batch_size', 256, 'Images upscaled at once (images upscaled whole).',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('tile_size', inference.DEFAULT_TILE_SIZE,
+                       'LR pixels of each tile (square) of larger images; 0: whole images.',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('tile_margin', None,
+                       'LR pixels of context each tile is computed with on every side '
+                       '(default: the receptive radius of the generator, so tiling changes '
+                       'nothing).', flag_values=flag_values)
+  flags.DEFINE_integer('tile_batch_size', inference.DEFAULT_TILE_BATCH_SIZE,
+                       'Tiles upscaled at once (bounds the memory used).',
+                       flag_values=flag_values)
+  flags.mark_flag_as_required('workdir', flag_values=flag_values)
 
 USAGE = ('usage: python -m srgan_jax.upscale --workdir=RUN_DIR INPUT.png OUTPUT.png\n'
          '       python -m srgan_jax.upscale --workdir=RUN_DIR INPUT_DIR OUTPUT_DIR')
@@ -178,31 +189,34 @@ def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int =
   return sorted(written, key=order.get), up
 
 
-def main(argv):
+def main(argv, flag_values: flags.FlagValues = FLAGS):
+  """The command: argv[1] upscaled into argv[2] by the generator of --workdir (define_flags'
+  flags, parsed into `flag_values`)."""
   if len(argv) != 3:
     raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
-  if FLAGS.batch_size <= 0:
-    raise app.UsageError(f'--batch_size must be positive; got {FLAGS.batch_size}.')
-  if FLAGS.tile_size < 0:
-    raise app.UsageError(f'--tile_size must be >= 0 (0: whole images); got {FLAGS.tile_size}.')
-  if 0 < FLAGS.tile_size < inference.MIN_TILE_SIZE:
+  if flag_values.batch_size <= 0:
+    raise app.UsageError(f'--batch_size must be positive; got {flag_values.batch_size}.')
+  if flag_values.tile_size < 0:
+    raise app.UsageError(f'--tile_size must be >= 0 (0: whole images); got {flag_values.tile_size}.')
+  if 0 < flag_values.tile_size < inference.MIN_TILE_SIZE:
     raise app.UsageError(f'--tile_size must be at least {inference.MIN_TILE_SIZE} LR pixels '
-                         f'(or 0 for whole images); got {FLAGS.tile_size}.')
-  if FLAGS.tile_margin is not None and FLAGS.tile_margin < 0:
-    raise app.UsageError(f'--tile_margin must be >= 0; got {FLAGS.tile_margin}.')
-  if FLAGS.tile_batch_size <= 0:
-    raise app.UsageError(f'--tile_batch_size must be positive; got {FLAGS.tile_batch_size}.')
+                         f'(or 0 for whole images); got {flag_values.tile_size}.')
+  if flag_values.tile_margin is not None and flag_values.tile_margin < 0:
+    raise app.UsageError(f'--tile_margin must be >= 0; got {flag_values.tile_margin}.')
+  if flag_values.tile_batch_size <= 0:
+    raise app.UsageError(f'--tile_batch_size must be positive; got {flag_values.tile_batch_size}.')
   platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
   try:
-    written, up = upscale_files(FLAGS.workdir, argv[1], argv[2], FLAGS.step, FLAGS.batch_size,
-                                tile_size=FLAGS.tile_size, tile_margin=FLAGS.tile_margin,
-                                tile_batch_size=FLAGS.tile_batch_size)
+    written, up = upscale_files(flag_values.workdir, argv[1], argv[2], flag_values.step, flag_values.batch_size,
+                                tile_size=flag_values.tile_size, tile_margin=flag_values.tile_margin,
+                                tile_batch_size=flag_values.tile_batch_size)
   except UpscaleError as e:
     sys.exit(f'Error: {e}')
   where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
   print(f'Upscaled {len(written)} image(s) x{up.scale} with the generator at step {up.step} of '
-        f'{FLAGS.workdir}: {where}')
+        f'{flag_values.workdir}: {where}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl.testing import flagsaver
+from absl import flags
 from PIL import Image
 import pytest
 
@@ -275,8 +275,10 @@ def test_upscale_cli(trained, upscaler, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   for workdir, src, dst in ((tmp_path / 'empty', 'digit.png', 'x.png'),
                             (trained.workdir, 'bad', 'bad_sr')):
-    with flagsaver.flagsaver(), pytest.raises(SystemExit) as exit_info:
-      upscale_cli.main(upscale_cli.FLAGS(['upscale', f'--workdir={workdir}', src, dst]))
+    flag_values = flags.FlagValues()
+    upscale_cli.define_flags(flag_values)
+    with pytest.raises(SystemExit) as exit_info:
+      upscale_cli.main(flag_values(['upscale', f'--workdir={workdir}', src, dst]), flag_values)
     errors_seen.append(str(exit_info.value.code))
   no_ckpt, broken = errors_seen
 

@@ -166,3 +166,16 @@ def test_installed_package_runs_from_another_directory(tmp_path):
                         'digit_x4.png'], capture_output=True, text=True, cwd=elsewhere, env=env)
   assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
   assert Image.open(elsewhere / 'digit_x4.png').size == (28, 28)
+
+
+def test_the_commands_modules_import_together():
+  """main.py, srgan_jax.upscale and benchmarks.targets each have a --workdir flag: imported in
+  one process (a notebook, a script, a test worker) they must not clash, so the modules that
+  are also imported for their functions define their flags only when run as commands."""
+  run = subprocess.run(
+      [sys.executable, '-c', 'import main; from srgan_jax import upscale; '
+       'from benchmarks import targets; from absl import flags; '
+       'print(flags.FLAGS["workdir"].help)'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.strip() == 'Directory for checkpoints, metrics and samples.'  # main.py's.

@@ -7,7 +7,7 @@ import os
 import types
 import warnings
 
-from absl.testing import flagsaver
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -189,6 +189,13 @@ def test_bad_tile_arguments(rgb, kwargs, message):
     rgb.upscale(np.zeros((40, 40, 3), np.uint8)[None], **kwargs)
 
 
+def _cli_flags():
+  """The upscaling command's flags, in a FlagValues of their own (as `python -m` defines them)."""
+  flag_values = flags.FlagValues()
+  upscale_cli.define_flags(flag_values)
+  return flag_values
+
+
 def test_cli_upscales_a_large_image_by_many_tiles(rgb, tmp_path, capsys, monkeypatch):
   # The CLI as a user runs it, with the RGB generator in place of a checkpoint's (loading one
   # is test_inference's job).
@@ -201,9 +208,9 @@ def test_cli_upscales_a_large_image_by_many_tiles(rgb, tmp_path, capsys, monkeyp
   Image.fromarray(grey_lr).save(tmp_path / 'grey.png')
   argv = ['upscale', '--workdir=run', '--tile_size=32', '--tile_batch_size=8']
   monkeypatch.chdir(tmp_path)
-  with flagsaver.flagsaver():
-    for src, dst in (('photo.png', 'photo_x4.png'), ('grey.png', 'grey_x4.png')):
-      upscale_cli.main(upscale_cli.FLAGS(argv + [src, dst]))
+  for src, dst in (('photo.png', 'photo_x4.png'), ('grey.png', 'grey_x4.png')):
+    flag_values = _cli_flags()
+    upscale_cli.main(flag_values(argv + [src, dst]), flag_values)
   assert loaded == [('run', None)] * 2
   out = capsys.readouterr()
   assert 'upscale: 40/40 tiles (100%)' in out.err  # 5 x 8 tiles of 32 LR pixels.
@@ -221,10 +228,10 @@ def test_cli_rejects_bad_tile_flags(tmp_path):
   for flag, message in (('--tile_size=4', 'at least 8'), ('--tile_size=-1', '>= 0'),
                         ('--tile_margin=-2', 'tile_margin must be >= 0'),
                         ('--tile_batch_size=0', 'tile_batch_size must be positive')):
-    with flagsaver.flagsaver():
-      argv = upscale_cli.FLAGS(['upscale', f'--workdir={tmp_path}', flag, 'a.png', 'b.png'])
-      with pytest.raises(upscale_cli.app.UsageError, match=message):
-        upscale_cli.main(argv)
+    flag_values = _cli_flags()
+    argv = flag_values(['upscale', f'--workdir={tmp_path}', flag, 'a.png', 'b.png'])
+    with pytest.raises(upscale_cli.app.UsageError, match=message):
+      upscale_cli.main(argv, flag_values)
 
 
 def test_cli_reads_photograph_formats(rgb, tmp_path, monkeypatch):
