@@ -1,5 +1,6 @@
 """The pretrained classifier, the auxiliary classifier loss, the AC-GAN head and the judge."""
 
+import json
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import targets
 from configs import mnist_cnn
 from configs import mnist_srgan
 from srgan_jax import checkpoints
@@ -64,6 +66,31 @@ def test_one_command_tunes_every_network_at_once_before_training(one_command_run
       'Convs tuned for the seed_cnn classifier', 'Convs tuned for the lenet classifier',
       'Convs tuned for the generator']
   assert all('(cached)' in line for lines in later for line in lines)
+
+
+def test_benchmarks_targets_reads_the_main_jobs_figures(one_command_run):
+  """benchmarks.targets on the shrunk main job: its results.json and tuning log lines, against
+  each target."""
+  log = '\n'.join(line for lines in one_command_run.tunings for line in lines)
+  figures = targets.main_job_figures(one_command_run.workdir, log, seconds=61.0)
+  with open(os.path.join(one_command_run.workdir, 'results.json')) as f:
+    results = json.load(f)
+  assert figures['judge_accuracy_sr'] == results['judge_accuracy_sr']
+  assert figures['psnr_sr'] == results['psnr_sr'] and figures['ssim_sr'] == results['ssim_sr']
+  assert 0 < figures['tuning_seconds'] < 60  # Its tuning ran: an empty cache at the start.
+  rows = {r['target'].split(' ')[0]: r for r in targets.judge({'main': figures})}
+  assert rows['main']['met'] is True and rows['main']['figure'] == '1 min 01 s'
+  assert rows['judge']['met'] == (results['judge_accuracy_sr'] >= 0.98)
+  assert rows['PSNR']['met'] == (results['psnr_sr'] >= results['psnr_bicubic'] + 7)
+  assert rows['conv']['met'] == (figures['tuning_seconds'] < 10)
+  late = targets.judge({'main': {**figures, 'seconds': 15 * 60 + 1}})
+  assert late[0]['met'] is False and late[0]['figure'] == '15 min 01 s'
+  assert targets.judge({'main': {**figures, 'seconds': 479.6}})[0]['figure'] == '8 min 00 s'
+  assert targets.judge({'main': {**figures, 'peak_rss_mib': 2355.2}})[0]['figure'] == (
+      '1 min 01 s, peak RSS 2.3 GiB')
+  assert targets.tuning_seconds('Convs tuned for the generator (cached): ...') is None
+  with pytest.raises(targets.TargetsError, match='results.json'):
+    targets.main_job_figures(os.path.dirname(one_command_run.workdir), log, seconds=1.0)
 
 
 def test_a_guide_that_cannot_be_trained_is_reported_before_any_tuning(tmp_path, monkeypatch):

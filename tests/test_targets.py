@@ -1,7 +1,8 @@
 """benchmarks.targets: each stage's figures judged against its target, in a table and a file.
 
-The suite stage runs a real pytest on a few tests of its own; the main job's figures come from
-the shrunk main job's workdir (one_command_run); compare's lines are compare.format_line's.
+The suite stage runs a real pytest on a few tests of its own; compare's lines are
+compare.format_line's; the main job's figures are read from the shrunk main job's workdir in
+test_auxiliary.py (beside the other tests of one_command_run, which share its xdist group).
 """
 
 import io
@@ -126,28 +127,3 @@ def test_ratios_are_met_only_when_every_run_is(monkeypatch):
   assert row['met'] is False
   [row] = targets.judge({'compare': runs((130.0, None))})
   assert row['met'] is None and 'pip install torch' in row['figure']
-
-
-def test_main_job_figures_from_its_workdir(one_command_run):
-  """The shrunk main job's results.json and tuning log lines, against each target."""
-  log = '\n'.join(line for lines in one_command_run.tunings for line in lines)
-  figures = targets.main_job_figures(one_command_run.workdir, log, seconds=61.0)
-  with open(os.path.join(one_command_run.workdir, 'results.json')) as f:
-    results = json.load(f)
-  assert figures['judge_accuracy_sr'] == results['judge_accuracy_sr']
-  assert figures['psnr_sr'] == results['psnr_sr'] and figures['ssim_sr'] == results['ssim_sr']
-  assert 0 < figures['tuning_seconds'] < 60  # Its tuning ran: an empty cache at the start.
-  rows = {r['target'].split(' ')[0]: r for r in targets.judge({'main': figures})}
-  assert rows['main']['met'] is True and rows['main']['figure'] == '1 min 01 s'
-  assert rows['judge']['met'] == (results['judge_accuracy_sr'] >= 0.98)
-  assert rows['PSNR']['met'] == (results['psnr_sr'] >= results['psnr_bicubic'] + 7)
-  assert rows['conv']['met'] == (figures['tuning_seconds'] < 10)
-  late = targets.judge({'main': {**figures, 'seconds': 15 * 60 + 1}})
-  assert late[0]['met'] is False and late[0]['figure'] == '15 min 01 s'
-  assert targets.judge({'main': {**figures, 'seconds': 479.6}})[0]['figure'] == '8 min 00 s'
-  assert targets.judge({'main': {**figures, 'peak_rss_mib': 2355.2}})[0]['figure'] == (
-      '1 min 01 s, peak RSS 2.3 GiB')
-  assert targets.tuning_seconds('Convs tuned for the generator (cached): ...') is None
-  with pytest.raises(targets.TargetsError, match='results.json'):
-    targets.main_job_figures(os.path.dirname(one_command_run.workdir), log, seconds=1.0)
-
