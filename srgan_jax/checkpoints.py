@@ -10,7 +10,11 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 never becomes the latest checkpoint.
 """
 
+import contextlib
 import os
+import sys
+import threading
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -134,6 +138,52 @@ def restore(workdir: str, items: dict, step: Optional[int] = None) -> tuple:
   return step, restored
 
 
+# Orbax abandons a checkpoint's other array reads when one fails (a truncated or deleted file);
+# each of them then completes into the event loop that the failed restore has closed, and Python
+# reports every such callback as an unraisable "RuntimeError: Event loop is closed" with its
+# traceback: hundreds to thousands of lines around the clear message a corrupted checkpoint
+# gets. They are ignored while restoring and until DRAIN_QUIET_S pass without one (at most
+# DRAIN_MAX_S) after an attempt failed; any other unraisable exception is reported as before.
+DRAIN_QUIET_S = 0.2
+DRAIN_MAX_S = 3.0
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  value = unraisable.exc_value
+  return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+
+
+@contextlib.contextmanager
+def _abandoned_reads_ignored():
+  """While inside, the unraisable 'Event loop is closed' reports of abandoned reads are
+  dropped; yields drain(), which waits until they have stopped arriving."""
+  previous = sys.unraisablehook
+  last = [time.monotonic()]
+  lock = threading.Lock()
+
+  def hook(unraisable):
+    if _is_abandoned_read(unraisable):
+      with lock:
+        last[0] = time.monotonic()
+    else:
+      previous(unraisable)
+
+  def drain():
+    start = time.monotonic()
+    while time.monotonic() - start < DRAIN_MAX_S:
+      with lock:
+        quiet = time.monotonic() - last[0]
+      if quiet >= DRAIN_QUIET_S:
+        return
+      time.sleep(DRAIN_QUIET_S - quiet)
+
+  sys.unraisablehook = hook
+  try:
+    yield drain
+  finally:
+    sys.unraisablehook = previous
+
+
 def _restore_latest(workdir, step, make_args, raw=False):
   if not has_checkpoint(workdir):
     raise CheckpointError(
@@ -147,17 +197,19 @@ def _restore_latest(workdir, step, make_args, raw=False):
                             f'available steps: {sorted(steps)}.')
     steps = [step]
   errors = []
-  for s in steps:
-    try:
-      out = mngr.restore(s, args=ocp.args.Composite(**make_args()))
-      if raw:
-        return s, {k: out[k] for k in out.keys()}
-      return s, out['config'], out['extra']
-    except Exception as e:  # pylint: disable=broad-except
-      reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-      errors.append(f'step {s}: {reason}')
-      logging.warning('Checkpoint at step %d in %s is unusable (%s); trying an earlier one.',
-                      s, checkpoint_dir(workdir), reason)
+  with _abandoned_reads_ignored() as drain:
+    for s in steps:
+      try:
+        out = mngr.restore(s, args=ocp.args.Composite(**make_args()))
+        if raw:
+          return s, {k: out[k] for k in out.keys()}
+        return s, out['config'], out['extra']
+      except Exception as e:  # pylint: disable=broad-except
+        drain()
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        errors.append(f'step {s}: {reason}')
+        logging.warning('Checkpoint at step %d in %s is unusable (%s); trying an earlier one.',
+                        s, checkpoint_dir(workdir), reason)
   raise CheckpointError(
       f'No usable checkpoint in {checkpoint_dir(workdir)!r}:\n  ' + '\n  '.join(errors)
       + '\nDelete the directory to start over, or restore a backup.')
