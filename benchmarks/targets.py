@@ -31,9 +31,9 @@ from absl import app
 from absl import flags
 
 from benchmarks import compare
+from srgan_jax import native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # native.CACHE_ENV: the tuning cache and the C++ builds.
 STAGES = ('compare', 'main', 'suite')
 
 # The targets (the CPU speed issue): each side-by-side ratio, the main job's wall time (set for
@@ -294,7 +294,7 @@ def run(options: Options, out: TextIO = sys.stdout) -> dict:
     figures['failed'][done.name] = f'exit status {done.returncode}: see {done.log}'
 
   if 'compare' in options.stages:
-    cache = {CACHE_ENV: os.path.join(workdir, 'compare_cache')}
+    cache = {native.CACHE_ENV: os.path.join(workdir, 'compare_cache')}
     for i in range(options.compare_runs):
       done = stage(f'compare{i + 1}', [sys.executable, '-m', 'benchmarks.compare',
                                        *options.compare_args], cache)
@@ -306,7 +306,7 @@ def run(options: Options, out: TextIO = sys.stdout) -> dict:
     main_dir = os.path.join(workdir, 'main')
     done = stage('main', [sys.executable, 'main.py', '--config=configs/mnist_cnn.py',
                           f'--workdir={main_dir}', *options.main_args],
-                 {CACHE_ENV: os.path.join(workdir, 'main_cache')})
+                 {native.CACHE_ENV: os.path.join(workdir, 'main_cache')})
     if done.returncode:
       failed(done)
     else:
