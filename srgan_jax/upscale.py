@@ -192,29 +192,30 @@ def upscale_files(workdir: str, src: str, dst: str, step=None, batch_size: int =
 def main(argv, flag_values: flags.FlagValues = FLAGS):
   """The command: argv[1] upscaled into argv[2] by the generator of --workdir (define_flags'
   flags, parsed into `flag_values`)."""
+  f = flag_values
   if len(argv) != 3:
     raise app.UsageError(f'Expected an input and an output path; got {argv[1:]}.\n{USAGE}')
-  if flag_values.batch_size <= 0:
-    raise app.UsageError(f'--batch_size must be positive; got {flag_values.batch_size}.')
-  if flag_values.tile_size < 0:
-    raise app.UsageError(f'--tile_size must be >= 0 (0: whole images); got {flag_values.tile_size}.')
-  if 0 < flag_values.tile_size < inference.MIN_TILE_SIZE:
+  if f.batch_size <= 0:
+    raise app.UsageError(f'--batch_size must be positive; got {f.batch_size}.')
+  if f.tile_size < 0:
+    raise app.UsageError(f'--tile_size must be >= 0 (0: whole images); got {f.tile_size}.')
+  if 0 < f.tile_size < inference.MIN_TILE_SIZE:
     raise app.UsageError(f'--tile_size must be at least {inference.MIN_TILE_SIZE} LR pixels '
-                         f'(or 0 for whole images); got {flag_values.tile_size}.')
-  if flag_values.tile_margin is not None and flag_values.tile_margin < 0:
-    raise app.UsageError(f'--tile_margin must be >= 0; got {flag_values.tile_margin}.')
-  if flag_values.tile_batch_size <= 0:
-    raise app.UsageError(f'--tile_batch_size must be positive; got {flag_values.tile_batch_size}.')
+                         f'(or 0 for whole images); got {f.tile_size}.')
+  if f.tile_margin is not None and f.tile_margin < 0:
+    raise app.UsageError(f'--tile_margin must be >= 0; got {f.tile_margin}.')
+  if f.tile_batch_size <= 0:
+    raise app.UsageError(f'--tile_batch_size must be positive; got {f.tile_batch_size}.')
   platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
   try:
-    written, up = upscale_files(flag_values.workdir, argv[1], argv[2], flag_values.step, flag_values.batch_size,
-                                tile_size=flag_values.tile_size, tile_margin=flag_values.tile_margin,
-                                tile_batch_size=flag_values.tile_batch_size)
+    written, up = upscale_files(f.workdir, argv[1], argv[2], f.step, f.batch_size,
+                                tile_size=f.tile_size, tile_margin=f.tile_margin,
+                                tile_batch_size=f.tile_batch_size)
   except UpscaleError as e:
     sys.exit(f'Error: {e}')
   where = written[0] if len(written) == 1 else os.path.dirname(written[0]) + os.sep
   print(f'Upscaled {len(written)} image(s) x{up.scale} with the generator at step {up.step} of '
-        f'{flag_values.workdir}: {where}')
+        f'{f.workdir}: {where}')
 
 
 if __name__ == '__main__':
