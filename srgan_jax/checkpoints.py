@@ -168,11 +168,11 @@ def _abandoned_reads_ignored():
     else:
       previous(unraisable)
 
-  def drain():
+  def drain():  # Quiet counts from the failure too: the reads may complete just after it.
     start = time.monotonic()
     while time.monotonic() - start < DRAIN_MAX_S:
       with lock:
-        quiet = time.monotonic() - last[0]
+        quiet = time.monotonic() - max(last[0], start)
       if quiet >= DRAIN_QUIET_S:
         return
       time.sleep(DRAIN_QUIET_S - quiet)

@@ -404,7 +404,7 @@ def test_abandoned_reads_are_ignored_while_restoring_and_nothing_else(monkeypatc
     _RaisesOnDelete(RuntimeError('Event loop is closed'))
     _RaisesOnDelete(ValueError('something else'))
     start = time.monotonic()
-    drain()
-    assert checkpoints.DRAIN_QUIET_S * 0.5 <= time.monotonic() - start < checkpoints.DRAIN_MAX_S
+    drain()  # Nothing arrives after its start: it returns after DRAIN_QUIET_S of quiet.
+    assert checkpoints.DRAIN_QUIET_S <= time.monotonic() - start < checkpoints.DRAIN_MAX_S
   _RaisesOnDelete(RuntimeError('Event loop is closed'))  # Reported again once outside.
   assert [type(e).__name__ for e in reported] == ['ValueError', 'RuntimeError']

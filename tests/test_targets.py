@@ -111,7 +111,7 @@ def test_the_workdir_must_be_new_or_empty_and_the_stages_known(tmp_path):
   assert os.listdir(tmp_path) == ['old.txt']  # Nothing ran, nothing was written.
 
 
-def test_ratios_are_met_only_when_every_run_is(monkeypatch):
+def test_ratios_are_met_only_when_every_run_is():
   def runs(*pairs):  # Each run's output as compare prints it, parsed back.
     return [compare.parse_lines(compare.format_line('gan', jax_rate, torch_rate, 'images/s'))
             for jax_rate, torch_rate in pairs]
