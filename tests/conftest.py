@@ -3,6 +3,7 @@ the grouping that lets pytest-xdist (`-n auto` in pytest.ini) split the suite ov
 
 import functools
 import os
+import shutil
 import tempfile
 from typing import Any, List, NamedTuple
 
@@ -17,9 +18,24 @@ platform.configure_cpu_convolutions('eigen')
 platform.configure_cpu_fusion_emitters()
 platform.keep_freed_memory()  # As main.py: a step's freed buffers stay mapped for the next.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The temporary directories this process made for the session (not those it inherited from
+# the process that started it): removed when it ends (pytest_unconfigure), so that runs of the
+# suite do not pile up in /tmp (an XLA cache alone is 2-4 MB a run).
+_SESSION_DIRS = []
+
+
+def _session_dir(variable: str, prefix: str) -> str:
+  """The directory environment `variable` names, else a new one, named there for the processes
+  this one starts (xdist's workers, the tests' subprocesses) and removed when this one ends."""
+  if not os.environ.get(variable):
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    _SESSION_DIRS.append(os.environ[variable])
+  return os.environ[variable]
+
+
 # One persistent XLA cache for the session: many tests compile the same tiny programs, and on
 # 2 CPU cores compiling is most of their time.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='srgan_jax_xla_'))
+_session_dir('JAX_COMPILATION_CACHE_DIR', 'srgan_jax_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # One conv-tuning cache for the session, inherited by the subprocesses the tests start: every
@@ -31,7 +47,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 _WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
 if ('SRGAN_JAX_CACHE_DIR' not in os.environ or
     (_WORKER and os.environ.get('SRGAN_JAX_TESTS_CACHE_OF') != _WORKER)):
-  os.environ['SRGAN_JAX_CACHE_DIR'] = tempfile.mkdtemp(prefix='srgan_jax_conv_plans_')
+  os.environ.pop('SRGAN_JAX_CACHE_DIR', None)
+  _session_dir('SRGAN_JAX_CACHE_DIR', 'srgan_jax_conv_plans_')
   os.environ['SRGAN_JAX_TESTS_CACHE_OF'] = _WORKER
   _FRESH_CACHE = True
 else:
@@ -39,7 +56,7 @@ else:
 # The C++ modules, by contrast, are built once for the session (the controller's directory,
 # inherited by the workers): each fresh cache links to it, and native.build compiles a module
 # in one process while the others wait for it.
-os.environ.setdefault('SRGAN_JAX_TESTS_NATIVE_DIR', tempfile.mkdtemp(prefix='srgan_jax_native_'))
+_session_dir('SRGAN_JAX_TESTS_NATIVE_DIR', 'srgan_jax_native_')
 # The tests check what the code computes, not how fast: most of XLA's optimisation passes cost
 # more compile time than they save on tiny networks run for a few steps (measured: about half
 # the time of compile-bound tests). Subprocesses started by tests inherit it.
@@ -78,6 +95,15 @@ def pytest_sessionstart(session):
   config = session.config
   if hasattr(config, 'workerinput') or not config.pluginmanager.has_plugin('dsession'):
     native.build_all([(m.SOURCE, m.NAME, m.FLAGS) for m in train.NATIVE_MODULES])
+
+
+def pytest_unconfigure(config):
+  """The session's temporary directories go with the process that made them: an xdist
+  worker's conv-tuning cache with the worker, the shared XLA cache and C++ builds with the
+  controller, after its workers have ended."""
+  del config
+  while _SESSION_DIRS:
+    shutil.rmtree(_SESSION_DIRS.pop(), ignore_errors=True)
 
 
 def _shared_fixture_group(item):

@@ -179,3 +179,35 @@ def test_the_commands_modules_import_together():
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
   assert run.stdout.strip() == 'Directory for checkpoints, metrics and samples.'  # main.py's.
+
+
+def test_a_run_of_the_suite_leaves_no_temporary_directories(tmp_path):
+  """The suite's session directories (tests/conftest.py: the XLA cache, the conv plans) go with
+  the run that made them, so that runs do not pile up in /tmp: a pytest run that inherits none
+  makes them in its TMPDIR (seen by a plugin while it runs) and leaves nothing there."""
+  probe = tmp_path / 'probe'
+  probe.mkdir()
+  seen = probe / 'seen.txt'
+  (probe / 'session_dirs_probe.py').write_text(
+      'import os\n'
+      'def pytest_collection_finish(session):\n'
+      f'  with open({str(seen)!r}, "w") as f:\n'
+      '    for name in ("JAX_COMPILATION_CACHE_DIR", "SRGAN_JAX_CACHE_DIR"):\n'
+      '      f.write(f"{os.environ[name]} {os.path.isdir(os.environ[name])}\\n")\n')
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  # The C++ builds stay this suite's (building them again would cost a minute).
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('JAX_COMPILATION_CACHE_DIR', 'SRGAN_JAX_CACHE_DIR',
+                      'SRGAN_JAX_TESTS_CACHE_OF', 'PYTEST_XDIST_WORKER')}
+  env.update(TMPDIR=str(temp), PYTHONPATH=os.pathsep.join(filter(None, (
+      str(probe), env.get('PYTHONPATH')))))
+  run = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-p', 'session_dirs_probe', '-p', 'no:xdist',
+       '-o', 'addopts=', '--collect-only', '-q', 'tests/test_metrics.py'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+  made = [line.split() for line in seen.read_text().splitlines()]
+  assert len(made) == 2 and all(
+      os.path.dirname(path) == str(temp) and there == 'True' for path, there in made), made
+  assert not os.listdir(temp), os.listdir(temp)
