@@ -7,13 +7,23 @@ import shutil
 import tempfile
 from typing import Any, List, NamedTuple
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=4').strip()
+from srgan_jax import platform  # pylint: disable=g-import-not-at-top
+
+# XLA:CPU compiles each program in one piece: by default it splits a program's LLVM module for
+# parallel code generation, which costs the tests' small programs more than it saves (the
+# suite's in-process backend compile time 91 -> 69 s on a 2-core Intel Xeon, 2026-12-05). How
+# XLA compiles, not what the programs compute. Tests that set a subprocess's XLA_FLAGS add it.
+# Set on the jaxlib release seen to know it (XLA aborts on a flag it does not know).
+COMPILE_FLAGS = ('--xla_cpu_parallel_codegen_split_count=1'
+                 if platform.jaxlib_release() == (0, 10) else '')
+_flags = os.environ.get('XLA_FLAGS', '')
+os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
+    _flags, '--xla_force_host_platform_device_count=4',
+    COMPILE_FLAGS if COMPILE_FLAGS.partition('=')[0] not in _flags else '')))
 # The convolution library and fusion code generator main.py sets by default
 # (config.cpu_conv_library = 'eigen'; the older fusion emitter, which also compiles faster:
 # test_compare's GAN step test 19.4 -> 14.7 s on an AMD EPYC). Subprocesses started by tests
 # inherit them.
-from srgan_jax import platform  # pylint: disable=g-import-not-at-top
 platform.configure_cpu_convolutions('eigen')
 platform.configure_cpu_fusion_emitters()
 platform.keep_freed_memory()  # As main.py: a step's freed buffers stay mapped for the next.

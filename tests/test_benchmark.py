@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import speed
 from benchmarks import timing
+from conftest import COMPILE_FLAGS
 from conftest import make_tiny_config
 from srgan_jax import steps
 from srgan_jax import train
@@ -64,7 +65,7 @@ def test_cpu_flop_counter_matches_compiled_steps():
 @pytest.fixture(scope='module', autouse=True)
 def command_line_run():
   """The command-line run, started first so that it overlaps the in-process tests."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {COMPILE_FLAGS}',
              JAX_PLATFORMS='cpu')
   proc = subprocess.Popen(
       [sys.executable, '-m', 'benchmarks', '--config=configs/seed_x2_rgb.py',

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import compare
+from conftest import COMPILE_FLAGS
 from configs import mnist_srgan
 from srgan_jax import models
 from srgan_jax import platform
@@ -156,7 +157,7 @@ def test_command_line_times_both_sides():
   """`python -m benchmarks.compare` on the CNN and generator steps: with PyTorch (its server in
   a subprocess) one line per step with ratio jax/torch; without it (as in CI), the JAX side."""
   has_torch = compare.torch_available()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {COMPILE_FLAGS}',
              JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',

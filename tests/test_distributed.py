@@ -39,9 +39,10 @@ def worker(args):
   """Trains the tiny SRGAN for a few steps and saves its variables to --out."""
   sys.path[:0] = [ROOT, HERE]
   os.environ['JAX_PLATFORMS'] = 'cpu'
-  from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top
+  from conftest import COMPILE_FLAGS, make_tiny_config  # pylint: disable=g-import-not-at-top
   # conftest asks for 4 host devices; this process wants its own count (read when JAX starts).
-  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.local_devices}'
+  os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={args.local_devices} '
+                             f'{COMPILE_FLAGS}')
   import jax  # pylint: disable=g-import-not-at-top
   from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -105,7 +106,11 @@ def restore_worker(args):
   and saves its variables to --out, named as the trained ones."""
   sys.path[:0] = [ROOT]
   os.environ['JAX_PLATFORMS'] = 'cpu'
-  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.local_devices}'
+  # The session's flags (conftest's), with this process's device count.
+  os.environ['XLA_FLAGS'] = ' '.join(
+      [f for f in os.environ.get('XLA_FLAGS', '').split()
+       if not f.startswith('--xla_force_host_platform_device_count')]
+      + [f'--xla_force_host_platform_device_count={args.local_devices}'])
   import jax  # pylint: disable=g-import-not-at-top
   from srgan_jax import inference  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == args.local_devices, jax.devices()

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import COMPILE_FLAGS
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / 'notebooks' / 'colab.ipynb'
 CELL_TIMEOUT_S = 240
@@ -87,7 +89,7 @@ def test_notebook_runs_top_to_bottom_on_the_trained_workdir(one_command_run, tmp
   # like a Colab CPU runtime; the rest of the environment is this session's.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
       p for p in (str(ROOT), os.environ.get('PYTHONPATH', '')) if p))
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  monkeypatch.setenv('XLA_FLAGS', f'--xla_force_host_platform_device_count=1 {COMPILE_FLAGS}')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   nb = execute(inject_parameters(_read(), WORKDIR=workdir, NUM_DIGITS=4), tmp_path)

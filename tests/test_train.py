@@ -150,10 +150,10 @@ def test_checkpoint_from_another_architecture_names_the_fields(tmp_path, tiny_co
 
 LEARNING_RUN = """
 import json, os, sys
-from tests.conftest import make_tiny_config
+from tests.conftest import COMPILE_FLAGS, make_tiny_config
 from srgan_jax import train
 # conftest asks for 4 host devices; this process has one (read when JAX starts).
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1 ' + COMPILE_FLAGS
 config = make_tiny_config(**{
     'data.train_examples': 2048, 'data.eval_examples': 256, 'generator.features': 16,
     'pretrain_steps': 150, 'optimizer.pretrain_learning_rate': 4e-3, 'num_train_steps': 0,
