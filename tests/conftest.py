@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from typing import Any, List, NamedTuple
 
-from srgan_jax import platform  # pylint: disable=g-import-not-at-top
+from srgan_jax import platform
 
 # XLA:CPU compiles each program in one piece: by default it splits a program's LLVM module for
 # parallel code generation, which costs the tests' small programs more than it saves (the
