@@ -410,8 +410,12 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch, 
 
   def outputs(budget):
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
-    y, vjp = jax.vjp(lambda x, w, b: models.tuned_conv(x, w, b, 1, choice), x, w, b)
-    return (y,) + vjp(dy)
+
+    def phases(x, w, b, dy):
+      y, vjp = jax.vjp(lambda x, w, b: models.tuned_conv(x, w, b, 1, choice), x, w, b)
+      return (y,) + vjp(dy)
+    # One program a budget (a new function: traced with this budget), not one an operation.
+    return jax.jit(phases)(x, w, b, dy)
 
   def loops(budget):  # The while loops (lax.map, lax.scan) of the three phases' program.
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
