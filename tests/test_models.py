@@ -105,13 +105,14 @@ def test_pixel_shuffle_matches_torch_order():
 def test_discriminator_heads():
   x = jnp.zeros((3, 28, 28, 1))
   dense = models.Discriminator(features=(8, 16), head='dense', dense_features=32)
-  logits, cls = dense.apply(_init(dense, x.shape), x)
+  dense_variables = _init(dense, x.shape)
+  logits, cls = jax.jit(dense.apply)(dense_variables, x)
   assert logits.shape == (3, 1) and cls is None
   patch = models.Discriminator(features=(8, 16), head='patch', num_classes=10)
-  logits, cls = patch.apply(_init(patch, x.shape), x)
+  logits, cls = jax.jit(patch.apply)(_init(patch, x.shape), x)
   assert logits.shape == (3, 7 * 7) and cls.shape == (3, 10)
   # The paper's discriminator has no BN on its first conv: 2 * len(features) - 1 BN layers.
-  assert _num_batch_norms(_init(dense, x.shape)) == 3
+  assert _num_batch_norms(dense_variables) == 3
 
 
 @pytest.mark.parametrize('arch', ['seed_cnn', 'lenet'])
@@ -119,8 +120,8 @@ def test_discriminator_heads():
 def test_classifiers(arch, channels):
   model = models.create_classifier(arch)
   x = jnp.zeros((2, 28, 28, channels))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  logits, features = model.apply(variables, x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  logits, features = jax.jit(model.apply)(variables, x)
   assert logits.shape == (2, 10)
   key = 'dense2' if arch == 'seed_cnn' else 'penultimate'
   assert features[key].ndim == 2
@@ -196,13 +197,15 @@ def test_unknown_names_raise():
 def test_matmul_conv_equals_xla_conv(size, kernel, stride):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size + 1, 5))
   conv = models.Conv(7, kernel, stride, implementation='xla')
-  variables = conv.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(conv.init)(jax.random.PRNGKey(0), x)
   matmul = models.Conv(7, kernel, stride, implementation='matmul')
-  np.testing.assert_allclose(matmul.apply(variables, x), conv.apply(variables, x), atol=2e-5)
+  # Each module's pass as one program (run op by op, the test compiled 60-110 tiny ones).
+  want = jax.jit(conv.apply)(variables, x)
+  np.testing.assert_allclose(jax.jit(matmul.apply)(variables, x), want, atol=2e-5)
   # Same numbers as flax's own nn.Conv with SAME padding, and the same parameter layout.
   flax_conv = nn.Conv(7, (kernel, kernel), strides=(stride, stride))
-  np.testing.assert_allclose(flax_conv.apply(variables, x), conv.apply(variables, x), atol=2e-5)
-  grads = [jax.grad(lambda v, x: m.apply(v, x).sum(), argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(jax.jit(flax_conv.apply)(variables, x), want, atol=2e-5)
+  grads = [jax.jit(jax.grad(lambda v, x, m=m: m.apply(v, x).sum(), argnums=(0, 1)))(variables, x)
            for m in (conv, matmul)]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                          *grads)
