@@ -85,14 +85,7 @@ class Stage:
 def cpu_description() -> str:
   """The CPU's model name, family and model, and its widest vector instructions: what tells the
   machine classes apart (the Intel Xeon and AMD EPYC guests differ by these)."""
-  fields = {}
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f.read().split('\n\n')[0].splitlines():
-        key, _, value = line.partition(':')
-        fields[key.strip()] = value.strip()
-  except OSError:
-    pass
+  fields = native.cpuinfo()
   flags_ = set(fields.get('flags', '').split())
   isa = ('AVX-512' + (' + AMX' if 'amx_tile' in flags_ else '') if 'avx512f' in flags_ else
          'AVX2' if 'avx2' in flags_ else 'no AVX2')

@@ -39,6 +39,7 @@ import numpy as np
 from srgan_jax import direct_conv
 from srgan_jax import files
 from srgan_jax import models
+from srgan_jax import native
 from srgan_jax import onednn
 from srgan_jax import platform as process_setup
 from srgan_jax import winograd_native
@@ -168,14 +169,7 @@ def cache_path(directory: Optional[str] = None) -> str:
 def cpu_model() -> str:
   """The CPU: its model name, family, model and stepping (/proc/cpuinfo on Linux; a VM may
   name only the vendor) and the cores this process may use."""
-  fields = {}
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        name, _, value = line.partition(':')
-        fields.setdefault(name.strip(), value.strip())
-  except OSError:
-    pass
+  fields = native.cpuinfo()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   name = fields.get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
   family = ' '.join(f'{k} {fields[k]}' for k in ('cpu family', 'model', 'stepping') if k in fields)

@@ -17,7 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from typing import Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -55,6 +55,22 @@ def compiler() -> str:
     raise RuntimeError(f'no C++ compiler ({cxx or "g++, or $CXX"} not found) to build '
                        'srgan-jax\'s native modules')
   return cxx
+
+
+def cpuinfo() -> Dict[str, str]:
+  """The first processor's fields of Linux's /proc/cpuinfo ('model name', 'cpu family',
+  'model', 'stepping', 'flags', ...); empty elsewhere. What tells the machine classes apart
+  (the conv tuner's cache key, the benchmarks' headers)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      block = f.read().split('\n\n')[0]
+  except OSError:
+    return {}
+  fields = {}
+  for line in block.splitlines():
+    name, _, value = line.partition(':')
+    fields.setdefault(name.strip(), value.strip())
+  return fields
 
 
 def cpu_features() -> str:

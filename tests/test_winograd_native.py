@@ -209,6 +209,9 @@ def test_a_module_built_for_one_cpu_is_not_loaded_on_another(monkeypatch, tmp_pa
   real = native.cpu_features()
   if os.path.exists('/proc/cpuinfo'):
     assert 'model name' in real and 'flags' in real
+    # The parsed fields (conv_tuning's and benchmarks.targets' CPU) are the same processor's.
+    fields = native.cpuinfo()
+    assert fields['model name'] in real and fields['flags'] in real and fields['cpu family']
   monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
   path = lambda: native.module_path(winograd_native.SOURCE, 'winograd', winograd_native.FLAGS)
   monkeypatch.setattr(native, 'cpu_features', lambda: 'model name : A | flags : avx2')
