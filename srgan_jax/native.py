@@ -77,13 +77,9 @@ def cpu_features() -> str:
   """This CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; '' elsewhere): a
   module built with -march=native runs only on CPUs with its flags, so a cache directory
   shared between machines (a home on NFS, a container image) keeps one build per CPU."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      lines = f.read().split('\n\n')[0].splitlines()
-  except OSError:
-    return ''
-  return ' | '.join(line for line in lines if line.split(':')[0].strip() in ('model name',
-                                                                              'flags'))
+  fields = cpuinfo()
+  return ' | '.join(f'{name} : {fields[name]}' for name in ('model name', 'flags')
+                    if name in fields)
 
 
 def module_path(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> str:
