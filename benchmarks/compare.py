@@ -46,9 +46,9 @@ from configs import mnist_srgan
 from configs import seed_x2_rgb
 from srgan_jax import classifier_train
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import distributed
 from srgan_jax import input_pipeline
-from srgan_jax import models
 from srgan_jax import platform
 from srgan_jax import steps as steps_lib
 from srgan_jax import validation
@@ -377,7 +377,7 @@ flags.DEFINE_integer('torch_threads', Options.torch_threads,
 flags.DEFINE_bool('cpu_devices_per_core', True, 'One JAX host device per CPU core (main.py\'s '
                   'default, config.cpu_devices_per_core).')
 flags.DEFINE_enum('conv_implementation', Options.conv_implementation,
-                  list(models.CONV_IMPLEMENTATIONS),
+                  list(convolution.CONV_IMPLEMENTATIONS),
                   'config.conv_implementation of the JAX steps (the configs\' default: tuned).')
 flags.DEFINE_bool('torch_keep_freed_memory', Options.torch_keep_freed_memory,
                   'Run PyTorch under the malloc settings of the JAX side '

@@ -16,7 +16,6 @@ tfds label feature's num_classes), and both are recorded in the checkpoint's ext
 
 import copy
 import functools
-import os
 import time
 
 from absl import logging

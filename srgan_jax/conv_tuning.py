@@ -5,11 +5,11 @@ Like cuDNN's autotuner: which implementation of a conv is fastest (XLA's convolu
 matmul, a gradient computed as a conv over the dilated output gradient, ...) depends on the
 layer (kernel, channels, map size, stride, batch) and on the machine, so it is measured rather
 than guessed. `tune` collects the conv signatures a network runs without running it
-(jax.eval_shape with an interceptor on models.Conv) and times, pmapped over the devices as
+(jax.eval_shape with an interceptor on convolution.Conv) and times, pmapped over the devices as
 training runs them, the forward pass, the input gradient and the kernel gradient of each with
-XLA's convolution (or what stands in for it, models.phase_candidates), then with the other
-candidates of models.PHASE_CANDIDATES for the phases that make up most of that time. It
-returns a models.ConvPlan that the networks receive as their `conv_plan` attribute. Decisions
+XLA's convolution (or what stands in for it, convolution.phase_candidates), then with the other
+candidates of convolution.PHASE_CANDIDATES for the phases that make up most of that time. It
+returns a convolution.ConvPlan that the networks receive as their `conv_plan` attribute. Decisions
 are cached in `conv_plans.json` under $SRGAN_JAX_CACHE_DIR (default ~/.cache/srgan_jax),
 keyed by the CPU, jax and jaxlib versions, backend and signature, so a later run on the same
 machine times nothing. A tuning stops at TIME_BUDGET_S: the phases it leaves keep their
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from srgan_jax import convolution
 from srgan_jax import direct_conv
 from srgan_jax import files
-from srgan_jax import models
 from srgan_jax import native
 from srgan_jax import onednn
 from srgan_jax import platform as process_setup
@@ -93,7 +93,7 @@ OTHER_CANDIDATE_COST = 1.4
 # (its later tunings time nothing more) and is timed by the next process that needs it.
 PROCESS = f'{os.getpid()}@{time.time_ns()}'
 
-Job = Tuple[models.ConvSignature, str, str]  # (signature, phase, implementation)
+Job = Tuple[convolution.ConvSignature, str, str]  # (signature, phase, implementation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ class ConvUse(NamedTuple):
   calls: int
 
 
-def conv_uses(network: Network) -> Dict[models.ConvSignature, ConvUse]:
+def conv_uses(network: Network) -> Dict[convolution.ConvSignature, ConvUse]:
   """{signature: its use} of the network's convs, in the order they run.
 
   Traced abstractly (jax.eval_shape of the module's init): nothing is computed, and the convs
@@ -129,10 +129,10 @@ def conv_uses(network: Network) -> Dict[models.ConvSignature, ConvUse]:
 
   def intercept(network_input, next_fun, args, kwargs, context):
     module = context.module
-    if not isinstance(module, models.Conv) or context.method_name != '__call__':
+    if not isinstance(module, convolution.Conv) or context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     x = args[0]
-    sig = models.conv_signature(x.shape, x.dtype, module.kernel_size, module.features,
+    sig = convolution.conv_signature(x.shape, x.dtype, module.kernel_size, module.features,
                                 module.strides)
     before = uses.get(sig, ConvUse((), 0))
     phases = set(before.phases) | {'forward'}
@@ -140,7 +140,7 @@ def conv_uses(network: Network) -> Dict[models.ConvSignature, ConvUse]:
       phases.add('input_grad')
     if network.trained:
       phases.add('kernel_grad')
-    uses[sig] = ConvUse(tuple(p for p in models.CONV_PHASES if p in phases), before.calls + 1)
+    uses[sig] = ConvUse(tuple(p for p in convolution.CONV_PHASES if p in phases), before.calls + 1)
     return jnp.zeros(x.shape[:1] + sig.output_size + (module.features,), x.dtype)
 
   # Networks with a training mode (BatchNorm, dropout) run the same convs in either; VGG19 has
@@ -179,14 +179,14 @@ def cpu_model() -> str:
 def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   """What a decision is valid for: the CPU model, jax and jaxlib versions, the backend and the
   devices timed on (they share the cores), the candidates it was made among (a digest of
-  models.PHASE_CANDIDATES and models.CANDIDATES_REVISION), how they were timed
+  convolution.PHASE_CANDIDATES and convolution.CANDIDATES_REVISION), how they were timed
   (TIMING_METHOD) and, on CPU, the library XLA runs its convolutions on (what 'xla' means
   there: platform.configure_cpu_convolutions) and the code generator of its fusions (the other
   candidates' transforms and copies: platform.configure_cpu_fusion_emitters), whether
   oneDNN's candidate was among them (onednn.version()), whether Winograd's transforms were
   winograd_native's C++ passes or XLA's, and whether the direct convs were (direct_conv)."""
-  candidates = hashlib.sha1(repr((models.CANDIDATES_REVISION, sorted(
-      models.PHASE_CANDIDATES.items()))).encode()).hexdigest()
+  candidates = hashlib.sha1(repr((convolution.CANDIDATES_REVISION, sorted(
+      convolution.PHASE_CANDIDATES.items()))).encode()).hexdigest()
   library = (f' | xla convs on {process_setup.cpu_conv_library()}, fusions by its '
              f'{process_setup.cpu_fusion_emitters()} emitters | onednn {onednn.version()} | '
              f'winograd transforms {"native" if winograd_native.available() else "xla"} | '
@@ -197,7 +197,7 @@ def machine_key(cpu: str, backend: str, num_devices: int) -> str:
           f'timing {TIMING_METHOD}{library}')
 
 
-def signature_key(sig: models.ConvSignature) -> str:
+def signature_key(sig: convolution.ConvSignature) -> str:
   return ','.join(str(v) for v in sig)
 
 
@@ -210,10 +210,10 @@ def read_cache(path: str) -> dict:
 # Timing.
 
 
-def _device_inputs(sig: models.ConvSignature, devices):
+def _device_inputs(sig: convolution.ConvSignature, devices):
   """x, kernel and output gradient of `sig` on every device (a leading device axis); constant
   values: a conv's speed does not depend on them."""
-  _, shapes = models.conv_phase('forward', 'xla', sig)
+  _, shapes = convolution.conv_phase('forward', 'xla', sig)
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ('d',)),
                                         jax.sharding.PartitionSpec('d'))
   return [jax.device_put(np.full((len(devices),) + s, 0.5, sig.dtype), sharding)
@@ -255,7 +255,7 @@ class PhaseTimer:
 
   def _compile(self, job):
     sig, phase, impl = job
-    fn, _ = models.conv_phase(phase, impl, sig)
+    fn, _ = convolution.conv_phase(phase, impl, sig)
     return jax.pmap(fn, devices=self.devices).lower(*self._inputs[sig]).compile(COMPILE_OPTIONS)
 
   def _call(self, job) -> float:
@@ -302,7 +302,7 @@ def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, flo
 # Tuning.
 
 
-def describe(choice: models.ConvChoice, phases: Iterable[str]) -> str:
+def describe(choice: convolution.ConvChoice, phases: Iterable[str]) -> str:
   """'xla' when every phase computed uses one implementation, else 'fwd xla, dw gather'."""
   impls = [getattr(choice, p) for p in phases]
   if len(set(impls)) == 1:
@@ -310,17 +310,17 @@ def describe(choice: models.ConvChoice, phases: Iterable[str]) -> str:
   return ', '.join(f'{SHORT_NAMES[p]} {i}' for p, i in zip(phases, impls))
 
 
-def _short(sig: models.ConvSignature) -> str:
+def _short(sig: convolution.ConvSignature) -> str:
   return str(sig).replace(' float32', '')
 
 
-def _parse_signature(key: str) -> models.ConvSignature:
+def _parse_signature(key: str) -> convolution.ConvSignature:
   *numbers, dtype = key.split(',')
-  return models.ConvSignature(*map(int, numbers), dtype)
+  return convolution.ConvSignature(*map(int, numbers), dtype)
 
 
-def _same_layer(entries: dict, sig: models.ConvSignature,
-                phase: str) -> Optional[models.ConvSignature]:
+def _same_layer(entries: dict, sig: convolution.ConvSignature,
+                phase: str) -> Optional[convolution.ConvSignature]:
   """The signature with a decision for `phase` in `entries` that differs from `sig` by its
   batch only, the nearest batch first; None when there is none."""
   layer = sig._replace(batch=0)
@@ -329,7 +329,7 @@ def _same_layer(entries: dict, sig: models.ConvSignature,
   return min(relatives, key=lambda s: abs(s.batch - sig.batch), default=None)
 
 
-def _borrowed_note(sig: models.ConvSignature, phases: Sequence[str], borrowed: Mapping) -> str:
+def _borrowed_note(sig: convolution.ConvSignature, phases: Sequence[str], borrowed: Mapping) -> str:
   """' (as at b64)' when every phase of `sig` took the decision of the same layer at batch 64,
   ' (dx as at b64)' when some did; '' when none did."""
   batches = {p: borrowed[sig, p].batch for p in phases if (sig, p) in borrowed}
@@ -345,7 +345,7 @@ class Measured(NamedTuple):
   budget ran out) with their references' seconds a step (reference time x calls)."""
   candidates: int
   seconds: float
-  deferred: Tuple[Tuple[models.ConvSignature, str], ...] = ()
+  deferred: Tuple[Tuple[convolution.ConvSignature, str], ...] = ()
   deferred_seconds: float = 0.0
 
 
@@ -354,7 +354,7 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure,
   """Times the candidates of the (signature, phase) pairs `todo` and records the fastest of
   each in `entries`.
 
-  Each phase's reference implementation (the first of models.phase_candidates: XLA's, or what
+  Each phase's reference implementation (the first of convolution.phase_candidates: XLA's, or what
   stands in for it) is timed first. Its time, times the `calls` of the signature, bounds what
   tuning the phase can save, so the other candidates are only tried for the phases that make up
   WORTH_TUNING of that total, the costliest first, while the estimated wall time (the
@@ -363,7 +363,7 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure,
   the reference. A phase with one candidate is not timed.
   """
   library = process_setup.cpu_conv_library()
-  candidates = {key: models.phase_candidates(*key, library) for key in sorted(todo)}
+  candidates = {key: convolution.phase_candidates(*key, library) for key in sorted(todo)}
   contested = [key for key, impls in candidates.items() if len(impls) > 1]
   t0 = time.perf_counter()
   seconds = dict(measure([key + candidates[key][:1] for key in contested])) if contested else {}
@@ -403,7 +403,7 @@ def tune(networks: Sequence[Network], devices=None, *,
          measure: Optional[Callable[[Sequence[Job]], Mapping[Job, float]]] = None,
          cpu: Optional[str] = None, directory: Optional[str] = None,
          log: Callable[[str], None] = logging.info,
-         budget_s: float = TIME_BUDGET_S) -> models.ConvPlan:
+         budget_s: float = TIME_BUDGET_S) -> convolution.ConvPlan:
   """The plan of the fastest implementation of each phase of the networks' convs.
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
@@ -428,7 +428,7 @@ def tune(networks: Sequence[Network], devices=None, *,
   if backend != 'cpu':
     for name in uses:
       log(f'Convs of the {name}: XLA\'s convolution on {backend} (it tunes its own), not timed.')
-    return tuple(sorted((sig, models.ConvChoice()) for sig in needed))
+    return tuple(sorted((sig, convolution.ConvChoice()) for sig in needed))
 
   measure = measure or PhaseTimer(devices)
   path = cache_path(directory)
@@ -462,9 +462,9 @@ def tune(networks: Sequence[Network], devices=None, *,
             f'(conv_tuning.TIME_BUDGET_S); a later run tunes them.' if deferred else ''))
 
   def choice(sig):
-    return models.ConvChoice(**{
+    return convolution.ConvChoice(**{
         p: entries[signature_key(borrowed.get((sig, p), sig))][p]['choice']
-        for p in models.CONV_PHASES
+        for p in convolution.CONV_PHASES
         if (sig, p) in borrowed or p in entries.get(signature_key(sig), {})})
 
   plan = agreed(tuple(sorted((sig, choice(sig)) for sig in needed)))
@@ -477,30 +477,30 @@ def tune(networks: Sequence[Network], devices=None, *,
   return plan
 
 
-def agreed(plan: models.ConvPlan) -> models.ConvPlan:
+def agreed(plan: convolution.ConvPlan) -> convolution.ConvPlan:
   """Process 0's choices on every process (the same signatures everywhere): the processes of a
   multi-host run must all compile the same steps, whatever their own timings said."""
   if jax.process_count() == 1:
     return plan
-  names = [models.PHASE_CANDIDATES[phase] for phase in models.CONV_PHASES]
+  names = [convolution.PHASE_CANDIDATES[phase] for phase in convolution.CONV_PHASES]
   codes = np.array([[n.index(impl) for n, impl in zip(names, choice)] for _, choice in plan],
                    np.int32).reshape(len(plan), len(names))
   codes = np.asarray(multihost_utils.broadcast_one_to_all(codes))
-  return tuple((sig, models.ConvChoice(*(n[i] for n, i in zip(names, row))))
+  return tuple((sig, convolution.ConvChoice(*(n[i] for n, i in zip(names, row))))
                for (sig, _), row in zip(plan, codes))
 
 
-def plan_to_json(plan: models.ConvPlan) -> dict:
+def plan_to_json(plan: convolution.ConvPlan) -> dict:
   """{signature key: {phase: implementation}}: a plan as a run saves it."""
   return {signature_key(sig): choice._asdict() for sig, choice in plan}
 
 
-def plan_from_json(data: dict) -> models.ConvPlan:
-  return tuple(sorted((_parse_signature(key), models.ConvChoice(**choice))
+def plan_from_json(data: dict) -> convolution.ConvPlan:
+  return tuple(sorted((_parse_signature(key), convolution.ConvChoice(**choice))
                       for key, choice in data.items()))
 
 
 def plan_for(implementation: str, networks: Sequence[Network], devices=None,
-             **kwargs) -> Optional[models.ConvPlan]:
+             **kwargs) -> Optional[convolution.ConvPlan]:
   """tune(networks) when `implementation` is 'tuned' (config.conv_implementation), else None."""
   return tune(networks, devices, **kwargs) if implementation == 'tuned' else None

@@ -1,7 +1,7 @@
 """Stride-1 convolutions with few features on one side ("thin": a generator's 9x9 convs to and
 from 1 or 3 channels, the first conv of a discriminator or classifier) and their kernel
 gradient, computed directly by C++ passes called through XLA's FFI (direct_conv.cc), where a
-C++ compiler is at hand on a Linux x86-64 CPU: models.py's 'direct' conv candidate.
+C++ compiler is at hand on a Linux x86-64 CPU: convolution.py's 'direct' conv candidate.
 
 Why: as one matmul such a conv moves k*k copies of its wide side through memory (im2col,
 kn2row), and XLA:CPU's own convolution runs it at a fraction of its speed on wide convs.

@@ -24,6 +24,7 @@ from srgan_jax import batch_norm
 from srgan_jax import checkpoints
 from srgan_jax import classifier_train
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import direct_conv
 from srgan_jax import distributed
 from srgan_jax import evaluate as evaluate_lib
@@ -77,7 +78,7 @@ def generator_schedule(config) -> optax.Schedule:
 
 def create_train_states(config, rng, hr_size: int = MNIST_SIZE,
                         axis_name: Optional[str] = state_lib.AXIS,
-                        conv_plan: Optional[models.ConvPlan] = None):
+                        conv_plan: Optional[convolution.ConvPlan] = None):
   """Initial generator and discriminator TrainStates (Adam, paper/seed hyper-parameters) for
   HR images of hr_size x hr_size (the dense discriminator head depends on it). Their networks
   compute convs by config.conv_implementation (with `conv_plan` when 'tuned')."""
@@ -311,7 +312,7 @@ class _Run:
   frozen: steps.Frozen
   judge: Any
   judge_vars: Any
-  conv_plan: Optional[models.ConvPlan]
+  conv_plan: Optional[convolution.ConvPlan]
   g_state: Any
   d_state: Any
   start_step: int

@@ -8,6 +8,7 @@ or head is valid where it is written, and nowhere else.
 import numpy as np
 
 from srgan_jax import config_utils
+from srgan_jax import convolution
 from srgan_jax import losses
 from srgan_jax import models
 from srgan_jax import platform
@@ -261,7 +262,7 @@ def _round_up(value, multiple: int) -> int:
 def validate_config(config, num_devices: int = 1):
   """Raises ConfigError naming the first bad field. `num_devices` is the global device count."""
   _one_of('task', config.task, TASKS)
-  _one_of('conv_implementation', config.conv_implementation, models.CONV_IMPLEMENTATIONS)
+  _one_of('conv_implementation', config.conv_implementation, convolution.CONV_IMPLEMENTATIONS)
   _one_of('cpu_conv_library', config.cpu_conv_library, platform.CONV_LIBRARIES)
   if config.task == 'srgan':
     _validate_dense_head(config)

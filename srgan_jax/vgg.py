@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srgan_jax import convolution
 from srgan_jax import files
 from srgan_jax import image_ops
-from srgan_jax import models
 from srgan_jax.errors import VGGWeightsError
 
 # (channels, convolutions) of the five stages; a 2x2 max-pool separates consecutive stages.
@@ -91,13 +91,13 @@ class VGG19(nn.Module):
   Input: NHWC float, already preprocessed (see `preprocess`). Output: dict layer name -> map.
   Only the layers up to the deepest requested one exist, so `init` creates only their
   parameters; `apply` ignores extra entries, so a full loaded tree can be passed as is. The
-  convs are models.Conv (nn.Conv's parameters), so that a tuned plan can compute them: the
+  convs are convolution.Conv (nn.Conv's parameters), so that a tuned plan can compute them: the
   content loss runs VGG19 forward on SR and HR and back to SR, most of a VGG-loss GAN step.
   """
   layers: Sequence[str]
   before_activation: bool = False  # True: map before the ReLU (ESRGAN); False: after (SRGAN).
-  conv: str = 'auto'  # Conv implementation: one of models.CONV_IMPLEMENTATIONS.
-  conv_plan: Optional[models.ConvPlan] = None  # What 'tuned' convs use (conv_tuning.tune).
+  conv: str = 'auto'  # Conv implementation: one of convolution.CONV_IMPLEMENTATIONS.
+  conv_plan: Optional[convolution.ConvPlan] = None  # What 'tuned' convs use (conv_tuning.tune).
 
   @nn.compact
   def __call__(self, x):
@@ -105,7 +105,7 @@ class VGG19(nn.Module):
     for name in _layer_prefix(self.layers):
       if name != 'conv1_1' and name.endswith('_1'):
         x = image_ops.max_pool_2x2(x)  # nn.max_pool's values, a faster gradient on CPU.
-      y = models.Conv(LAYER_SHAPES[name][1][0], 3, 1, self.conv, self.conv_plan, name=name)(x)
+      y = convolution.Conv(LAYER_SHAPES[name][1][0], 3, 1, self.conv, self.conv_plan, name=name)(x)
       x = nn.relu(y)
       if name in self.layers:
         features[name] = y if self.before_activation else x
@@ -161,7 +161,7 @@ class FeatureFn:
     n, h, w, _ = image_shape
     return (n, self.resize_to or h, self.resize_to or w, 3)
 
-  def with_convs(self, conv: str, conv_plan: Optional[models.ConvPlan]) -> 'FeatureFn':
+  def with_convs(self, conv: str, conv_plan: Optional[convolution.ConvPlan]) -> 'FeatureFn':
     return dataclasses.replace(self, model=self.model.clone(conv=conv, conv_plan=conv_plan))
 
 

@@ -34,7 +34,7 @@ Where a C++ compiler is at hand (Linux x86-64, float32), the transforms are wino
 C++ passes instead: each chunk's tiles read from the batch where they lie, its outputs (plus
 the conv's bias) written in place. On a 2-core Intel Xeon (AVX-512, 2026-12-04), steps tuned
 each way, in turns: the seed CNN step 1.17-1.20x, and with Winograd tried from 4x4 maps up
-(models.WINOGRAD_MIN_SIZE_NATIVE) the SRResNet step 1.16x and the GAN iteration 1.09x more.
+(convolution.WINOGRAD_MIN_SIZE_NATIVE) the SRResNet step 1.16x and the GAN iteration 1.09x more.
 """
 
 from typing import Optional

@@ -81,8 +81,8 @@ from configs import mnist_cnn  # pylint: disable=g-import-not-at-top,wrong-impor
 from configs import mnist_srgan  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import config_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import conv_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from srgan_jax import convolution  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import direct_conv  # pylint: disable=g-import-not-at-top,wrong-import-position
-from srgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import native  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from srgan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -170,20 +170,20 @@ def assert_vmap_equals_each_alone(fn, batched, *args, atol=0.0):
 
 
 def pmapped_tuned_conv_and_xla(choice, sig, kernel_scale: float = 1.0):
-  """(got, want, jaxpr): a conv of `sig` with the phases `choice` names (models.tuned_conv)
+  """(got, want, jaxpr): a conv of `sig` with the phases `choice` names (convolution.tuned_conv)
   and XLA's, each pmapped over 2 devices with their own inputs: the value and the gradients
   of sum(sin(conv)) w.r.t. x and the kernel (scaled by `kernel_scale`); and the tuned one's
   program on one device."""
   devices = jax.local_devices()[:2]
-  shapes = models.conv_phase('forward', 'xla', sig)[1][:2]
+  shapes = convolution.conv_phase('forward', 'xla', sig)[1][:2]
   x, kernel = (jax.random.normal(jax.random.PRNGKey(i), (len(devices),) + s)
                for i, s in enumerate(shapes))
   kernel = kernel * kernel_scale
   bias = jnp.linspace(-1.0, 1.0, sig.features)
 
   def value_and_grads(tuned, x, kernel):
-    conv = (functools.partial(models.tuned_conv, bias=bias, s=sig.strides, choice=choice)
-            if tuned else functools.partial(models.conv_forward, 'xla', s=sig.strides,
+    conv = (functools.partial(convolution.tuned_conv, bias=bias, s=sig.strides, choice=choice)
+            if tuned else functools.partial(convolution.conv_forward, 'xla', s=sig.strides,
                                             bias=bias))
     loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
     return (conv(x, kernel),) + jax.grad(loss, (0, 1))(x, kernel)

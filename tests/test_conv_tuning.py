@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import errors
 from srgan_jax import models
 from srgan_jax import validation
@@ -45,13 +46,13 @@ def _tune(tmp_path, timer, cpu='Test CPU', log=None):
 
 def test_conv_uses_are_collected_without_running_the_network():
   uses = conv_tuning.conv_uses(conv_tuning.Network('generator', GENERATOR, (2, 5, 5, 1)))
-  sig = lambda *a: models.ConvSignature(2, *a, 'float32')
+  sig = lambda *a: convolution.ConvSignature(2, *a, 'float32')
   assert list(uses) == [sig(5, 5, 1, 4, 9, 1), sig(5, 5, 4, 4, 3, 1), sig(5, 5, 4, 16, 3, 1),
                         sig(10, 10, 4, 1, 9, 1)]
   # The first conv reads the network's input, which needs no gradient.
   assert uses[sig(5, 5, 1, 4, 9, 1)] == (('forward', 'kernel_grad'), 1)
   # The residual block's two convs and the one after the blocks.
-  assert uses[sig(5, 5, 4, 4, 3, 1)] == (models.CONV_PHASES, 3)
+  assert uses[sig(5, 5, 4, 4, 3, 1)] == (convolution.CONV_PHASES, 3)
   frozen = conv_tuning.conv_uses(conv_tuning.Network('d', models.LeNetJudge(), (1, 28, 28, 1),
                                                      trained=False, input_grad=True))
   assert {use.phases for use in frozen.values()} == {('forward', 'input_grad')}
@@ -61,15 +62,15 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
   timer = FakeTimer()
   plan, lines = _tune(tmp_path, timer)
   choices = dict(plan)
-  first = models.ConvSignature(2, 5, 5, 1, 4, 9, 1, 'float32')
-  assert choices[first] == models.ConvChoice('gather', 'xla', 'xla')
-  block = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
-  assert choices[block] == models.ConvChoice('gather', 'xla_t', 'xla')
+  first = convolution.ConvSignature(2, 5, 5, 1, 4, 9, 1, 'float32')
+  assert choices[first] == convolution.ConvChoice('gather', 'xla', 'xla')
+  block = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  assert choices[block] == convolution.ConvChoice('gather', 'xla_t', 'xla')
   # Every candidate of every phase needed was timed once, each within its workspace bounds.
   assert len(timer.jobs) == len(set(timer.jobs))
   assert (block, 'kernel_grad', 'gather') in timer.jobs
   # The judge runs forward only, so no gradient of its convs is timed.
-  judge_sig = models.ConvSignature(3, 28, 28, 1, 32, 5, 1, 'float32')
+  judge_sig = convolution.ConvSignature(3, 28, 28, 1, 32, 5, 1, 'float32')
   assert {p for s, p, _ in timer.jobs if s == judge_sig} == {'forward'}
   # A line before the timing (it takes seconds), one after, then one per network naming the
   # choices.
@@ -90,8 +91,8 @@ def test_tune_picks_the_fastest_and_the_plan_runs(tmp_path):
 
 def test_the_candidates_are_those_of_the_conv_library_xla_runs_on(tmp_path, monkeypatch):
   """'gather' on the LeNet's 32-feature conv is timed where XLA's convs run on YNNPACK, not on
-  Eigen (models.phase_candidates)."""
-  wide = models.ConvSignature(4, 14, 14, 32, 64, 5, 1, 'float32')
+  Eigen (convolution.phase_candidates)."""
+  wide = convolution.ConvSignature(4, 14, 14, 32, 64, 5, 1, 'float32')
   gathers = {}
   for library in ('eigen', 'ynnpack'):
     monkeypatch.setattr(conv_tuning.process_setup, 'cpu_conv_library', lambda: library)
@@ -108,8 +109,8 @@ def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path
   """A phase's reference time (XLA's, or xla_t for a stride-1 input gradient) times its calls
   bounds what tuning it can save: only the phases that make up WORTH_TUNING of it get their
   other candidates compiled and timed; the others keep the reference."""
-  big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
-  reference = lambda sig, phase: models.phase_candidates(sig, phase)[0]
+  big = convolution.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
+  reference = lambda sig, phase: convolution.phase_candidates(sig, phase)[0]
 
   def timer(jobs):
     return {job: (1000.0 if job[0] == big else 1.0) if job[2] == reference(*job[:2]) else 0.5
@@ -121,8 +122,8 @@ def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path
   assert {sig for sig, phase, impl in timed if impl != reference(sig, phase)} == {big}
   # Its other candidates were faster.
   assert all(impl != reference(big, phase) for phase, impl in dict(plan)[big]._asdict().items())
-  assert dict(plan)[models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')] == (
-      models.ConvChoice('xla', 'xla_t', 'xla'))
+  assert dict(plan)[convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')] == (
+      convolution.ConvChoice('xla', 'xla_t', 'xla'))
 
 
 class _Clock:
@@ -141,8 +142,8 @@ def _budget_case(monkeypatch):
   1 s, 10 s for the 9x9x4->1 conv's phases, and every other candidate 0.5 s."""
   clock, timed = _Clock(), []
   monkeypatch.setattr(conv_tuning, 'time', clock)
-  big = models.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
-  reference = lambda sig, phase: models.phase_candidates(sig, phase)[0]
+  big = convolution.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
+  reference = lambda sig, phase: convolution.phase_candidates(sig, phase)[0]
 
   def measure(jobs):
     timed.extend(jobs)
@@ -168,18 +169,19 @@ def test_tuning_stops_at_its_budget_costliest_phases_first(tmp_path, monkeypatch
   big, measure, timed, reference = _budget_case(monkeypatch)
   lines = []
   refs = len([1 for sig, use in conv_tuning.conv_uses(_networks()[0]).items()
-              for phase in use.phases if len(models.phase_candidates(sig, phase)) > 1])
-  big_others = sum(len(models.phase_candidates(big, phase)) - 1 for phase in models.CONV_PHASES)
+              for phase in use.phases if len(convolution.phase_candidates(sig, phase)) > 1])
+  big_others = sum(len(convolution.phase_candidates(big, phase)) - 1
+                   for phase in convolution.CONV_PHASES)
   budget = refs + conv_tuning.OTHER_CANDIDATE_COST * (big_others + 0.5)
   plan = conv_tuning.tune(_networks()[:1], jax.local_devices()[:1], measure=measure,
                           cpu='Test CPU', directory=str(tmp_path), log=lines.append,
                           budget_s=budget)
   others = {job[:2] for job in timed if job[2] != reference(*job[:2])}
-  assert others == {(big, phase) for phase in models.CONV_PHASES}
+  assert others == {(big, phase) for phase in convolution.CONV_PHASES}
   choices = dict(plan)
   assert all(impl != reference(big, phase) for phase, impl in choices[big]._asdict().items())
-  block = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
-  assert choices[block] == models.ConvChoice('xla', 'xla_t', 'xla')
+  block = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  assert choices[block] == convolution.ConvChoice('xla', 'xla_t', 'xla')
   deferred = _deferred(tmp_path)
   assert (block, 'forward') in deferred and set(deferred.values()) == {conv_tuning.PROCESS}
   assert not any(sig == big for sig, _ in deferred)
@@ -208,7 +210,7 @@ def test_deferred_phases_stand_in_this_process_and_a_later_one_tunes_them(tmp_pa
   later = conv_tuning.tune(_networks()[:1], measure=measure, budget_s=1e9, **kwargs)
   assert {job[:2] for job in timed} == set(deferred)
   tuned = {(sig, phase) for sig, phase, impl in timed if impl != reference(sig, phase)}
-  assert {(big, phase) for phase in models.CONV_PHASES} <= tuned <= set(deferred)
+  assert {(big, phase) for phase in convolution.CONV_PHASES} <= tuned <= set(deferred)
   assert all(impl != reference(big, phase) for phase, impl in dict(later)[big]._asdict().items())
   assert not _deferred(tmp_path)
 
@@ -222,7 +224,7 @@ def test_evaluation_takes_the_forward_decisions_of_the_layers_trained(tmp_path):
                           directory=str(tmp_path), log=lines.append)
   assert {sig.batch for sig, _, _ in timer.jobs} == {2}
   choices = dict(plan)
-  assert choices[models.ConvSignature(8, 5, 5, 1, 4, 9, 1, 'float32')].forward == 'gather'
+  assert choices[convolution.ConvSignature(8, 5, 5, 1, 4, 9, 1, 'float32')].forward == 'gather'
   assert lines[3].startswith('Convs tuned for the generator in evaluation (cached): '
                              '9x9x1->4 @5x5 b8: gather (as at b2), ')
 
@@ -239,9 +241,9 @@ def test_frozen_networks_take_the_decisions_of_the_layers_trained(tmp_path):
   plan = conv_tuning.tune([conv_tuning.Network('frozen judge', judge, (2, 28, 28, 1),
                                                trained=False, input_grad=True)],
                           measure=timer, log=lines.append, **kwargs)
-  first = models.ConvSignature(2, 28, 28, 1, 32, 5, 1, 'float32')
+  first = convolution.ConvSignature(2, 28, 28, 1, 32, 5, 1, 'float32')
   assert {job[:2] for job in timer.jobs} == {(first, 'input_grad')}
-  assert dict(plan)[first] == models.ConvChoice('gather', 'xla_t', 'xla')
+  assert dict(plan)[first] == convolution.ConvChoice('gather', 'xla_t', 'xla')
   assert lines[2:] == ['Convs tuned for the frozen judge (measured): 5x5x1->32 @28x28 b2: fwd '
                        'gather, dx xla_t (fwd as at b4), 5x5x32->64 @14x14 b2: fwd xla, dx '
                        'xla_t (as at b4)']
@@ -268,7 +270,7 @@ def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
   monkeypatch.setattr(conv_tuning, 'TIMING_METHOD', conv_tuning.TIMING_METHOD - 1)
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   monkeypatch.undo()
-  monkeypatch.setattr(models, 'CANDIDATES_REVISION', models.CANDIDATES_REVISION - 1)
+  monkeypatch.setattr(convolution, 'CANDIDATES_REVISION', convolution.CANDIDATES_REVISION - 1)
   assert conv_tuning.machine_key('Test CPU', 'cpu', 1) != key
   monkeypatch.undo()
   monkeypatch.setattr(jax, '__version__', '0.0.1')
@@ -296,7 +298,7 @@ def test_off_cpu_tuned_means_xla_and_times_nothing(tmp_path):
   gpu = types.SimpleNamespace(platform='gpu')
   plan = conv_tuning.tune(_networks(), [gpu], measure=no_timing, directory=str(tmp_path),
                           log=lines.append)
-  assert {choice for _, choice in plan} == {models.ConvChoice('xla', 'xla', 'xla')}
+  assert {choice for _, choice in plan} == {convolution.ConvChoice('xla', 'xla', 'xla')}
   assert len(plan) == 6 and len(lines) == 2 and 'not timed' in lines[0]
   assert not (tmp_path / conv_tuning.CACHE_FILE).exists()
   # The tuned generator then is the 'xla' one, op for op: its value and both gradients lower
@@ -320,8 +322,8 @@ def test_plan_for_tunes_only_tuned():
 
 
 def test_time_phases_times_real_candidates():
-  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
-  jobs = [(sig, 'input_grad', impl) for impl in models.phase_candidates(sig, 'input_grad')]
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
+  jobs = [(sig, 'input_grad', impl) for impl in convolution.phase_candidates(sig, 'input_grad')]
   seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
   assert set(seconds) == set(jobs) and all(0 < t < 10 for t in seconds.values())
 
@@ -349,7 +351,7 @@ def _fake_calls(monkeypatch, seconds, compiled=None):
   monkeypatch.setattr(jax, 'pmap', lambda fn, devices: types.SimpleNamespace(
       lower=lambda *args: types.SimpleNamespace(
           compile=lambda options=None: compile_with(fn.impl, options))))
-  monkeypatch.setattr(models, 'conv_phase', lambda phase, impl, sig: (
+  monkeypatch.setattr(convolution, 'conv_phase', lambda phase, impl, sig: (
       types.SimpleNamespace(impl=impl), None))
   monkeypatch.setattr(conv_tuning, '_device_inputs', lambda sig, devices: ())
   return calls
@@ -360,7 +362,7 @@ def test_time_phases_drops_a_first_call_that_paid_one_time_costs(monkeypatch):
   # alone, it would decide for the wrong candidate.
   compiled = []
   calls = _fake_calls(monkeypatch, {'xla': [0.4, 0.001], 'matmul': [0.4, 0.002]}, compiled)
-  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 2, 'float32')
   jobs = [(sig, 'input_grad', 'xla'), (sig, 'input_grad', 'matmul')]
   seconds = conv_tuning.time_phases(jobs, jax.local_devices()[:2], runs=1)
   assert seconds == {jobs[0]: 0.001, jobs[1]: 0.002}
@@ -376,7 +378,7 @@ def test_time_phases_drops_a_first_call_that_paid_one_time_costs(monkeypatch):
 def test_phase_timer_calls_again_only_where_a_call_can_change_the_decision(monkeypatch):
   calls = _fake_calls(monkeypatch, {'xla': [0.010, 0.011, 0.008], 'matmul': [0.012, 0.0105, 0.009],
                                     'xla_t': [0.05, 0.04, 0.001]})
-  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
   job = lambda impl: (sig, 'input_grad', impl)
   timer = conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=1)
   # Alone in its phase, the reference is not called again: nothing to compare it with yet.
@@ -402,7 +404,7 @@ def test_phase_timer_calls_the_candidates_in_rounds(monkeypatch):
   call_seconds = conv_tuning._call_seconds  # pylint: disable=protected-access
   monkeypatch.setattr(conv_tuning, '_call_seconds',
                       lambda fn, args: order.append(fn.impl) or call_seconds(fn, args))
-  sig = models.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
   jobs = [(sig, 'input_grad', impl) for impl in ('xla', 'matmul', 'gather', 'xla_t')]
   conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=2)(jobs)
   assert order == (['xla', 'matmul', 'gather', 'xla_t'] * 2  # Every candidate's first two.
@@ -423,11 +425,11 @@ def test_the_config_names_an_implementation(tiny_config):
 
 
 def test_every_process_takes_process_0s_choices(monkeypatch):
-  sig = models.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
-  mine = ((sig, models.ConvChoice('gather', 'matmul', 'gather_t')),)
+  sig = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  mine = ((sig, convolution.ConvChoice('gather', 'matmul', 'gather_t')),)
   assert conv_tuning.agreed(mine) == mine  # One process: its own.
   process_0 = np.array([[0, 2, 2]], np.int32)  # xla, xla_t, gather.
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(conv_tuning.multihost_utils, 'broadcast_one_to_all', lambda x: process_0)
-  assert conv_tuning.agreed(mine) == ((sig, models.ConvChoice('xla', 'xla_t', 'gather')),)
+  assert conv_tuning.agreed(mine) == ((sig, convolution.ConvChoice('xla', 'xla_t', 'gather')),)
 

@@ -1,8 +1,7 @@
-"""Thin stride-1 convs computed directly in C++ (srgan_jax/direct_conv.py), models' 'direct'
+"""Thin stride-1 convs computed directly in C++ (srgan_jax/direct_conv.py), convolution's 'direct'
 candidate: the values and both gradients of XLA's conv, under pmap; where it is a candidate;
 and what happens where it cannot be built."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import direct_conv
-from srgan_jax import models
 from srgan_jax import native
 
 from tests import conftest
@@ -56,10 +55,11 @@ def test_conv_and_kernel_gradient_equal_xla(n, h, w, c, f, k):
 def test_pmapped_tuned_conv_with_direct_phases_equals_xla(c, f):
   """Each device's thread runs its own calls: the value and both gradients (through the
   flipped kernel of the input gradient) equal XLA's conv's."""
-  sig = models.ConvSignature(3, 10, 9, c, f, 9, 1, 'float32')
+  sig = convolution.ConvSignature(3, 10, 9, c, f, 9, 1, 'float32')
   # Outputs of order 1: sin's slope does not amplify.
   got, want, program = conftest.pmapped_tuned_conv_and_xla(
-      models.ConvChoice('direct', 'direct', 'direct'), sig, kernel_scale=1 / np.sqrt(9 * 9 * c))
+      convolution.ConvChoice('direct', 'direct', 'direct'), sig,
+      kernel_scale=1 / np.sqrt(9 * 9 * c))
   # The value, the gradient's forward pass and its input gradient; the kernel gradient.
   assert program.count('srgan_direct_conv') == 3 and 'srgan_direct_kernel_grad' in program
   for g, w in zip(got, want):
@@ -69,19 +69,19 @@ def test_pmapped_tuned_conv_with_direct_phases_equals_xla(c, f):
 @pytest.mark.usefixtures('without_onednn')
 def test_direct_is_a_candidate_for_thin_stride_1_f32_convs_only(monkeypatch):
   monkeypatch.setattr(direct_conv, 'available', lambda: True)
-  last = models.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
-  first = models.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
-  for phase in models.CONV_PHASES:
-    assert 'direct' in models.phase_candidates(last, phase)
-    assert 'direct' in models.phase_candidates(first, phase)
+  last = convolution.ConvSignature(32, 28, 28, 64, 1, 9, 1, 'float32')
+  first = convolution.ConvSignature(32, 7, 7, 1, 64, 9, 1, 'float32')
+  for phase in convolution.CONV_PHASES:
+    assert 'direct' in convolution.phase_candidates(last, phase)
+    assert 'direct' in convolution.phase_candidates(first, phase)
     for other in (last._replace(strides=2), last._replace(dtype='bfloat16'),
                   last._replace(features=8), last._replace(in_features=40),
                   last._replace(in_features=direct_conv.MAX_WIDE_FEATURES + 16),
                   last._replace(kernel_size=direct_conv.MAX_KERNEL_SIZE + 1),
-                  models.ConvSignature(32, 14, 14, 64, 64, 3, 1, 'float32')):
-      assert 'direct' not in models.phase_candidates(other, phase), (other, phase)
+                  convolution.ConvSignature(32, 14, 14, 64, 64, 3, 1, 'float32')):
+      assert 'direct' not in convolution.phase_candidates(other, phase), (other, phase)
   monkeypatch.setattr(direct_conv, 'available', lambda: False)
-  assert 'direct' not in models.phase_candidates(last, 'forward')
+  assert 'direct' not in convolution.phase_candidates(last, 'forward')
 
 
 def test_without_a_compiler_direct_is_no_candidate(monkeypatch, tmp_path):
@@ -92,8 +92,9 @@ def test_without_a_compiler_direct_is_no_candidate(monkeypatch, tmp_path):
   direct_conv.status.cache_clear()
   try:
     assert not direct_conv.available() and 'compil' in direct_conv.status()
-    sig = models.ConvSignature(2, 8, 8, 64, 1, 9, 1, 'float32')
-    assert not any('direct' in models.phase_candidates(sig, p) for p in models.CONV_PHASES)
+    sig = convolution.ConvSignature(2, 8, 8, 64, 1, 9, 1, 'float32')
+    assert not any('direct' in convolution.phase_candidates(sig, p)
+                   for p in convolution.CONV_PHASES)
     assert 'direct convs none' in conv_tuning.machine_key('cpu', 'cpu', 2)
   finally:
     direct_conv.status.cache_clear()

@@ -16,7 +16,6 @@ from absl import flags
 from PIL import Image
 import pytest
 
-from srgan_jax import checkpoints
 from srgan_jax import errors
 from srgan_jax import image_ops
 from srgan_jax import inference

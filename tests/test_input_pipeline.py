@@ -1,6 +1,5 @@
 """Tests for srgan_jax.input_pipeline on small fake splits, plus the real MNIST when installed."""
 
-import gzip
 import importlib.metadata
 import pickle
 import sys

@@ -30,10 +30,12 @@ TIERS = (
     # Training state (its Adam's update native where it is built); Winograd's arithmetic of a
     # fast conv (its transforms native where they are built).
     ('state', 'winograd'),
-    # The parts: data sources, networks, losses, checkpoints, logs.
-    ('sources', 'models', 'losses', 'checkpoints', 'writers'),
-    # The pretrained VGG19 of the content loss, built of models' convs (tuned like the others).
-    ('vgg',),
+    # The parts: data sources, the convolution and its implementations, losses, checkpoints,
+    # logs.
+    ('sources', 'convolution', 'losses', 'checkpoints', 'writers'),
+    # The networks: SRGAN's, the classifiers and the pretrained VGG19 of the content loss, all
+    # built of convolution's convs (tuned alike).
+    ('models', 'vgg'),
     # What a config may say; convs timed and chosen per machine.
     ('validation', 'conv_tuning'),
     # Data in memory, the pure training steps, inference from a checkpoint.

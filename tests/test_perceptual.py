@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import errors
 from srgan_jax import image_ops
 from srgan_jax import input_pipeline
 from srgan_jax import losses
-from srgan_jax import models
 from srgan_jax import steps
 from srgan_jax import train
 from srgan_jax import vgg
@@ -80,8 +80,8 @@ def test_vgg19_convs_are_tuned_with_the_networks_and_compute_the_same(tmp_path, 
                                'conv_implementation': 'tuned'})
   frozen = train.prepare_frozen(config, str(tmp_path))
   batch = config.batch_size // jax.device_count()
-  vgg_sigs = [models.ConvSignature(batch, 28, 28, 3, 64, 3, 1, 'float32'),
-              models.ConvSignature(batch, 28, 28, 64, 64, 3, 1, 'float32')]
+  vgg_sigs = [convolution.ConvSignature(batch, 28, 28, 3, 64, 3, 1, 'float32'),
+              convolution.ConvSignature(batch, 28, 28, 64, 64, 3, 1, 'float32')]
   timed = []
   # im2col, or Winograd where it applies (and im2col is not tried).
   fastest = {'gather', 'matmul', 'winograd', 'winograd_t'}
@@ -95,8 +95,8 @@ def test_vgg19_convs_are_tuned_with_the_networks_and_compute_the_same(tmp_path, 
   lines = []
   plan, tuned, _ = train.tune_convs(config, frozen, log=lines.append)
   assert {p for sig, p, _ in timed if sig in vgg_sigs} == {'forward', 'input_grad'}
-  assert dict(plan)[vgg_sigs[0]] == models.ConvChoice('gather', 'matmul', 'xla')
-  assert dict(plan)[vgg_sigs[1]] == models.ConvChoice('winograd', 'winograd_t', 'xla')
+  assert dict(plan)[vgg_sigs[0]] == convolution.ConvChoice('gather', 'matmul', 'xla')
+  assert dict(plan)[vgg_sigs[1]] == convolution.ConvChoice('winograd', 'winograd_t', 'xla')
   assert any(line.startswith('Convs tuned for the VGG19 features (measured): 3x3x3->64 @28x28')
              for line in lines)
   assert tuned.vgg_fn.model.conv == 'tuned' and tuned.vgg_fn.model.conv_plan == plan

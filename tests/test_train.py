@@ -14,13 +14,12 @@ import pytest
 
 from srgan_jax import checkpoints
 from srgan_jax import conv_tuning
+from srgan_jax import convolution
 from srgan_jax import errors
 from srgan_jax import files
 from srgan_jax import input_pipeline
-from srgan_jax import models
 from srgan_jax import steps
 from srgan_jax import train
-from srgan_jax import validation
 from tests.conftest import make_tiny_config
 
 
@@ -54,7 +53,7 @@ def test_train_writes_metrics_samples_checkpoints_and_resumes(tmp_path, tiny_con
   # The conv decisions are saved with the run, and a resume computes its convs by them,
   # without asking the tuner (whose machine-wide cache may be gone, or another machine's).
   plan = conv_tuning.plan_from_json(files.read_json(os.path.join(workdir, train.CONV_PLAN_FILE)))
-  assert plan and all(isinstance(choice, models.ConvChoice) for _, choice in plan)
+  assert plan and all(isinstance(choice, convolution.ConvChoice) for _, choice in plan)
   used = []
   real_create = train.create_train_states
   def fail(*args, **kwargs):

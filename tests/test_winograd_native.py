@@ -3,7 +3,6 @@ winograd.py's XLA transforms, convs equal to XLA's with them under pmap, the fal
 they cannot be built, and the tuning cache keyed by which transforms were timed."""
 
 import concurrent.futures
-import functools
 import os
 import threading
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from srgan_jax import conv_tuning
-from srgan_jax import models
+from srgan_jax import convolution
 from srgan_jax import native
 from srgan_jax import train
 from srgan_jax import winograd
@@ -75,9 +74,9 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
 @needs_native
 def test_pmapped_convs_with_native_transforms_equal_xla_convs():
   """Each device's thread runs its own calls: values and both gradients as XLA's conv."""
-  sig = models.ConvSignature(4, 14, 10, 16, 24, 3, 1, 'float32')
+  sig = convolution.ConvSignature(4, 14, 10, 16, 24, 3, 1, 'float32')
   got, want, program = conftest.pmapped_tuned_conv_and_xla(
-      models.ConvChoice('winograd', 'winograd_t', 'winograd'), sig)
+      convolution.ConvChoice('winograd', 'winograd_t', 'winograd'), sig)
   assert program.count('ffi_call') >= 4  # Forward in and out, the kernel gradient's two.
   for g, w in zip(got, want):
     _close(g, w, atol=2e-5)
@@ -192,14 +191,14 @@ def test_machine_key_names_the_transforms_timed(monkeypatch):
 
 @pytest.mark.usefixtures('without_onednn')
 def test_with_native_transforms_winograd_is_tried_on_small_maps_too(monkeypatch):
-  small = models.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
+  small = convolution.ConvSignature(32, 7, 7, 64, 64, 3, 1, 'float32')
   monkeypatch.setattr(winograd_native, 'available', lambda: False)
-  assert 'winograd' not in models.phase_candidates(small, 'forward')
+  assert 'winograd' not in convolution.phase_candidates(small, 'forward')
   monkeypatch.setattr(winograd_native, 'available', lambda: True)
-  assert models.phase_candidates(small, 'forward') == ('xla', 'winograd')
-  assert models.phase_candidates(small._replace(height=3), 'forward') == ('xla',)
+  assert convolution.phase_candidates(small, 'forward') == ('xla', 'winograd')
+  assert convolution.phase_candidates(small._replace(height=3), 'forward') == ('xla',)
   # Native transforms are float32: other dtypes keep XLA's, and the larger minimum.
-  assert 'winograd' not in models.phase_candidates(small._replace(dtype='bfloat16'), 'forward')
+  assert 'winograd' not in convolution.phase_candidates(small._replace(dtype='bfloat16'), 'forward')
 
 
 def test_a_module_built_for_one_cpu_is_not_loaded_on_another(monkeypatch, tmp_path):
@@ -225,9 +224,9 @@ def test_vmapped_winograd_conv_and_its_gradients_equal_each_alone():
   rng = np.random.default_rng(3)
   xs = jnp.asarray(rng.normal(size=(2, 3, 12, 11, 16)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 24)), jnp.float32)
-  choice = models.ConvChoice('winograd', 'winograd_t', 'winograd')
+  choice = convolution.ConvChoice('winograd', 'winograd_t', 'winograd')
   target = jnp.asarray(rng.normal(size=(3, 12, 11, 24)), jnp.float32)
   loss = lambda x, kernel: jnp.sum(
-      models.tuned_conv(x, kernel, jnp.zeros(24), 1, choice) * target)
+      convolution.tuned_conv(x, kernel, jnp.zeros(24), 1, choice) * target)
   # XLA batches the products' matmuls over the vmapped axis: float rounding, as in _close.
   conftest.assert_vmap_equals_each_alone(jax.grad(loss, (0, 1)), xs, kernel, atol=2e-6)
