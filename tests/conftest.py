@@ -1,6 +1,7 @@
 """Test set-up: 4 fake CPU devices (before JAX starts), a tiny config for real code paths, and
 the grouping that lets pytest-xdist (`-n auto` in pytest.ini) split the suite over the cores."""
 
+import contextlib
 import functools
 import os
 import shutil
@@ -148,6 +149,21 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.xdist_group(group))
   # The long tests first (a stable sort): a worker that draws one late ends alone.
   items.sort(key=lambda item: item.get_closest_marker('long') is None)
+
+
+@contextlib.contextmanager
+def tfds_scratch():
+  """tempfile's directory moved, for the block, to a scratch one removed after it: tfds 4.9
+  makes an empty directory there for each builder of a dataset it holds no prepared copy of
+  (DatasetInfo.initialize_from_bucket, with GCS off) and never removes it, so the tests' mock
+  and unprepared datasets left 13 in /tmp a run."""
+  saved = tempfile.tempdir
+  with tempfile.TemporaryDirectory(prefix='srgan_jax_tfds_') as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield scratch
+    finally:
+      tempfile.tempdir = saved
 
 
 def assert_close(got, want, atol=2e-6):

@@ -7,6 +7,7 @@ the 32x32x3 images first, the guide's loss reaches the generator, the judge scor
 images. configs/cifar10_cnn.py itself is for a GPU or Colab, where cifar10 is prepared.
 """
 
+import contextlib
 import json
 import os
 import types
@@ -28,15 +29,19 @@ from srgan_jax import steps
 from srgan_jax import train
 from srgan_jax import validation
 
+from tests import conftest
+
 tfds = pytest.importorskip('tensorflow_datasets')
 
 NUM_EXAMPLES = 64  # of each split, under mock_data.
 HR = 32
 
 
+@contextlib.contextmanager
 def _mock():
-  return tfds.testing.mock_data(num_examples=NUM_EXAMPLES,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
+  with conftest.tfds_scratch(), tfds.testing.mock_data(
+      num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
+    yield
 
 
 def _tiny_config(**overrides):
@@ -182,7 +187,8 @@ def test_number_of_classes_from_the_config_or_tfds_metadata():
   assert classifier_train.dataset_num_classes(config, labels) == 10
   config.data.num_classes = 0
   config.data.name = 'cifar100'  # the tfds label feature's num_classes, not max + 1.
-  assert classifier_train.dataset_num_classes(config, labels) == 100
+  with conftest.tfds_scratch():
+    assert classifier_train.dataset_num_classes(config, labels) == 100
   config.data.num_classes = 5
   with pytest.raises(errors.ConfigError, match='outside the 5 classes'):
     classifier_train.dataset_num_classes(config, labels)

