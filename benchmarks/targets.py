@@ -1,7 +1,7 @@
 """The CPU speed targets of this machine in one command: the side-by-side ratios with PyTorch,
 the main job's time and quality floor, the conv tuning's time and the test suite's time.
 
-  python -m benchmarks.targets [--workdir=DIR] [--stages=compare,main,suite]
+  python -m benchmarks.targets [--workdir=DIR] [--stages=compare,main,suite] [--isa=avx2]
 
 Runs, each in a subprocess from the repository root, its output kept under DIR (a new or
 empty folder; default a new one under the system's temp folder):
@@ -14,6 +14,12 @@ empty folder; default a new one under the system's temp folder):
 Then prints one table, each target with its figure and whether it is met, under the CPU it ran
 on, and writes it to DIR/targets.json. Exit status: 0 when every measured target is met, 1
 when one is not, 2 when a stage failed to run (its log says why).
+
+`--isa=avx2` runs every stage held to AVX2 on a CPU with AVX-512: XLA's code, PyTorch's kernels
+(ATen, oneDNN, MKL) and the C++ passes (built -march=haswell). A stand-in for an AVX2-only CPU
+of the same cores, not a measurement of one: fair where the two widths reach the same matmul
+peak (an AMD EPYC of Zen 4 runs 512-bit vectors on 256-bit units), not where AVX-512's units
+are twice as wide (the Intel Xeon's).
 """
 
 import dataclasses
@@ -51,6 +57,13 @@ PYTEST_COUNTS = re.compile(r'(\d+) (passed|failed|skipped|errors?|xfailed|xpasse
 PYTEST_SECONDS = re.compile(r' in ([\d.]+)s\b')
 
 
+# What --isa=avx2 sets in each stage's environment (XLA_FLAGS gets --xla_cpu_max_isa=AVX2 too).
+AVX2_ENV = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
+            'MKL_ENABLE_INSTRUCTIONS': 'AVX2', native.MARCH_ENV: 'haswell'}
+XLA_AVX2_FLAG = '--xla_cpu_max_isa=AVX2'
+ISAS = ('native', 'avx2')
+
+
 class TargetsError(ValueError):
   """A setting of this command that cannot work; the message says what to do."""
 
@@ -64,6 +77,7 @@ class Options:
   main_args: Sequence[str] = ()
   suite_args: Sequence[str] = ()
   pause_s: float = 30.0
+  isa: str = 'native'
 
 
 @dataclasses.dataclass
@@ -92,6 +106,20 @@ def cpu_description() -> str:
   family = (f', cpu family {fields["cpu family"]} model {fields["model"]}'
             if 'cpu family' in fields and 'model' in fields else '')
   return f'{compare.cpu_model()}{family}, {isa}, {os.cpu_count()} cores'
+
+
+def isa_env(isa: str) -> Dict[str, str]:
+  """The environment every stage gets for `isa` ('native': nothing; 'avx2': AVX2_ENV and XLA
+  held to AVX2 beside this process's XLA_FLAGS)."""
+  if isa not in ISAS:
+    raise TargetsError(f'--isa={isa}: use one of {", ".join(ISAS)}.')
+  if isa == 'native':
+    return {}
+  if 'avx2' not in native.cpuinfo().get('flags', '').split():
+    raise TargetsError('--isa=avx2 holds this CPU to AVX2, which it does not have; run without '
+                       '--isa.')
+  return {**AVX2_ENV,
+          'XLA_FLAGS': ' '.join(filter(None, (os.environ.get('XLA_FLAGS', ''), XLA_AVX2_FLAG)))}
 
 
 def tree_revision() -> str:
@@ -269,8 +297,11 @@ def run(options: Options, out: TextIO = sys.stdout) -> dict:
   if unknown:
     raise TargetsError(f'--stages={",".join(options.stages)}: unknown {sorted(unknown)}; use some '
                        f'of {",".join(STAGES)}.')
+  held = isa_env(options.isa)
   workdir = prepare_workdir(options.workdir)
-  header = (f'CPU: {cpu_description()}; tree {tree_revision() or "unknown"}; '
+  header = (f'CPU: {cpu_description()}'
+            f'{" held to AVX2 (XLA, PyTorch, the C++ passes): a stand-in" if held else ""}; '
+            f'tree {tree_revision() or "unknown"}; '
             f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
   out.write(f'targets: {header}; logs in {workdir}\n')
   figures = {'compare': [], 'failed': {}}
@@ -281,7 +312,7 @@ def run(options: Options, out: TextIO = sys.stdout) -> dict:
     if not first:
       time.sleep(options.pause_s)
     first = False
-    return run_stage(name, command, workdir, out, env)
+    return run_stage(name, command, workdir, out, {**held, **(env or {})})
 
   def failed(done):
     figures['failed'][done.name] = f'exit status {done.returncode}: see {done.log}'
@@ -348,6 +379,8 @@ def define_flags():
   flags.DEFINE_string('suite_args', '', 'Arguments of pytest.')
   flags.DEFINE_float('pause_s', Options.pause_s, 'Seconds of quiet before each stage after '
                      'the first.')
+  flags.DEFINE_enum('isa', Options.isa, ISAS, "'avx2': every stage held to AVX2 (XLA, PyTorch, "
+                    'the C++ passes), a stand-in for an AVX2-only CPU on an AVX-512 one.')
 
 
 def main(argv):
@@ -357,7 +390,8 @@ def main(argv):
                          compare_runs=FLAGS.compare_runs,
                          compare_args=shlex.split(FLAGS.compare_args),
                          main_args=shlex.split(FLAGS.main_args),
-                         suite_args=shlex.split(FLAGS.suite_args), pause_s=FLAGS.pause_s))
+                         suite_args=shlex.split(FLAGS.suite_args), pause_s=FLAGS.pause_s,
+                         isa=FLAGS.isa))
   except TargetsError as e:
     sys.exit(f'{type(e).__name__}: {e}')
   sys.exit(exit_status(result))

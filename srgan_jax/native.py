@@ -33,6 +33,10 @@ CACHE_ENV = 'SRGAN_JAX_CACHE_DIR'  # conv_tuning's cache directory, shared.
 # transforms, BatchNorm's sums, the direct convs, Adam's update), e.g. to rule them out when
 # debugging; oneDNN has its own switch.
 OPT_OUT_ENV = 'SRGAN_JAX_NATIVE'
+# A GCC -march for the modules instead of 'native' (e.g. 'haswell': AVX2 at most), to see how
+# they would run on a CPU with fewer vector instructions than this one (benchmarks.targets
+# --isa=avx2). A module so built still runs here; it is cached apart from the native build.
+MARCH_ENV = 'SRGAN_JAX_NATIVE_MARCH'
 # How the FFI calls batch under jax.vmap (e.g. per-example gradients, an ensemble of states):
 # each C++ pass takes whole arrays, so a vmapped call runs it once per batch element.
 VMAP_METHOD = 'sequential'
@@ -82,13 +86,20 @@ def cpu_features() -> str:
                     if name in fields)
 
 
+def compile_flags(flags: Sequence[str]) -> Tuple[str, ...]:
+  """`flags` with -march=native replaced by -march=$SRGAN_JAX_NATIVE_MARCH where it is set."""
+  march = os.environ.get(MARCH_ENV)
+  return tuple(f'-march={march}' if march and f == '-march=native' else f for f in flags)
+
+
 def module_path(source: str, name: str, flags: Sequence[str] = (), key: str = '') -> str:
   """Where build puts `source` compiled: a file named by a digest of the source, jaxlib,
   compiler, `flags`, `key` (what else the build depends on, e.g. a library's version) and the
   CPU (cpu_features)."""
   with open(os.path.join(PACKAGE_DIR, source), 'rb') as f:
-    digest = hashlib.sha1(f.read() + repr((jaxlib.version.__version__, compiler(), tuple(flags),
-                                           key, cpu_features())).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(f.read() + repr((
+        jaxlib.version.__version__, compiler(), compile_flags(flags), key,
+        cpu_features())).encode()).hexdigest()[:12]
   return os.path.join(cache_dir(name), f'srgan_{name}_{digest}.so')
 
 
@@ -128,7 +139,7 @@ def _compile(source: str, name: str, flags: Sequence[str], target: str) -> None:
   os.close(fd)
   path = os.path.join(PACKAGE_DIR, source)
   command = [compiler(), '-std=c++17', '-shared', '-fPIC', path, '-I', jax.ffi.include_dir(),
-             *flags, '-o', tmp]
+             *compile_flags(flags), '-o', tmp]
   try:
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks import compare
 from benchmarks import targets
+from srgan_jax import native
 from srgan_jax import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,3 +140,55 @@ def test_a_stage_reports_its_own_peak_memory(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   returncode, peak, caller_rss = proc.stdout.split()
   assert int(returncode) == 0 and float(caller_rss) < 600 <= float(peak) < 1000, proc.stdout
+
+
+HELD_TO_AVX2 = """
+import os
+
+def test_held_to_avx2():
+  assert os.environ['ATEN_CPU_CAPABILITY'] == 'avx2'
+  assert os.environ['ONEDNN_MAX_CPU_ISA'] == os.environ['MKL_ENABLE_INSTRUCTIONS'] == 'AVX2'
+  assert os.environ['SRGAN_JAX_NATIVE_MARCH'] == 'haswell'
+  assert '--xla_cpu_max_isa=AVX2' in os.environ['XLA_FLAGS']
+"""
+
+
+def test_isa_avx2_holds_every_stage_to_avx2_and_says_so(tmp_path):
+  tests = tmp_path / 'held_tests.py'
+  tests.write_text(HELD_TO_AVX2)
+  options = targets.Options(workdir=str(tmp_path / 'w'), stages=('suite',), pause_s=0,
+                            suite_args=_suite_args(tests), isa='avx2')
+  if 'avx2' not in native.cpuinfo().get('flags', '').split():
+    with pytest.raises(targets.TargetsError, match='does not have'):
+      targets.run(options, io.StringIO())
+    return
+  out = io.StringIO()
+  result = targets.run(options, out)
+  assert result['figures']['suite']['passed'] == 1, result['figures']
+  assert 'held to AVX2' in result['header'] and 'held to AVX2' in out.getvalue()
+  with pytest.raises(targets.TargetsError, match='use one of native, avx2'):
+    targets.run(targets.Options(workdir=str(tmp_path / 'x'), stages=('suite',), isa='sse'),
+                io.StringIO())
+
+
+def test_a_march_for_the_cxx_passes_builds_them_apart_from_the_native_build(monkeypatch, tmp_path):
+  """SRGAN_JAX_NATIVE_MARCH (what --isa=avx2 sets) replaces -march=native in the compiler's
+  command and in the build's cache key, so the two builds never stand in for each other."""
+  flags = ('-O3', '-march=native')
+  native_path = native.module_path('adam_update.cc', 'adam', flags)
+  commands = []
+
+  def compile_(command, **kwargs):
+    del kwargs
+    commands.append(command)
+    return subprocess.CompletedProcess(command, 1, '', 'not compiled in this test')
+
+  monkeypatch.setattr(native.subprocess, 'run', compile_)
+  monkeypatch.setenv(native.MARCH_ENV, 'haswell')
+  assert native.compile_flags(flags) == ('-O3', '-march=haswell')
+  assert native.module_path('adam_update.cc', 'adam', flags) != native_path
+  with pytest.raises(RuntimeError, match='not compiled in this test'):
+    native._compile('adam_update.cc', 'adam', flags,  # pylint: disable=protected-access
+                    str(tmp_path / 'adam.so'))
+  assert '-march=haswell' in commands[0] and '-march=native' not in commands[0]
+  assert os.listdir(tmp_path) == []  # The failed build left nothing behind.
