@@ -303,8 +303,11 @@ def main(argv: Sequence[str]) -> None:
   wait_policy = os.environ.get('OMP_WAIT_POLICY', 'default')
   # glibc's malloc settings (compare --torch_keep_freed_memory sets the JAX side's).
   tunables = os.environ.get('GLIBC_TUNABLES', 'default')
+  # The vector instructions ATen's kernels use (ATEN_CPU_CAPABILITY can hold them below the CPU's).
+  isa = torch.backends.cpu.get_cpu_capability()
   print(f'{READY} version={torch.__version__} threads={torch.get_num_threads()} '
-        f'layout={layout} OMP_WAIT_POLICY={wait_policy} GLIBC_TUNABLES={tunables}', flush=True)
+        f'layout={layout} isa={isa} OMP_WAIT_POLICY={wait_policy} GLIBC_TUNABLES={tunables}',
+        flush=True)
   serve(steps, args.steps, sys.stdin, sys.stdout)
 
 

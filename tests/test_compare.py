@@ -157,8 +157,9 @@ def test_command_line_times_both_sides():
   """`python -m benchmarks.compare` on the CNN and generator steps: with PyTorch (its server in
   a subprocess) one line per step with ratio jax/torch; without it (as in CI), the JAX side."""
   has_torch = compare.torch_available()
+  # ATen held to its portable kernels (any CPU has them): the cpu line and PyTorch's say so.
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {COMPILE_FLAGS}',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', ATEN_CPU_CAPABILITY='default')
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',
        '--runs=2', '--warmup=0', '--cnn_batch=4', '--generator_batch=2',
@@ -180,8 +181,9 @@ def test_command_line_times_both_sides():
   assert 'cnn: classifier_train step' in proc.stdout and 'generator: pretrain step' in proc.stdout
   if has_torch:
     threads = len(os.sched_getaffinity(0))
-    assert f'threads={threads} layout=channels_last' in proc.stdout, proc.stdout
+    assert f'threads={threads} layout=channels_last isa=DEFAULT' in proc.stdout, proc.stdout
     # PyTorch's process ran under the JAX side's malloc settings, as asked.
     assert f'GLIBC_TUNABLES={platform.KEEP_FREED_MEMORY_TUNABLES}' in proc.stdout, proc.stdout
   assert 'malloc: JAX freed memory kept' in proc.stdout, proc.stdout
+  assert 'cores; held to: ATEN_CPU_CAPABILITY=default' in proc.stdout, proc.stdout
   assert 'PyTorch the same settings' in proc.stdout, proc.stdout
