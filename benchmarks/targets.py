@@ -115,9 +115,11 @@ def isa_env(isa: str) -> Dict[str, str]:
     raise TargetsError(f'--isa={isa}: use one of {", ".join(ISAS)}.')
   if isa == 'native':
     return {}
-  if 'avx2' not in native.cpuinfo().get('flags', '').split():
-    raise TargetsError('--isa=avx2 holds this CPU to AVX2, which it does not have; run without '
-                       '--isa.')
+  cpu_flags = native.cpuinfo().get('flags', '').split()
+  if 'avx512f' not in cpu_flags or 'avx2' not in cpu_flags:
+    raise TargetsError('--isa=avx2 holds a CPU with AVX-512 to AVX2; this one has '
+                       f'{"AVX2 at most" if "avx2" in cpu_flags else "no AVX2"}: run without '
+                       '--isa (its own figures are the real ones).')
   return {**AVX2_ENV,
           'XLA_FLAGS': ' '.join(filter(None, (os.environ.get('XLA_FLAGS', ''), XLA_AVX2_FLAG)))}
 
