@@ -31,7 +31,7 @@ TASKS = {'srgan': train.train_and_evaluate, 'classifier': classifier_train.train
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  platform.quiet_orbax_logs()
+  platform.quiet_logs()
   try:
     # Before the first JAX computation (importing jax starts no backend).
     platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)

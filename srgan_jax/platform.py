@@ -1,6 +1,6 @@
 """Process-level set-up of a command before JAX starts: XLA:CPU's host devices, their scheduler,
 fusion code generator and convolution library, the allocator's policy for freed memory; and a
-quiet Orbax log."""
+log without Orbax's chatter or JAX's note that there is no TPU."""
 
 import ctypes
 import importlib.metadata
@@ -183,18 +183,27 @@ def keep_freed_memory() -> bool:
 
 # Orbax's warning on opening a checkpoint directory read-only (checkpoint_manager.py).
 _ORBAX_READ_ONLY = 'Given directory is read only'
+# JAX's INFO record that it found no TPU runtime (xla_bridge.py): the first line of every run
+# on a CPU or GPU ("Unable to initialize backend 'tpu': ... libtpu.so ..."), though nothing
+# is wrong. Its records about other backends (a GPU that did not start) pass.
+_JAX_NO_TPU = "Unable to initialize backend 'tpu'"
 
 
-def quiet_orbax_logs(min_level: int = logging.WARNING) -> None:
+def quiet_logs(min_level: int = logging.WARNING) -> None:
   """Keeps Orbax's records below `min_level` (absl level: INFO, WARNING, ERROR) out of the log,
-  and its warning that a directory is read-only.
+  its warning that a directory is read-only, and JAX's INFO note that there is no TPU.
 
   Orbax logs several INFO lines per save and restore; a training log should show our own
   lines. It also warns each time a checkpoint directory is opened read-only, which is how the
   guide, the judge and a resume's checks open theirs on purpose (8 warnings in the main job).
-  Records of every other module pass as they are.
+  Every other record passes as it is.
   """
   threshold = logging.converter.absl_to_standard(min_level)
-  logging.get_absl_handler().addFilter(
-      lambda record: 'orbax' not in record.pathname or (
-          record.levelno >= threshold and not str(record.msg).startswith(_ORBAX_READ_ONLY)))
+  info = logging.converter.absl_to_standard(logging.INFO)
+
+  def keep(record) -> bool:
+    if 'orbax' in record.pathname:
+      return record.levelno >= threshold and not str(record.msg).startswith(_ORBAX_READ_ONLY)
+    return record.levelno > info or not str(record.msg).startswith(_JAX_NO_TPU)
+
+  logging.get_absl_handler().addFilter(keep)

@@ -206,7 +206,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     raise app.UsageError(f'--tile_margin must be >= 0; got {f.tile_margin}.')
   if f.tile_batch_size <= 0:
     raise app.UsageError(f'--tile_batch_size must be positive; got {f.tile_batch_size}.')
-  platform.quiet_orbax_logs(logging.ERROR)  # Also its read-only warnings.
+  platform.quiet_logs(logging.ERROR)  # Also its read-only warnings.
   try:
     written, up = upscale_files(f.workdir, argv[1], argv[2], f.step, f.batch_size,
                                 tile_size=f.tile_size, tile_margin=f.tile_margin,

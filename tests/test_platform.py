@@ -223,13 +223,14 @@ def test_the_config_names_a_library(tiny_config):
     validation.validate_config(tiny_config)
 
 
-def test_quiet_orbax_logs_keeps_orbax_info_and_read_only_warnings_out(tmp_path, caplog):
+def test_quiet_logs_keep_orbax_info_read_only_warnings_and_the_no_tpu_note_out(tmp_path,
+                                                                              caplog):
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   import logging as py_logging  # pylint: disable=g-import-not-at-top
   from srgan_jax import checkpoints  # pylint: disable=g-import-not-at-top
   handler = absl_logging.get_absl_handler()
   before = list(handler.filters)
-  platform.quiet_orbax_logs()
+  platform.quiet_logs()
   try:
     keep = handler.filters[-1]
     record = lambda path, level, msg: py_logging.LogRecord('absl', level, path, 1, msg, (), None)
@@ -238,6 +239,11 @@ def test_quiet_orbax_logs_keeps_orbax_info_and_read_only_warnings_out(tmp_path, 
     assert not keep(record(orbax, py_logging.WARNING, 'Given directory is read only=%s'))
     assert keep(record(orbax, py_logging.WARNING, 'Something Orbax got wrong'))
     assert keep(record('/work/srgan_jax/train.py', py_logging.INFO, 'Eval at step %d'))
+    bridge = '/site-packages/jax/_src/xla_bridge.py'
+    assert not keep(record(bridge, py_logging.INFO, "Unable to initialize backend 'tpu': "
+                           'INTERNAL: Failed to open libtpu.so'))
+    assert keep(record(bridge, py_logging.INFO, "Unable to initialize backend 'cuda': no GPU"))
+    assert keep(record(bridge, py_logging.WARNING, "Unable to initialize backend 'tpu': x"))
   finally:
     handler.filters[:] = before
   # A read-only manager sets what Orbax would otherwise warn that it set for us.

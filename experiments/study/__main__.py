@@ -28,7 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  platform.quiet_orbax_logs()
+  platform.quiet_logs()
   platform.configure_cpu_devices(True)
   platform.configure_cpu_convolutions()
   platform.keep_freed_memory()
