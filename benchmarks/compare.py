@@ -27,7 +27,6 @@ import functools
 import importlib.util
 import os
 import platform as platform_lib
-import re
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,6 @@ from srgan_jax import conv_tuning
 from srgan_jax import convolution
 from srgan_jax import distributed
 from srgan_jax import input_pipeline
-from srgan_jax import native
 from srgan_jax import platform
 from srgan_jax import steps as steps_lib
 from srgan_jax import validation
@@ -61,10 +59,9 @@ PREFIX = 'compare: '
 TORCH_MODULE = 'benchmarks.torch_reference'
 TORCH_PREFIX = 'torch: '  # torch_reference's answers (PREFIX there).
 TORCH_READY = 'torch: ready'
-# Settings that hold a side below the CPU's vector instructions (benchmarks.targets --isa=avx2),
-# named in the cpu line when set; XLA's (--xla_cpu_max_isa in XLA_FLAGS) too.
-HELD_ISA_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS',
-                native.MARCH_ENV)
+# Settings that hold PyTorch below the CPU's vector instructions (benchmarks.targets
+# --isa=avx2), named in the cpu line when set, beside the JAX side's (platform.held_isa).
+TORCH_HELD_ISA_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
 
 
 @dataclasses.dataclass
@@ -320,9 +317,8 @@ def run(options: Optional[Options] = None, out=None) -> dict:
     rep.warning('PyTorch is not installed (pip install .[torch]): the JAX side only.')
   devices = jax.local_devices()
   cores = len(os.sched_getaffinity(0))
-  held = ' '.join(f'{name}={os.environ[name]}' for name in HELD_ISA_ENV if os.environ.get(name))
-  max_isa = re.search(r'--xla_cpu_max_isa=(\S+)', os.environ.get('XLA_FLAGS', ''))
-  held = ' '.join(filter(None, (f'XLA max ISA {max_isa.group(1)}' if max_isa else '', held)))
+  held = ', '.join(filter(None, [platform.held_isa()] + [
+      f'{name}={os.environ[name]}' for name in TORCH_HELD_ISA_ENV if os.environ.get(name)]))
   rep.info(f'cpu: {cpu_model()}, {cores} cores' + (f'; held to: {held}' if held else ''))
   per_core = ' (one per core, as main.py sets up)' if len(devices) == cores > 1 else ''
   library = (f', XLA\'s on {platform.cpu_conv_library()}, fusions by its '

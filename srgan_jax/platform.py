@@ -10,6 +10,7 @@ import re
 from absl import logging
 
 from srgan_jax import errors
+from srgan_jax import native
 
 _HOST_DEVICES_FLAG = '--xla_force_host_platform_device_count'
 # XLA:CPU (jax 0.10) hands each convolution to YNNPACK unless this fusion type is removed; it
@@ -179,6 +180,16 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return all([mallopt(param, value) == 1 for param, value in _SETTINGS])
+
+
+def held_isa() -> str:
+  """What holds this process's code below its CPU's vector instructions, '' when nothing does:
+  XLA's (--xla_cpu_max_isa in XLA_FLAGS) and the C++ passes' (native.MARCH_ENV), as
+  benchmarks.targets --isa=avx2 sets them. Part of the conv tuner's cache key when set."""
+  xla = re.search(r'--xla_cpu_max_isa=(\S+)', os.environ.get('XLA_FLAGS', ''))
+  march = os.environ.get(native.MARCH_ENV)
+  return ', '.join(filter(None, (f'XLA max ISA {xla.group(1)}' if xla else '',
+                                 f'C++ -march={march}' if march else '')))
 
 
 # Orbax's warning on opening a checkpoint directory read-only (checkpoint_manager.py).

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import os
 import types
 
 import jax
@@ -12,6 +13,7 @@ from srgan_jax import conv_tuning
 from srgan_jax import convolution
 from srgan_jax import errors
 from srgan_jax import models
+from srgan_jax import native
 from srgan_jax import validation
 
 GENERATOR = models.Generator(scale=2, num_res_blocks=1, features=4)
@@ -282,6 +284,15 @@ def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):
     monkeypatch.setenv('XLA_FLAGS', f'--xla_cpu_use_fusion_emitters={emitters}')
     keys.append(conv_tuning.machine_key('Test CPU', 'cpu', 1))
   assert keys[0] != keys[1]
+  monkeypatch.undo()
+  # Code held below the CPU's vector instructions (benchmarks.targets --isa=avx2) times apart;
+  # nothing held leaves the key as it was.
+  assert 'held to' not in key
+  monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_max_isa=AVX2')
+  monkeypatch.setenv(native.MARCH_ENV, 'haswell')
+  held = conv_tuning.machine_key('Test CPU', 'cpu', 1)
+  assert held.endswith(' | held to XLA max ISA AVX2, C++ -march=haswell'), held
+  assert held.partition(' | held to ')[0] == key
   monkeypatch.undo()
   # Another machine's decisions are not used: it times again, in the same file.
   _tune(tmp_path, FakeTimer())
