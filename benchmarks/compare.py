@@ -59,9 +59,11 @@ PREFIX = 'compare: '
 TORCH_MODULE = 'benchmarks.torch_reference'
 TORCH_PREFIX = 'torch: '  # torch_reference's answers (PREFIX there).
 TORCH_READY = 'torch: ready'
-# Settings that hold PyTorch below the CPU's vector instructions (benchmarks.targets
-# --isa=avx2), named in the cpu line when set, beside the JAX side's (platform.held_isa).
-TORCH_HELD_ISA_ENV = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
+# What holds PyTorch's kernels (ATen's, oneDNN's, MKL's) to AVX2 (benchmarks.targets
+# --isa=avx2); any of these set is named in the cpu line, beside the JAX side's
+# (platform.held_isa).
+TORCH_AVX2_ENV = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
+                  'MKL_ENABLE_INSTRUCTIONS': 'AVX2'}
 
 
 @dataclasses.dataclass
@@ -318,7 +320,7 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   devices = jax.local_devices()
   cores = len(os.sched_getaffinity(0))
   held = ', '.join(filter(None, [platform.held_isa()] + [
-      f'{name}={os.environ[name]}' for name in TORCH_HELD_ISA_ENV if os.environ.get(name)]))
+      f'{name}={os.environ[name]}' for name in TORCH_AVX2_ENV if os.environ.get(name)]))
   rep.info(f'cpu: {cpu_model()}, {cores} cores' + (f'; held to: {held}' if held else ''))
   per_core = ' (one per core, as main.py sets up)' if len(devices) == cores > 1 else ''
   library = (f', XLA\'s on {platform.cpu_conv_library()}, fusions by its '

@@ -187,13 +187,14 @@ def machine_key(cpu: str, backend: str, num_devices: int) -> str:
   winograd_native's C++ passes or XLA's, whether the direct convs were (direct_conv), and what
   holds XLA or the C++ passes below the CPU's vector instructions, if anything does
   (platform.held_isa)."""
+  held = process_setup.held_isa()
   candidates = hashlib.sha1(repr((convolution.CANDIDATES_REVISION, sorted(
       convolution.PHASE_CANDIDATES.items()))).encode()).hexdigest()
   library = (f' | xla convs on {process_setup.cpu_conv_library()}, fusions by its '
              f'{process_setup.cpu_fusion_emitters()} emitters | onednn {onednn.version()} | '
              f'winograd transforms {"native" if winograd_native.available() else "xla"} | '
              f'direct convs {"native" if direct_conv.available() else "none"}'
-             f'{" | held to " + process_setup.held_isa() if process_setup.held_isa() else ""}'
+             f'{" | held to " + held if held else ""}'
              if backend == 'cpu' else '')
   return (f'{cpu} | jax {jax.__version__} | jaxlib {jaxlib.version.__version__} | '
           f'{num_devices} {backend} devices | candidates {candidates[:8]} | '

@@ -182,11 +182,15 @@ def keep_freed_memory() -> bool:
   return all([mallopt(param, value) == 1 for param, value in _SETTINGS])
 
 
+# XLA's flag for the widest vector instructions its CPU code may use (e.g. AVX2).
+XLA_MAX_ISA_FLAG = '--xla_cpu_max_isa'
+
+
 def held_isa() -> str:
   """What holds this process's code below its CPU's vector instructions, '' when nothing does:
   XLA's (--xla_cpu_max_isa in XLA_FLAGS) and the C++ passes' (native.MARCH_ENV), as
   benchmarks.targets --isa=avx2 sets them. Part of the conv tuner's cache key when set."""
-  xla = re.search(r'--xla_cpu_max_isa=(\S+)', os.environ.get('XLA_FLAGS', ''))
+  xla = re.search(rf'{XLA_MAX_ISA_FLAG}=(\S+)', os.environ.get('XLA_FLAGS', ''))
   march = os.environ.get(native.MARCH_ENV)
   return ', '.join(filter(None, (f'XLA max ISA {xla.group(1)}' if xla else '',
                                  f'C++ -march={march}' if march else '')))
