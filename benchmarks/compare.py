@@ -59,6 +59,11 @@ PREFIX = 'compare: '
 TORCH_MODULE = 'benchmarks.torch_reference'
 TORCH_PREFIX = 'torch: '  # torch_reference's answers (PREFIX there).
 TORCH_READY = 'torch: ready'
+# Fresh memory a JAX run must fault in to be named as one that grew the heap. Such growth comes
+# in blocks of ~400 MiB (the GAN iteration's: its request plus platform's M_TOP_PAD), sometimes
+# 20-60 steps after the start, and each costs 1-3 s on the 2-core VMs; steady steps fault in
+# well under 1 MiB (benchmarks/README.md, section "A third class").
+HEAP_GROWTH_MIB = 64
 # What holds PyTorch's kernels (ATen's, oneDNN's, MKL's) to AVX2 (benchmarks.targets
 # --isa=avx2); any of these set is named in the cpu line, beside the JAX side's
 # (platform.held_isa).
@@ -289,16 +294,28 @@ def parse_lines(text: str) -> Dict[str, Dict[str, Optional[float]]]:
 
 
 def _time_in_turns(jax_once: Callable, torch_run: Optional[Callable[[], float]],
-                   options: Options) -> Tuple[List[float], List[float]]:
-  """Seconds per step of each run: JAX first on even runs, PyTorch first on odd runs."""
-  jax_runs, torch_runs = [], []
-  sides = [lambda: jax_runs.extend(timing.time_runs(jax_once, options.steps, 1, 0))]
+                   options: Options) -> Tuple[List[float], List[float], List[int]]:
+  """Seconds per step of each run, JAX first on even runs, PyTorch first on odd runs; and the
+  fresh pages of each JAX run."""
+  jax_runs, torch_runs, jax_pages = [], [], []
+  sides = [lambda: jax_runs.extend(timing.time_runs(jax_once, options.steps, 1, 0, jax_pages))]
   if torch_run is not None:
     sides.append(lambda: torch_runs.append(torch_run()))
   for r in range(options.runs):
     for side in (sides if r % 2 == 0 else sides[::-1]):
       side()
-  return jax_runs, torch_runs
+  return jax_runs, torch_runs, jax_pages
+
+
+def heap_growth_note(batch_size: int, runs: List[float], pages: List[int]) -> str:
+  """Which JAX runs grew the heap (faulted in >= HEAP_GROWTH_MIB of fresh memory), with their
+  images/s: '' when none did. On the 2-core VMs such a run is slower by the faults alone."""
+  grew = [batch_size / seconds for seconds, n in zip(runs, pages)
+          if timing.fresh_mib(n) >= HEAP_GROWTH_MIB]
+  if not grew:
+    return ''
+  return (f'; the heap grew in {len(grew)} of {len(runs)} jax runs (at '
+          f'{", ".join(f"{rate:.4g}" for rate in grew)} images/s)')
 
 
 def run(options: Optional[Options] = None, out=None) -> dict:
@@ -350,14 +367,15 @@ def run(options: Optional[Options] = None, out=None) -> dict:
         jax_steps[name] = batch_size, once
       for name, (batch_size, once) in jax_steps.items():
         torch_run = None if server is None else functools.partial(server.time_run, name)
-        jax_runs, torch_runs = _time_in_turns(once, torch_run, options)
+        jax_runs, torch_runs, jax_pages = _time_in_turns(once, torch_run, options)
         jax_rate = batch_size / statistics.median(jax_runs)
         torch_rate = batch_size / statistics.median(torch_runs) if torch_runs else None
         spread = lambda runs: (f'{batch_size / max(runs):.4g}-{batch_size / min(runs):.4g}'
                                if runs else 'n/a')
         line = format_line(name, jax_rate, torch_rate,
                            f'images/s, batch {batch_size}; runs: jax {spread(jax_runs)}, '
-                           f'torch {spread(torch_runs)}')
+                           f'torch {spread(torch_runs)}'
+                           + heap_growth_note(batch_size, jax_runs, jax_pages))
         print(line, file=rep.out, flush=True)
         lines.append(line)
   finally:

@@ -5,6 +5,7 @@ The PyTorch tests skip without torch (as in CI, where it is not installed).
 
 import io
 import math
+import mmap
 import os
 import subprocess
 import sys
@@ -100,6 +101,29 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
   assert events[:3] == ['torch started', 'torch ready', 'jax built cnn'], events
   assert events.count('torch timed cnn') == 2 and events[-1] == 'torch closed', events
   assert results['cnn']['torch'] == 16.0  # 8 images in 0.5 s a step.
+
+
+def test_runs_that_grow_the_heap_are_named():
+  """A JAX run that touches fresh memory (the second of three here: 96 MiB of new anonymous
+  pages, as a heap growth does) is named with its images/s; runs that touch none are not."""
+  grown, calls = [], []
+
+  def once():
+    calls.append(1)
+    if len(calls) == 2:
+      block = mmap.mmap(-1, 96 << 20)  # Fresh pages, faulted in by the writes below.
+      for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
+      grown.append(block)
+
+  options = compare.Options(runs=3, steps=1, torch=False)
+  jax_runs, torch_runs, pages = compare._time_in_turns(once, None, options)  # pylint: disable=protected-access
+  assert len(jax_runs) == len(pages) == 3 and not torch_runs
+  assert [compare.timing.fresh_mib(n) >= compare.HEAP_GROWTH_MIB for n in pages] == [
+      False, True, False], pages
+  note = compare.heap_growth_note(8, jax_runs, pages)
+  assert note == f'; the heap grew in 1 of 3 jax runs (at {8 / jax_runs[1]:.4g} images/s)'
+  assert compare.heap_growth_note(8, jax_runs[::2], pages[::2]) == ''
 
 
 def test_unknown_step_raises():
