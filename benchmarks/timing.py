@@ -67,7 +67,7 @@ def parse_figures(text: str) -> dict:
 
 def fresh_pages() -> int:
   """Pages this process has touched for the first time so far (its minor page faults): a run
-  that faults in many more than its neighbours grew the heap (see fresh_mib)."""
+  that faults in many more than its neighbours grew the heap."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
