@@ -18,8 +18,10 @@ shared machine biases neither. Each step prints one line
 
   compare: <step> jax=<images/s> torch=<images/s> ratio=<jax/torch>  # ...
 
-(medians of the runs; torch=n/a without PyTorch: `pip install .[torch]`), after `info:` lines
-naming the CPU, the versions, the JAX devices and PyTorch's threads and memory format.
+(medians of the runs; torch=n/a without PyTorch: `pip install .[torch]`; the comment gives each
+side's slowest and fastest run, and the JAX runs that grew the heap, heap_growth_note), after
+`info:` lines naming the CPU, the versions, the JAX devices and PyTorch's threads and memory
+format.
 """
 
 import dataclasses
