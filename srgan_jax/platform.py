@@ -6,6 +6,7 @@ import ctypes
 import importlib.metadata
 import os
 import re
+from typing import Optional
 
 from absl import logging
 
@@ -97,12 +98,18 @@ def configure_cpu_fusion_emitters(new: bool = False) -> None:
     os.environ['XLA_FLAGS'] = f'{flags} {_FUSION_EMITTERS_FLAG}={str(new).lower()}'.strip()
 
 
+def _xla_flag(flag: str) -> Optional[str]:
+  """The value XLA_FLAGS gives `flag` (its last setting, the one XLA keeps); None if unset."""
+  values = [f.partition('=')[2] for f in os.environ.get('XLA_FLAGS', '').split()
+            if f.partition('=')[0] == flag]
+  return values[-1] if values else None
+
+
 def cpu_fusion_emitters() -> str:
   """'new' or 'older': the fusion code generator of XLA:CPU in this process, as XLA_FLAGS
   sets it (XLA's default: 'new')."""
-  values = [f.partition('=')[2] for f in os.environ.get('XLA_FLAGS', '').split()
-            if f.startswith(_FUSION_EMITTERS_FLAG)]
-  return 'older' if values and values[-1].lower() in ('false', '0') else 'new'
+  value = _xla_flag(_FUSION_EMITTERS_FLAG)
+  return 'older' if value is not None and value.lower() in ('false', '0') else 'new'
 
 
 def configure_cpu_convolutions(library: str = 'eigen') -> None:
@@ -128,11 +135,10 @@ def configure_cpu_convolutions(library: str = 'eigen') -> None:
 
 def cpu_conv_library() -> str:
   """The library XLA:CPU runs convolutions on in this process, as XLA_FLAGS sets it."""
-  flags = os.environ.get('XLA_FLAGS', '').split()
-  ynn = [f.partition('=')[2] for f in flags if f.startswith(_YNN_FUSION_FLAG + '=')]
-  if not ynn:
+  ynn = _xla_flag(_YNN_FUSION_FLAG)
+  if ynn is None:
     return 'ynnpack'
-  types = ynn[-1].split(',')
+  types = ynn.split(',')
   if all(t[:1] in '+-' for t in types):  # Changes to XLA's default list, which has convs.
     return 'eigen' if '-individual_convolution' in types else 'ynnpack'
   return 'ynnpack' if 'individual_convolution' in types else 'eigen'  # The whole list.
@@ -190,9 +196,9 @@ def held_isa() -> str:
   """What holds this process's code below its CPU's vector instructions, '' when nothing does:
   XLA's (--xla_cpu_max_isa in XLA_FLAGS) and the C++ passes' (native.MARCH_ENV), as
   benchmarks.targets --isa=avx2 sets them. Part of the conv tuner's cache key when set."""
-  xla = re.search(rf'{XLA_MAX_ISA_FLAG}=(\S+)', os.environ.get('XLA_FLAGS', ''))
+  xla = _xla_flag(XLA_MAX_ISA_FLAG)
   march = os.environ.get(native.MARCH_ENV)
-  return ', '.join(filter(None, (f'XLA max ISA {xla.group(1)}' if xla else '',
+  return ', '.join(filter(None, (f'XLA max ISA {xla}' if xla else '',
                                  f'C++ -march={march}' if march else '')))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from srgan_jax import conv_tuning
 from srgan_jax import errors
+from srgan_jax import native
 from srgan_jax import platform
 from srgan_jax import validation
 
@@ -251,3 +252,19 @@ def test_quiet_logs_keep_orbax_info_read_only_warnings_and_the_no_tpu_note_out(t
     checkpoints.manager(str(tmp_path), read_only=True)
   assert not [r for r in caplog.records if 'save_interval_steps' in r.getMessage()]
   assert [r for r in caplog.records if r.getMessage().startswith('Given directory is read')]
+
+
+def test_xla_flags_readers_take_each_flags_last_setting(monkeypatch):
+  """What the process reports (fusion emitters, conv library, a held ISA) is what XLA keeps of
+  a flag set twice: its last setting; a flag whose name only starts another's is not it."""
+  monkeypatch.delenv(native.MARCH_ENV, raising=False)
+  monkeypatch.setenv('XLA_FLAGS', ' '.join([
+      '--xla_cpu_max_isa=SSE4_2', '--xla_cpu_use_fusion_emitters=false',
+      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',
+      '--xla_cpu_max_isa=AVX2', '--xla_cpu_use_fusion_emitters=true',
+      '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution']))
+  assert platform.held_isa() == 'XLA max ISA AVX2'
+  assert platform.cpu_fusion_emitters() == 'new'
+  assert platform.cpu_conv_library() == 'ynnpack'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_fusion_emitters_x=false')
+  assert platform.cpu_fusion_emitters() == 'new' and platform.held_isa() == ''
