@@ -21,7 +21,9 @@ shared machine biases neither. Each step prints one line
 (medians of the runs; torch=n/a without PyTorch: `pip install .[torch]`; the comment gives each
 side's slowest and fastest run, and the JAX runs that grew the heap, heap_growth_note), after
 `info:` lines naming the CPU, the versions, the JAX devices and PyTorch's threads and memory
-format.
+format. Right before a step's runs, each side runs it until its heap stops growing
+(heap.settle; an `info:` line says how long that took): a step that grows the heap is 1-3 s
+slower on the 2-core VMs, and the steps timed before it can leave the heap needing to grow.
 """
 
 import dataclasses
@@ -40,6 +42,7 @@ from absl import flags
 import jax
 import jaxlib
 
+from benchmarks import heap
 from benchmarks import speed
 from benchmarks import timing
 from benchmarks import workloads
@@ -61,11 +64,6 @@ PREFIX = 'compare: '
 TORCH_MODULE = 'benchmarks.torch_reference'
 TORCH_PREFIX = 'torch: '  # torch_reference's answers (PREFIX there).
 TORCH_READY = 'torch: ready'
-# Fresh memory a JAX run must fault in to be named as one that grew the heap. Such growth comes
-# in blocks of ~400 MiB (the GAN iteration's: its request plus platform's M_TOP_PAD), sometimes
-# 20-60 steps after the start, and each costs 1-3 s on the 2-core VMs; steady steps fault in
-# well under 1 MiB (benchmarks/README.md, section "A third class").
-HEAP_GROWTH_MIB = 64
 # What holds PyTorch's kernels (ATen's, oneDNN's, MKL's) to AVX2 (benchmarks.targets
 # --isa=avx2); any of these set is named in the cpu line, beside the JAX side's
 # (platform.held_isa).
@@ -84,7 +82,9 @@ class Options:
   # buffers find their places, and first-touched memory is slow on these VMs (about 2.8 ms a
   # MB): with 1 warm-up step the seed GAN iteration's JAX runs spread over 71-97 images/s and
   # their median gave 1.07x, with 15 they ran at 95-101 and gave 1.36x (Intel Xeon, 2026-12-04,
-  # back to back). Training runs hundreds of steps past that.
+  # back to back). Training runs hundreds of steps past that. The heap can still need to grow
+  # later (after the other steps' runs, or 20-60 steps in), so right before a step's runs each
+  # side also runs it until its heap stops growing (heap.settle).
   warmup: int = 15
   # Batch sizes; 0: the config's (cnn 128, generator 64, gan 128).
   batches: Dict[str, int] = dataclasses.field(default_factory=dict)
@@ -234,15 +234,23 @@ class TorchServer:
     self.description = line[len(TORCH_READY):].strip()
     return self.description
 
-  def time_run(self, name: str) -> float:
-    """Seconds per step of one run of `name`."""
-    self.proc.stdin.write(name + '\n')
+  def _ask(self, request: str, answer: str) -> List[str]:
+    """The fields after `answer` of the server's answer to `request`."""
+    self.proc.stdin.write(request + '\n')
     self.proc.stdin.flush()
     line = self._line()
     fields = line[len(TORCH_PREFIX):].split()
-    if not line.startswith(TORCH_PREFIX) or fields[0] != name:
-      raise RuntimeError(f'unexpected answer from {TORCH_MODULE}: {line!r}')
-    return float(fields[1])
+    if not line.startswith(TORCH_PREFIX) or fields[:len(answer.split())] != answer.split():
+      raise RuntimeError(f'unexpected answer from {TORCH_MODULE} to {request!r}: {line!r}')
+    return fields[len(answer.split()):]
+
+  def time_run(self, name: str) -> float:
+    """Seconds per step of one run of `name`."""
+    return float(self._ask(name, name)[0])
+
+  def settle(self, name: str) -> List[int]:
+    """Runs `name` until its heap stops growing (heap.settle); each call's fresh pages."""
+    return [int(n) for n in self._ask(f'settle {name}', f'settled {name}')[0].split(',')]
 
   def close(self) -> None:
     self.proc.stdin.close()
@@ -310,14 +318,15 @@ def _time_in_turns(jax_once: Callable, torch_run: Optional[Callable[[], float]],
 
 
 def heap_growth_note(batch_size: int, runs: List[float], pages: List[int]) -> str:
-  """Which JAX runs grew the heap (faulted in >= HEAP_GROWTH_MIB of fresh memory), with their
-  images/s: '' when none did. On the 2-core VMs such a run is slower by the faults alone."""
-  grew = [batch_size / seconds for seconds, n in zip(runs, pages)
-          if timing.fresh_mib(n) >= HEAP_GROWTH_MIB]
-  if not grew:
+  """Which JAX runs grew the heap (heap.grew), with their images/s: '' when none did. On the
+  2-core VMs such a run is slower by the faults alone. (PyTorch's side, under glibc's
+  defaults, maps and unmaps its big blocks every step: 160-440 MiB of faults a GAN iteration,
+  its steady state, not growth.)"""
+  grown = [batch_size / seconds for seconds, grew in zip(runs, heap.grew(pages)) if grew]
+  if not grown:
     return ''
-  return (f'; the heap grew in {len(grew)} of {len(runs)} jax runs (at '
-          f'{", ".join(f"{rate:.4g}" for rate in grew)} images/s)')
+  return (f'; the heap grew in {len(grown)} of {len(runs)} jax runs (at '
+          f'{", ".join(f"{rate:.4g}" for rate in grown)} images/s)')
 
 
 def run(options: Optional[Options] = None, out=None) -> dict:
@@ -368,7 +377,12 @@ def run(options: Optional[Options] = None, out=None) -> dict:
         timing.time_runs(once, 1, 0, 1 + options.warmup)  # Compiles, then warms up.
         jax_steps[name] = batch_size, once
       for name, (batch_size, once) in jax_steps.items():
-        torch_run = None if server is None else functools.partial(server.time_run, name)
+        settling = f'jax {heap.settled_note(heap.settle(lambda: jax.block_until_ready(once())))}'
+        torch_run = None
+        if server is not None:
+          settling += f'; torch {heap.settled_note(server.settle(name))}'
+          torch_run = functools.partial(server.time_run, name)
+        rep.info(f'{name}: {settling}')
         jax_runs, torch_runs, jax_pages = _time_in_turns(once, torch_run, options)
         jax_rate = batch_size / statistics.median(jax_runs)
         torch_rate = batch_size / statistics.median(torch_runs) if torch_runs else None

@@ -10,7 +10,6 @@ CpuFlopCounter). The peak is a measured f32 matmul on the same machine, so utili
 relative to what XLA reaches there.
 """
 
-import resource
 import statistics
 import sys
 import time
@@ -20,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
+
+from benchmarks import heap
 
 PREFIX = 'bench: '
 SUMMARY_PREFIX = 'summary: '
@@ -65,33 +66,22 @@ def parse_figures(text: str) -> dict:
 # Timing.
 
 
-def fresh_pages() -> int:
-  """Pages this process has touched for the first time so far (its minor page faults): a run
-  that faults in many more than its neighbours grew the heap."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def fresh_mib(pages: int) -> float:
-  """MiB of memory that `pages` fresh pages hold."""
-  return pages * resource.getpagesize() / 2**20
-
-
 def time_runs(step_fn: Callable[[], object], steps: int, runs: int, warmup: int,
               pages: Optional[List[int]] = None) -> list:
   """Seconds per step of `runs` runs of `steps` calls (each ended by block_until_ready); each
-  run's fresh_pages() are appended to `pages` when given."""
+  run's fresh pages (heap.fresh_pages) are appended to `pages` when given."""
   for _ in range(warmup):
     jax.block_until_ready(step_fn())
   per_step = []
   for _ in range(runs):
-    p0, t0 = fresh_pages(), time.perf_counter()
+    p0, t0 = heap.fresh_pages(), time.perf_counter()
     out = None
     for _ in range(steps):
       out = step_fn()
     jax.block_until_ready(out)
     per_step.append((time.perf_counter() - t0) / steps)
     if pages is not None:
-      pages.append(fresh_pages() - p0)
+      pages.append(heap.fresh_pages() - p0)
   return per_step
 
 

@@ -9,7 +9,9 @@ seed's: a train-mode forward pass, `backward()` and `Adam.step()`, in NCHW. Weig
 
 `python -m benchmarks.torch_reference --which=cnn,generator,gan` builds the steps and then
 serves timed runs: each line read from stdin names a step, and one run of `--steps` steps of it
-is timed and answered with a line ``torch: <step> <seconds per step>``. compare.py drives it
+is timed and answered with a line ``torch: <step> <seconds per step>``; a line
+``settle <step>`` runs the step until the heap stops growing (heap.settle) and is answered with
+``torch: settled <step> <each call's fresh pages, comma-separated>``. compare.py drives it
 as a subprocess, so that it can alternate JAX and PyTorch runs while torch stays an optional
 dependency that the library (and compare.py) never import.
 """
@@ -24,6 +26,8 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from benchmarks import heap
 
 STEPS = ('cnn', 'generator', 'gan')
 PREFIX = 'torch: '
@@ -277,15 +281,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def serve(steps: Dict[str, Step], num_steps: int, lines, out) -> None:
-  """Answers each step name read from `lines` with one timed run: ``torch: <name> <s/step>``."""
+  """Answers each request read from `lines`: a step's name with one timed run, ``torch:
+  <name> <s/step>``; ``settle <name>`` with ``torch: settled <name> <pages,...>``."""
   for line in lines:
-    name = line.strip()
-    if not name:
+    request = line.split()
+    if not request:
       continue
-    if name not in steps:
-      print(f'{PREFIX}error unknown step {name!r}', file=out, flush=True)
-      continue
-    print(f'{PREFIX}{name} {time_run(steps[name], num_steps):.6g}', file=out, flush=True)
+    name = request[-1]
+    if name not in steps or len(request) > 2 or (len(request) == 2 and request[0] != 'settle'):
+      print(f'{PREFIX}error unknown request {line.strip()!r}', file=out, flush=True)
+    elif len(request) == 2:
+      pages = heap.settle(lambda step=steps[name]: step().item())
+      print(f'{PREFIX}settled {name} {",".join(map(str, pages))}', file=out, flush=True)
+    else:
+      print(f'{PREFIX}{name} {time_run(steps[name], num_steps):.6g}', file=out, flush=True)
 
 
 def main(argv: Sequence[str]) -> None:

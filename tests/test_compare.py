@@ -7,6 +7,7 @@ import io
 import math
 import mmap
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import compare
+from benchmarks import heap
 from conftest import COMPILE_FLAGS
 from configs import mnist_srgan
 from srgan_jax import models
@@ -82,6 +84,10 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
       events.append('torch ready')
       return 'fake'
 
+    def settle(self, name):
+      events.append(f'torch settled {name}')
+      return [0, 0, 0]
+
     def time_run(self, name):
       events.append(f'torch timed {name}')
       return 0.5
@@ -99,8 +105,19 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
   results = compare.run(compare.Options(which=('cnn',), steps=1, runs=2, warmup=0),
                         io.StringIO())
   assert events[:3] == ['torch started', 'torch ready', 'jax built cnn'], events
-  assert events.count('torch timed cnn') == 2 and events[-1] == 'torch closed', events
+  assert events[3:] == ['torch settled cnn', 'torch timed cnn', 'torch timed cnn',
+                        'torch closed'], events
   assert results['cnn']['torch'] == 16.0  # 8 images in 0.5 s a step.
+
+
+def _touch_fresh_memory(mib: int, keep: list) -> None:
+  """Faults in `mib` MiB of new anonymous pages, as a heap growth does (kept alive in `keep`)."""
+  block = mmap.mmap(-1, mib << 20)
+  if hasattr(mmap, 'MADV_NOHUGEPAGE'):  # One 4 KiB page a fault, as a heap growth here.
+    block.madvise(mmap.MADV_NOHUGEPAGE)
+  for offset in range(0, len(block), mmap.PAGESIZE):
+    block[offset] = 1
+  keep.append(block)
 
 
 def test_runs_that_grow_the_heap_are_named():
@@ -111,21 +128,63 @@ def test_runs_that_grow_the_heap_are_named():
   def once():
     calls.append(1)
     if len(calls) == 2:
-      block = mmap.mmap(-1, 96 << 20)  # Fresh pages, faulted in by the writes below,
-      if hasattr(mmap, 'MADV_NOHUGEPAGE'):  # one 4 KiB page each (as a heap growth here).
-        block.madvise(mmap.MADV_NOHUGEPAGE)
-      for offset in range(0, len(block), mmap.PAGESIZE):
-        block[offset] = 1
-      grown.append(block)
+      _touch_fresh_memory(96, grown)
 
   options = compare.Options(runs=3, steps=1, torch=False)
   jax_runs, torch_runs, pages = compare._time_in_turns(once, None, options)  # pylint: disable=protected-access
   assert len(jax_runs) == len(pages) == 3 and not torch_runs
-  assert [compare.timing.fresh_mib(n) >= compare.HEAP_GROWTH_MIB for n in pages] == [
-      False, True, False], pages
+  assert heap.grew(pages) == [False, True, False], pages
   note = compare.heap_growth_note(8, jax_runs, pages)
   assert note == f'; the heap grew in 1 of 3 jax runs (at {8 / jax_runs[1]:.4g} images/s)'
   assert compare.heap_growth_note(8, jax_runs[::2], pages[::2]) == ''
+  # Runs that each fault in the same big blocks (a process that maps and unmaps them every
+  # step) have not grown the heap: only faults above the quietest run's count.
+  steady = (300 << 20) // mmap.PAGESIZE
+  assert compare.heap_growth_note(8, [0.5] * 3, [steady, steady + 10, steady]) == ''
+  assert compare.heap_growth_note(8, [0.5, 1.0], [steady, 2 * steady]) == (
+      '; the heap grew in 1 of 2 jax runs (at 8 images/s)')
+
+
+def test_settling_lasts_until_the_heap_stops_growing():
+  """heap.settle runs a step until SETTLE_QUIET calls in a row grew nothing (here calls 2 and
+  5 of the step grow it, so 8 calls), or SETTLE_MOST calls; its note says which."""
+  grown, calls = [], []
+
+  def step():
+    calls.append(1)
+    if len(calls) in (2, 5):
+      _touch_fresh_memory(96, grown)
+
+  pages = heap.settle(step, quiet=3, most=30)
+  assert len(pages) == len(calls) == 8 and heap.grew(pages) == [
+      False, True, False, False, True, False, False, False], pages
+  assert heap.settled_note(pages, quiet=3) == (
+      '8 settling steps (2 faulted in 64+ MiB more than the quietest)')
+  calls.clear()
+  pages = heap.settle(step, quiet=3, most=4)
+  assert len(pages) == 4 and heap.settled_note(pages, quiet=3) == (
+      '4 settling steps (1 faulted in 64+ MiB more than the quietest), still growing: its runs '
+      'may hold growth')
+  calls.clear()
+  assert len(heap.settle(lambda: None, quiet=3, most=30)) == 3
+
+
+def test_torch_server_answers_runs_and_settling():
+  """The PyTorch server's protocol: a step's name gets one timed run, `settle <step>` each
+  settling call's fresh pages (at least SETTLE_QUIET calls), anything else an error line."""
+  torch = pytest.importorskip('torch')
+  from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  calls = []
+  steps = {'cnn': lambda: calls.append(1) or torch.zeros(())}
+  out = io.StringIO()
+  ref.serve(steps, 2, ['cnn\n', '\n', 'settle cnn\n', 'settle vgg\n', 'time cnn\n'], out)
+  lines = out.getvalue().splitlines()
+  assert len(lines) == 4 and re.fullmatch(r'torch: cnn \d[\d.e-]*', lines[0]), lines
+  assert re.fullmatch(r'torch: settled cnn \d+(,\d+){%d,}' % (heap.SETTLE_QUIET - 1),
+                      lines[1]), lines
+  assert len(calls) == 2 + len(lines[1].split()[-1].split(','))
+  assert lines[2:] == ["torch: error unknown request 'settle vgg'",
+                       "torch: error unknown request 'time cnn'"]
 
 
 def test_unknown_step_raises():
@@ -205,6 +264,12 @@ def test_command_line_times_both_sides():
   assert '2 cpu host devices' in proc.stdout and "convs xla, XLA's on eigen" in proc.stdout
   assert 'Conv tuning' not in proc.stderr + proc.stdout
   assert 'cnn: classifier_train step' in proc.stdout and 'generator: pretrain step' in proc.stdout
+  # Each side ran each step until its heap stopped growing, right before the step's runs.
+  settled = re.findall(r'info: (\w+): jax (\d+) settling steps \(\d+ faulted in 64\+ MiB more '
+                       r'than the quietest\)(?:; torch (\d+) settling steps)?', proc.stdout)
+  assert [name for name, *_ in settled] == ['cnn', 'generator'], proc.stdout
+  assert all(int(n) >= heap.SETTLE_QUIET and (int(m) >= heap.SETTLE_QUIET if has_torch else not m)
+             for _, n, m in settled), proc.stdout
   if has_torch:
     threads = len(os.sched_getaffinity(0))
     assert f'threads={threads} layout=channels_last isa=DEFAULT' in proc.stdout, proc.stdout
