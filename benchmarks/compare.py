@@ -21,9 +21,13 @@ shared machine biases neither. Each step prints one line
 (medians of the runs; torch=n/a without PyTorch: `pip install .[torch]`; the comment gives each
 side's slowest and fastest run, and the JAX runs that grew the heap, heap_growth_note), after
 `info:` lines naming the CPU, the versions, the JAX devices and PyTorch's threads and memory
-format. Right before a step's runs, each side runs it until its heap stops growing
-(heap.settle; an `info:` line says how long that took): a step that grows the heap is 1-3 s
-slower on the 2-core VMs, and the steps timed before it can leave the heap needing to grow.
+format. Right before a step's runs, each side runs it again untimed: the JAX side until its heap
+stops growing (heap.settle, at least heap.SETTLE_QUIET calls; an `info:` line says how many),
+PyTorch's heap.SETTLE_QUIET calls. A JAX step that grows the heap is 1-3 s slower on the 2-core
+VMs, and such growths come at irregular steps for the first few dozen, also after the other
+steps' runs. PyTorch's process has no such transient: under glibc's defaults it maps and
+unmaps its big blocks every step (160-440 MiB of fresh pages a GAN iteration, varying from step
+to step for as long as it runs), its steady state.
 """
 
 import dataclasses
@@ -83,8 +87,8 @@ class Options:
   # MB): with 1 warm-up step the seed GAN iteration's JAX runs spread over 71-97 images/s and
   # their median gave 1.07x, with 15 they ran at 95-101 and gave 1.36x (Intel Xeon, 2026-12-04,
   # back to back). Training runs hundreds of steps past that. The heap can still need to grow
-  # later (after the other steps' runs, or 20-60 steps in), so right before a step's runs each
-  # side also runs it until its heap stops growing (heap.settle).
+  # later (after the other steps' runs, or 20-60 steps in): the module's docstring says how
+  # each side runs a step again right before its runs.
   warmup: int = 15
   # Batch sizes; 0: the config's (cnn 128, generator 64, gan 128).
   batches: Dict[str, int] = dataclasses.field(default_factory=dict)
@@ -248,9 +252,9 @@ class TorchServer:
     """Seconds per step of one run of `name`."""
     return float(self._ask(name, name)[0])
 
-  def settle(self, name: str) -> List[int]:
-    """Runs `name` until its heap stops growing (heap.settle); each call's fresh pages."""
-    return [int(n) for n in self._ask(f'settle {name}', f'settled {name}')[0].split(',')]
+  def warm(self, name: str, steps: int) -> None:
+    """Runs `name` `steps` times, untimed."""
+    self._ask(f'warm {name} {steps}', f'warmed {name} {steps}')
 
   def close(self) -> None:
     self.proc.stdin.close()
@@ -380,7 +384,8 @@ def run(options: Optional[Options] = None, out=None) -> dict:
         settling = f'jax {heap.settled_note(heap.settle(lambda: jax.block_until_ready(once())))}'
         torch_run = None
         if server is not None:
-          settling += f'; torch {heap.settled_note(server.settle(name))}'
+          server.warm(name, heap.SETTLE_QUIET)
+          settling += f'; torch {heap.SETTLE_QUIET} untimed steps'
           torch_run = functools.partial(server.time_run, name)
         rep.info(f'{name}: {settling}')
         jax_runs, torch_runs, jax_pages = _time_in_turns(once, torch_run, options)

@@ -5,9 +5,9 @@ On the 2-core VMs a first-touched page costs 10-35 us, so a step that grows the 
 seed GAN iteration's JAX side grows it ~400 MiB at a time, up to ~60 steps after the start,
 or again after other steps have run in between) is 1-3 s slower than its neighbours: a timed
 run that holds one measures the growth, not the step (benchmarks/README.md, section "A third
-class"). Growth is counted above the fewest pages a step or run faulted in, so a process that
-maps and unmaps big blocks every step (PyTorch under glibc's defaults: that is its steady
-state) is not taken for one that grows. No JAX here: PyTorch's server imports this module too.
+class"). Growth is counted above the fewest pages a step or run faulted in, so a process whose
+every step faults in the same big blocks (one whose allocator maps and unmaps them each step)
+is not taken for one that grows.
 """
 
 import resource
@@ -17,9 +17,11 @@ from typing import Callable, List, Sequence
 # fault in well under 1 MiB; a growth is ~400 MiB on the GAN iteration.
 GROWTH_MIB = 64
 # The warm-up before a step's timed runs (settle): this many steps in a row without growth,
-# and at most SETTLE_MOST steps (on the GAN iteration ~2 s each on the 2-core VMs).
-SETTLE_QUIET = 3
-SETTLE_MOST = 30
+# and at most SETTLE_MOST steps (on the GAN iteration 1-2.5 s each on the 2-core VMs). With 3
+# the JAX GAN iteration's timed runs still grew the heap (2 of 5, after a settle of 6 steps):
+# its growths come at irregular steps for the first few dozen.
+SETTLE_QUIET = 10
+SETTLE_MOST = 60
 
 
 def fresh_pages() -> int:

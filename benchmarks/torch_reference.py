@@ -9,9 +9,9 @@ seed's: a train-mode forward pass, `backward()` and `Adam.step()`, in NCHW. Weig
 
 `python -m benchmarks.torch_reference --which=cnn,generator,gan` builds the steps and then
 serves timed runs: each line read from stdin names a step, and one run of `--steps` steps of it
-is timed and answered with a line ``torch: <step> <seconds per step>``; a line
-``settle <step>`` runs the step until the heap stops growing (heap.settle) and is answered with
-``torch: settled <step> <each call's fresh pages, comma-separated>``. compare.py drives it
+is timed and answered with a line ``torch: <step> <seconds per step>``; a line ``warm <step>
+<n>`` runs the step n times untimed and is answered with ``torch: warmed <step> <n>``.
+compare.py drives it
 as a subprocess, so that it can alternate JAX and PyTorch runs while torch stays an optional
 dependency that the library (and compare.py) never import.
 """
@@ -26,8 +26,6 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-from benchmarks import heap
 
 STEPS = ('cnn', 'generator', 'gan')
 PREFIX = 'torch: '
@@ -282,19 +280,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def serve(steps: Dict[str, Step], num_steps: int, lines, out) -> None:
   """Answers each request read from `lines`: a step's name with one timed run, ``torch:
-  <name> <s/step>``; ``settle <name>`` with ``torch: settled <name> <pages,...>``."""
+  <name> <s/step>``; ``warm <name> <n>`` with n untimed steps, ``torch: warmed <name> <n>``."""
   for line in lines:
     request = line.split()
     if not request:
       continue
-    name = request[-1]
-    if name not in steps or len(request) > 2 or (len(request) == 2 and request[0] != 'settle'):
-      print(f'{PREFIX}error unknown request {line.strip()!r}', file=out, flush=True)
-    elif len(request) == 2:
-      pages = heap.settle(lambda step=steps[name]: step().item())
-      print(f'{PREFIX}settled {name} {",".join(map(str, pages))}', file=out, flush=True)
-    else:
+    name = request[0] if len(request) == 1 else request[1]
+    if len(request) == 1 and name in steps:
       print(f'{PREFIX}{name} {time_run(steps[name], num_steps):.6g}', file=out, flush=True)
+    elif len(request) == 3 and request[0] == 'warm' and name in steps and request[2].isdigit():
+      for _ in range(int(request[2])):
+        steps[name]().item()
+      print(f'{PREFIX}warmed {name} {request[2]}', file=out, flush=True)
+    else:
+      print(f'{PREFIX}error unknown request {line.strip()!r}', file=out, flush=True)
 
 
 def main(argv: Sequence[str]) -> None:

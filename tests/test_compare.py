@@ -84,9 +84,8 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
       events.append('torch ready')
       return 'fake'
 
-    def settle(self, name):
-      events.append(f'torch settled {name}')
-      return [0, 0, 0]
+    def warm(self, name, steps):
+      events.append(f'torch warmed {name} {steps}')
 
     def time_run(self, name):
       events.append(f'torch timed {name}')
@@ -105,8 +104,8 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
   results = compare.run(compare.Options(which=('cnn',), steps=1, runs=2, warmup=0),
                         io.StringIO())
   assert events[:3] == ['torch started', 'torch ready', 'jax built cnn'], events
-  assert events[3:] == ['torch settled cnn', 'torch timed cnn', 'torch timed cnn',
-                        'torch closed'], events
+  assert events[3:] == [f'torch warmed cnn {heap.SETTLE_QUIET}', 'torch timed cnn',
+                        'torch timed cnn', 'torch closed'], events
   assert results['cnn']['torch'] == 16.0  # 8 images in 0.5 s a step.
 
 
@@ -146,8 +145,8 @@ def test_runs_that_grow_the_heap_are_named():
 
 
 def test_settling_lasts_until_the_heap_stops_growing():
-  """heap.settle runs a step until SETTLE_QUIET calls in a row grew nothing (here calls 2 and
-  5 of the step grow it, so 8 calls), or SETTLE_MOST calls; its note says which."""
+  """heap.settle runs a step until `quiet` calls in a row grew nothing (3 here; calls 2 and
+  5 of the step grow it, so 8 calls), or `most` calls; its note says which."""
   grown, calls = [], []
 
   def step():
@@ -169,21 +168,21 @@ def test_settling_lasts_until_the_heap_stops_growing():
   assert len(heap.settle(lambda: None, quiet=3, most=30)) == 3
 
 
-def test_torch_server_answers_runs_and_settling():
-  """The PyTorch server's protocol: a step's name gets one timed run, `settle <step>` each
-  settling call's fresh pages (at least SETTLE_QUIET calls), anything else an error line."""
+def test_torch_server_answers_runs_and_warm_ups():
+  """The PyTorch server's protocol: a step's name gets one timed run (of 2 steps here),
+  `warm <step> <n>` n untimed steps, anything else an error line."""
   torch = pytest.importorskip('torch')
   from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
   calls = []
   steps = {'cnn': lambda: calls.append(1) or torch.zeros(())}
   out = io.StringIO()
-  ref.serve(steps, 2, ['cnn\n', '\n', 'settle cnn\n', 'settle vgg\n', 'time cnn\n'], out)
+  ref.serve(steps, 2, ['cnn\n', '\n', 'warm cnn 5\n', 'warm vgg 5\n', 'warm cnn x\n',
+                       'time cnn\n'], out)
   lines = out.getvalue().splitlines()
-  assert len(lines) == 4 and re.fullmatch(r'torch: cnn \d[\d.e-]*', lines[0]), lines
-  assert re.fullmatch(r'torch: settled cnn \d+(,\d+){%d,}' % (heap.SETTLE_QUIET - 1),
-                      lines[1]), lines
-  assert len(calls) == 2 + len(lines[1].split()[-1].split(','))
-  assert lines[2:] == ["torch: error unknown request 'settle vgg'",
+  assert len(lines) == 5 and re.fullmatch(r'torch: cnn \d[\d.e-]*', lines[0]), lines
+  assert lines[1] == 'torch: warmed cnn 5' and len(calls) == 2 + 5, (lines, calls)
+  assert lines[2:] == ["torch: error unknown request 'warm vgg 5'",
+                       "torch: error unknown request 'warm cnn x'",
                        "torch: error unknown request 'time cnn'"]
 
 
@@ -266,7 +265,7 @@ def test_command_line_times_both_sides():
   assert 'cnn: classifier_train step' in proc.stdout and 'generator: pretrain step' in proc.stdout
   # Each side ran each step until its heap stopped growing, right before the step's runs.
   settled = re.findall(r'info: (\w+): jax (\d+) settling steps \(\d+ faulted in 64\+ MiB more '
-                       r'than the quietest\)(?:; torch (\d+) settling steps)?', proc.stdout)
+                       r'than the quietest\)(?:; torch (\d+) untimed steps)?', proc.stdout)
   assert [name for name, *_ in settled] == ['cnn', 'generator'], proc.stdout
   assert all(int(n) >= heap.SETTLE_QUIET and (int(m) >= heap.SETTLE_QUIET if has_torch else not m)
              for _, n, m in settled), proc.stdout
