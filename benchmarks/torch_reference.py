@@ -11,9 +11,8 @@ seed's: a train-mode forward pass, `backward()` and `Adam.step()`, in NCHW. Weig
 serves timed runs: each line read from stdin names a step, and one run of `--steps` steps of it
 is timed and answered with a line ``torch: <step> <seconds per step>``; a line ``warm <step>
 <n>`` runs the step n times untimed and is answered with ``torch: warmed <step> <n>``.
-compare.py drives it
-as a subprocess, so that it can alternate JAX and PyTorch runs while torch stays an optional
-dependency that the library (and compare.py) never import.
+compare.py drives it as a subprocess, so that it can alternate JAX and PyTorch runs while torch
+stays an optional dependency that the library (and compare.py) never import.
 """
 
 import argparse
