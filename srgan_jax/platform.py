@@ -59,6 +59,13 @@ def _xla_knows(flag: str) -> bool:
   return False
 
 
+def _xla_flag(flag: str) -> Optional[str]:
+  """The value XLA_FLAGS gives `flag` (its last setting, the one XLA keeps); None if unset."""
+  values = [f.partition('=')[2] for f in os.environ.get('XLA_FLAGS', '').split()
+            if f.partition('=')[0] == flag]
+  return values[-1] if values else None
+
+
 def configure_cpu_devices(enabled: bool = True) -> None:
   """One XLA host device per CPU core, so pmap spreads convolutions over all cores, each
   device's ops in XLA's default order rather than its concurrency-optimized one.
@@ -93,16 +100,9 @@ def configure_cpu_fusion_emitters(new: bool = False) -> None:
   keys its decisions by it. Respects a setting already in XLA_FLAGS. Call before the first JAX
   computation.
   """
-  flags = os.environ.get('XLA_FLAGS', '')
-  if _FUSION_EMITTERS_FLAG not in flags and _xla_knows(_FUSION_EMITTERS_FLAG):
+  if _xla_flag(_FUSION_EMITTERS_FLAG) is None and _xla_knows(_FUSION_EMITTERS_FLAG):
+    flags = os.environ.get('XLA_FLAGS', '')
     os.environ['XLA_FLAGS'] = f'{flags} {_FUSION_EMITTERS_FLAG}={str(new).lower()}'.strip()
-
-
-def _xla_flag(flag: str) -> Optional[str]:
-  """The value XLA_FLAGS gives `flag` (its last setting, the one XLA keeps); None if unset."""
-  values = [f.partition('=')[2] for f in os.environ.get('XLA_FLAGS', '').split()
-            if f.partition('=')[0] == flag]
-  return values[-1] if values else None
 
 
 def cpu_fusion_emitters() -> str:
@@ -128,8 +128,8 @@ def configure_cpu_convolutions(library: str = 'eigen') -> None:
   if library not in CONV_LIBRARIES:
     raise errors.ConfigError(f'config.cpu_conv_library = {library!r} is not supported; use one '
                              f'of {list(CONV_LIBRARIES)}.')
-  flags = os.environ.get('XLA_FLAGS', '')
-  if library == 'eigen' and _YNN_FUSION_FLAG not in flags and _xla_knows(_YNN_FUSION_FLAG):
+  if library == 'eigen' and _xla_flag(_YNN_FUSION_FLAG) is None and _xla_knows(_YNN_FUSION_FLAG):
+    flags = os.environ.get('XLA_FLAGS', '')
     os.environ['XLA_FLAGS'] = f'{flags} {_YNN_CONVOLUTIONS_OFF}'.strip()
 
 

@@ -268,3 +268,9 @@ def test_xla_flags_readers_take_each_flags_last_setting(monkeypatch):
   assert platform.cpu_conv_library() == 'ynnpack'
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_fusion_emitters_x=false')
   assert platform.cpu_fusion_emitters() == 'new' and platform.held_isa() == ''
+  # Nor does such a flag count as the user's setting when the process configures its own.
+  platform.configure_cpu_fusion_emitters()
+  assert platform.cpu_fusion_emitters() == 'older'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type_x=individual_convolution')
+  platform.configure_cpu_convolutions('eigen')
+  assert platform.cpu_conv_library() == 'eigen'
