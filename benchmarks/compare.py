@@ -22,10 +22,10 @@ shared machine biases neither. Each step prints one line
 side's slowest and fastest run, and the JAX runs that grew the heap, heap_growth_note), after
 `info:` lines naming the CPU, the versions, the JAX devices and PyTorch's threads and memory
 format. Right before a step's runs, each side runs it again untimed: the JAX side until its heap
-stops growing (heap.settle, at least heap.SETTLE_QUIET calls; an `info:` line says how many),
-PyTorch's heap.SETTLE_QUIET calls. A JAX step that grows the heap is 1-3 s slower on the 2-core
-VMs, and such growths come at irregular steps for the first few dozen, also after the other
-steps' runs. PyTorch's process has no such transient: under glibc's defaults it maps and
+stops growing (heap.settle: `--settle` calls in a row without growth, heap.SETTLE_QUIET unless
+told; an `info:` line says how many calls it took), PyTorch `--settle` calls. A JAX step that
+grows the heap is 1-3 s slower on the 2-core VMs, and such growths come at irregular steps for
+the first few dozen, also after the other steps' runs. PyTorch's process has no such transient: under glibc's defaults it maps and
 unmaps its big blocks every step (160-440 MiB of fresh pages a GAN iteration, varying from step
 to step for as long as it runs), its steady state.
 """
@@ -90,6 +90,9 @@ class Options:
   # later (after the other steps' runs, or 20-60 steps in): the module's docstring says how
   # each side runs a step again right before its runs.
   warmup: int = 15
+  # Right before a step's timed runs, untimed calls in a row that must not grow the JAX side's
+  # heap (heap.settle), and PyTorch's untimed calls; the tests' tiny steps need 1.
+  settle: int = heap.SETTLE_QUIET
   # Batch sizes; 0: the config's (cnn 128, generator 64, gan 128).
   batches: Dict[str, int] = dataclasses.field(default_factory=dict)
   torch: bool = True          # False: the JAX side only.
@@ -338,9 +341,9 @@ def run(options: Optional[Options] = None, out=None) -> dict:
   {step: {'jax', 'torch', 'ratio'}}."""
   options = options or Options()
   unknown = [name for name in options.which if name not in STEPS]
-  if unknown or options.runs < 1 or options.steps < 1:
-    raise ValueError(f'which must name some of {STEPS} (unknown: {unknown}); runs and steps '
-                     'must be >= 1')
+  if unknown or options.runs < 1 or options.steps < 1 or options.settle < 1:
+    raise ValueError(f'which must name some of {STEPS} (unknown: {unknown}); runs, steps and '
+                     'settle must be >= 1')
   rep = timing.Reporter(out)
   jax_malloc = ('freed memory kept (platform.keep_freed_memory, as main.py)'
                 if platform.keep_freed_memory() else 'as the environment sets it')
@@ -381,11 +384,12 @@ def run(options: Optional[Options] = None, out=None) -> dict:
         timing.time_runs(once, 1, 0, 1 + options.warmup)  # Compiles, then warms up.
         jax_steps[name] = batch_size, once
       for name, (batch_size, once) in jax_steps.items():
-        settling = f'jax {heap.settled_note(heap.settle(lambda: jax.block_until_ready(once())))}'
+        pages = heap.settle(lambda: jax.block_until_ready(once()), quiet=options.settle)
+        settling = f'jax {heap.settled_note(pages, quiet=options.settle)}'
         torch_run = None
         if server is not None:
-          server.warm(name, heap.SETTLE_QUIET)
-          settling += f'; torch {heap.SETTLE_QUIET} untimed steps'
+          server.warm(name, options.settle)
+          settling += f'; torch {options.settle} untimed steps'
           torch_run = functools.partial(server.time_run, name)
         rep.info(f'{name}: {settling}')
         jax_runs, torch_runs, jax_pages = _time_in_turns(once, torch_run, options)
@@ -413,6 +417,9 @@ flags.DEFINE_list('which', list(STEPS), f'Steps to compare: some of {", ".join(S
 flags.DEFINE_integer('steps', Options.steps, 'Steps per timed run.')
 flags.DEFINE_integer('runs', Options.runs, 'Timed runs of each side (median).')
 flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
+flags.DEFINE_integer('settle', Options.settle, 'Right before each step\'s timed runs: untimed '
+                     'steps in a row that must not grow the JAX side\'s heap, and PyTorch\'s '
+                     'untimed steps.')
 for _name in STEPS:
   flags.DEFINE_integer(f'{_name}_batch', 0, f'Batch of the {_name} step; 0: the config\'s.')
 flags.DEFINE_bool('torch', Options.torch, 'Time the PyTorch side too (needs torch).')
@@ -440,7 +447,7 @@ def main(argv):
   platform.configure_cpu_convolutions(FLAGS.cpu_conv_library)
   platform.configure_cpu_fusion_emitters()
   run(Options(which=tuple(FLAGS.which), steps=FLAGS.steps, runs=FLAGS.runs,
-              warmup=FLAGS.warmup,
+              warmup=FLAGS.warmup, settle=FLAGS.settle,
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},
               torch=FLAGS.torch, channels_last=FLAGS.channels_last,
               torch_threads=FLAGS.torch_threads,

@@ -58,7 +58,7 @@ def test_jax_side_times_the_gan_step():
   step the command-line test below leaves out; together they time every step."""
   out = io.StringIO()
   # XLA's convs: tuning is tested on its own (test_conv_tuning) and in the one-command run.
-  options = compare.Options(which=('gan',), steps=1, runs=1, warmup=0, torch=False,
+  options = compare.Options(which=('gan',), steps=1, runs=1, warmup=0, settle=1, torch=False,
                             batches={'gan': 4}, conv_implementation='xla')
   results = compare.run(options, out)
   text = out.getvalue()
@@ -69,6 +69,7 @@ def test_jax_side_times_the_gan_step():
   assert f'jax {jax.__version__}' in text and '4 cpu host devices' in text
   assert 'info: cpu: ' in text and 'batch 4' in text and 'VGG19 relu3_4 l1 + lsgan' in text
   assert "convs xla, XLA's on eigen" in text and 'Conv tuning' not in text
+  assert re.search(r'info: gan: jax \d+ settling steps', text), text
 
 
 def test_torch_is_ready_before_jax_tunes(monkeypatch):
@@ -101,10 +102,10 @@ def test_torch_is_ready_before_jax_tunes(monkeypatch):
   monkeypatch.setattr(compare, 'torch_available', lambda: True)
   monkeypatch.setattr(compare, 'TorchServer', FakeServer)
   monkeypatch.setitem(compare.JAX_STEPS, 'cnn', fake_step)
-  results = compare.run(compare.Options(which=('cnn',), steps=1, runs=2, warmup=0),
+  results = compare.run(compare.Options(which=('cnn',), steps=1, runs=2, warmup=0, settle=2),
                         io.StringIO())
   assert events[:3] == ['torch started', 'torch ready', 'jax built cnn'], events
-  assert events[3:] == [f'torch warmed cnn {heap.SETTLE_QUIET}', 'torch timed cnn',
+  assert events[3:] == ['torch warmed cnn 2', 'torch timed cnn',
                         'torch timed cnn', 'torch closed'], events
   assert results['cnn']['torch'] == 16.0  # 8 images in 0.5 s a step.
 
@@ -186,9 +187,12 @@ def test_torch_server_answers_runs_and_warm_ups():
                        "torch: error unknown request 'time cnn'"]
 
 
-def test_unknown_step_raises():
+def test_unknown_step_or_bad_counts_raise():
   with pytest.raises(ValueError, match='which'):
     compare.run(compare.Options(which=('cnn', 'vgg'), torch=False), io.StringIO())
+  for bad in ({'runs': 0}, {'steps': 0}, {'settle': 0}):
+    with pytest.raises(ValueError, match='must be >= 1'):
+      compare.run(compare.Options(which=('cnn',), torch=False, **bad), io.StringIO())
 
 
 def test_torch_networks_are_the_seeds():
@@ -246,7 +250,7 @@ def test_command_line_times_both_sides():
              JAX_PLATFORMS='cpu', ATEN_CPU_CAPABILITY='default')
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compare', '--which=cnn,generator', '--steps=1',
-       '--runs=2', '--warmup=0', '--cnn_batch=4', '--generator_batch=2',
+       '--runs=2', '--warmup=0', '--settle=1', '--cnn_batch=4', '--generator_batch=2',
        '--conv_implementation=xla', '--torch_keep_freed_memory',
        '--torch' if has_torch else '--notorch'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -263,12 +267,12 @@ def test_command_line_times_both_sides():
   assert '2 cpu host devices' in proc.stdout and "convs xla, XLA's on eigen" in proc.stdout
   assert 'Conv tuning' not in proc.stderr + proc.stdout
   assert 'cnn: classifier_train step' in proc.stdout and 'generator: pretrain step' in proc.stdout
-  # Each side ran each step until its heap stopped growing, right before the step's runs.
+  # Each side ran each step until its heap stopped growing (--settle=1: one call without
+  # growth), right before the step's runs.
   settled = re.findall(r'info: (\w+): jax (\d+) settling steps \(\d+ faulted in 64\+ MiB more '
                        r'than the quietest\)(?:; torch (\d+) untimed steps)?', proc.stdout)
   assert [name for name, *_ in settled] == ['cnn', 'generator'], proc.stdout
-  assert all(int(n) >= heap.SETTLE_QUIET and (int(m) >= heap.SETTLE_QUIET if has_torch else not m)
-             for _, n, m in settled), proc.stdout
+  assert all(int(n) >= 1 and m == ('1' if has_torch else '') for _, n, m in settled), proc.stdout
   if has_torch:
     threads = len(os.sched_getaffinity(0))
     assert f'threads={threads} layout=channels_last isa=DEFAULT' in proc.stdout, proc.stdout
