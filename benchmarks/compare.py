@@ -82,15 +82,15 @@ class Options:
   which: Sequence[str] = STEPS
   steps: int = 3              # steps per timed run.
   runs: int = 3               # timed runs of each side (median).
-  # Untimed steps after compilation, on both sides: enough for the JAX side's heap to settle.
-  # In its first ~15 GAN iterations glibc's heap grows by a few hundred MB at a time as XLA's
-  # buffers find their places, and first-touched memory is slow on these VMs (about 2.8 ms a
-  # MB): with 1 warm-up step the seed GAN iteration's JAX runs spread over 71-97 images/s and
-  # their median gave 1.07x, with 15 they ran at 95-101 and gave 1.36x (Intel Xeon, 2026-12-04,
-  # back to back). Training runs hundreds of steps past that. The heap can still need to grow
-  # later (after the other steps' runs, or 20-60 steps in): the module's docstring says how
-  # each side runs a step again right before its runs.
-  warmup: int = 15
+  # Untimed steps after compilation, on both sides. Their job, letting the JAX side's heap
+  # settle, is the settle's before each step's runs (below), which also takes the growths that
+  # come after the other steps' runs: 15 steps here measured the same ratios as 1 and made each
+  # `compare` about a minute longer (AMD EPYC family 25 model 17, 2026-12-05, in turns on one
+  # tuning cache: 1.54-1.58x / 1.77-1.78x / 1.52-1.62x with 15, 1.54-1.55x / 1.66-1.82x /
+  # 1.55-1.57x with 1; 203-217 s against 151-152 s). Before the settle, 1 step left the seed
+  # GAN iteration's JAX runs at 71-97 images/s and its median at 1.07x, 15 gave 1.36x (Intel
+  # Xeon, 2026-12-04).
+  warmup: int = 1
   # Right before a step's timed runs, untimed calls in a row that must not grow the JAX side's
   # heap (heap.settle), and PyTorch's untimed calls; the tests' tiny steps need 1.
   settle: int = heap.SETTLE_QUIET
