@@ -24,8 +24,9 @@ side's slowest and fastest run, and the JAX runs that grew the heap, heap_growth
 format. Right before a step's runs, each side runs it again untimed: the JAX side until its heap
 stops growing (heap.settle: `--settle` calls in a row without growth, heap.SETTLE_QUIET unless
 told; an `info:` line says how many calls it took), PyTorch `--settle` calls. A JAX step that
-grows the heap is 1-3 s slower on the 2-core VMs, and such growths come at irregular steps for
-the first few dozen, also after the other steps' runs. PyTorch's process has no such
+grows the heap is 1-3 s slower on the 2-core VMs, and such growths come at irregular steps,
+mostly in the first few dozen (in some processes past the 80th), also after the other steps'
+runs. PyTorch's process has no such
 transient: under glibc's defaults it maps and unmaps its big blocks every step (160-440 MiB of
 fresh pages a GAN iteration, varying from step to step for as long as it runs), its steady
 state.
@@ -82,9 +83,9 @@ class Options:
   which: Sequence[str] = STEPS
   steps: int = 3              # steps per timed run.
   runs: int = 3               # timed runs of each side (median).
-  # Untimed steps after compilation, on both sides. Their job, letting the JAX side's heap
-  # settle, is the settle's before each step's runs (below), which also takes the growths that
-  # come after the other steps' runs: 15 steps here measured the same ratios as 1 and made each
+  # Untimed steps after compilation, on both sides. They were there to let the JAX side's heap
+  # settle; the settle right before each step's runs (below) now does that, also after the
+  # other steps' runs have moved the heap: 15 steps measured the same ratios as 1 and made each
   # `compare` about a minute longer (AMD EPYC family 25 model 17, 2026-12-05, in turns on one
   # tuning cache: 1.54-1.58x / 1.77-1.78x / 1.52-1.62x with 15, 1.54-1.55x / 1.66-1.82x /
   # 1.55-1.57x with 1; 203-217 s against 151-152 s). Before the settle, 1 step left the seed
