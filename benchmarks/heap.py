@@ -21,7 +21,7 @@ GROWTH_MIB = 64
 # the JAX GAN iteration's timed runs still grew the heap (2 of 5, after a settle of 6 steps):
 # its growths come at irregular steps for the first few dozen. With 10, 3 of 40 timed runs still
 # grew it (2026-12-05): a run of 3 steps in flight can need more heap than one blocked step,
-# and in some processes growths came past the 80th step; the median of 5 runs leaves one out.
+# and in some processes growths came past the 70th step; the median of 5 runs leaves one out.
 SETTLE_QUIET = 10
 SETTLE_MOST = 60
 
