@@ -26,10 +26,9 @@ stops growing (heap.settle: `--settle` calls in a row without growth, heap.SETTL
 told; an `info:` line says how many calls it took), PyTorch `--settle` calls. A JAX step that
 grows the heap is 1-3 s slower on the 2-core VMs, and such growths come at irregular steps,
 mostly in the first few dozen (in some processes past the 70th), also after the other steps'
-runs. PyTorch's process has no such
-transient: under glibc's defaults it maps and unmaps its big blocks every step (160-440 MiB of
-fresh pages a GAN iteration, varying from step to step for as long as it runs), its steady
-state.
+runs. PyTorch's process has no such transient: under glibc's defaults it maps and unmaps its
+big blocks every step (160-440 MiB of fresh pages a GAN iteration, varying from step to step
+for as long as it runs), its steady state.
 """
 
 import dataclasses
