@@ -5,9 +5,9 @@ On the 2-core VMs a first-touched page costs 10-35 us, so a step that grows the 
 seed GAN iteration's JAX side grows it ~400 MiB at a time, mostly in its first few dozen
 steps but seen up to the 76th, or again after other steps have run in between) is 1-3 s
 slower than its neighbours: a timed run that holds one measures the growth, not the step
-(benchmarks/README.md, section "A third class"). Growth is counted above the fewest pages a step or run faulted in, so a process whose
-every step faults in the same big blocks (one whose allocator maps and unmaps them each step)
-is not taken for one that grows.
+(benchmarks/README.md, section "A third class"). Growth is counted above the fewest pages a
+step or run faulted in, so a process whose every step faults in the same big blocks (one whose
+allocator maps and unmaps them each step) is not taken for one that grows.
 """
 
 import resource
