@@ -63,8 +63,9 @@ LONG_FIRST_CALL_S = 0.5
 # How PhaseTimer measures; part of the cache key, so decisions timed another way are retimed
 # (1: first calls counted; 2: each candidate's first call untimed; 3: the faster of the first
 # two calls, contenders called again only where there are two; 4: the calls in rounds over the
-# candidates timed together, not one candidate's calls back to back).
-TIMING_METHOD = 4
+# candidates timed together, not one candidate's calls back to back; 5: a phase's earlier
+# candidates that could still win called again beside its later ones).
+TIMING_METHOD = 5
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 # Compiling threads per core: tracing and lowering a candidate hold the GIL, so with one thread
 # a core a core waits while another thread lowers. The main job's tunings on a 2-core AVX2 AMD
@@ -231,7 +232,7 @@ def _call_seconds(fn, args) -> float:
 
 
 class PhaseTimer:
-  """measure() for tune: seconds per call of each job (the fastest call), pmapped over
+  """measure() for tune: seconds per call of each job (its fastest call), pmapped over
   `devices` as training runs.
 
   Each job is compiled (on a thread pool of COMPILE_THREADS_PER_CORE threads a core: XLA
@@ -240,16 +241,21 @@ class PhaseTimer:
   37-66 ms on its first call and 11 ms after, so timing first calls alone chose a 30 ms im2col
   instead), unless it took LONG_FIRST_CALL_S.
 
+  A phase's candidates are compared by calls made together: the calls go in rounds (every
+  candidate's first call, then every second call, ...), so that a burst of load slows one call
+  of many candidates rather than every call of one (on a noisy 2-core AMD EPYC, three tunings
+  with back-to-back calls took three different sets of decisions for the seed CNN's 3x3x32->64
+  conv). The candidates timed earlier in the phase (tune times each phase's reference first,
+  the others after) that could still win, those not HOPELESS times slower than the new ones'
+  fastest, are called again twice right after, and with them in the contenders' rounds, their
+  times from those calls only: a reference timed in a quiet moment and the others in a slow one
+  had kept XLA's conv or gather_t in 6 of the main job's generator phases, the others timed at
+  1.5-2.4x their usual (Winograd's 7x7x64->64 forward at 2.15 ms against 0.90 in another
+  tuning, XLA's at 1.67 and 1.61; an AMD EPYC, 2026-12-05).
+
   A call can be slowed by load, so a phase's contenders, its candidates within HOPELESS times
   its fastest, are called `runs` times more (unless a call took LONG_CALL_S), but only when
   there are two: a call only lowers a time, so it cannot change a phase with one contender.
-  The calls go in rounds (every candidate's first call, then every second call, ...), so that a
-  burst of load slows one call of many candidates rather than every call of one: on a noisy
-  2-core AMD EPYC, three tunings with back-to-back calls took three different sets of
-  decisions for the seed CNN's 3x3x32->64 conv.
-  The timer keeps what it compiled and timed, so that candidates timed in a later call (tune
-  times each phase's reference first, the others after) are compared with the earlier ones of
-  their phase, and the reference is called again only when another candidate comes close.
   """
 
   def __init__(self, devices, runs: int = RUNS):
@@ -267,8 +273,8 @@ class PhaseTimer:
     return _call_seconds(self._compiled[job], self._inputs[job[0]])
 
   def __call__(self, jobs: Sequence[Job]) -> Dict[Job, float]:
-    """Times `jobs`; returns their seconds and those of the earlier jobs of the same phases
-    that were timed again."""
+    """Times `jobs`; returns their seconds and those of the earlier jobs of their phases that
+    were timed again beside them."""
     new = [job for job in dict.fromkeys(jobs) if job not in self._compiled]
     for sig in dict.fromkeys(job[0] for job in new):
       if sig not in self._inputs:
@@ -276,25 +282,32 @@ class PhaseTimer:
     workers = COMPILE_THREADS_PER_CORE * max(1, min(len(self.devices), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       self._compiled.update(zip(new, pool.map(self._compile, new)))
-    self.seconds.update((job, self._call(job)) for job in new)
-    for job in new:
-      if self.seconds[job] < LONG_FIRST_CALL_S:
-        self.seconds[job] = min(self.seconds[job], self._call(job))
+    times = {job: self._call(job) for job in new}
+    times.update((job, min(times[job], self._call(job)))
+                 for job in new if times[job] < LONG_FIRST_CALL_S)
     phases = collections.defaultdict(list)
-    for job in self.seconds:
-      phases[job[:2]].append(job)
+    for job in self._compiled:
+      if job[:2] in {job[:2] for job in new}:
+        phases[job[:2]].append(job)
+    # The earlier candidates that could still win are timed again, in two rounds, their times
+    # from these calls only; the others are hopeless even with their earlier times.
+    again = [job for phase_jobs in phases.values() for job in phase_jobs if job not in times
+             and self.seconds[job] <= HOPELESS * min(times.get(j, np.inf) for j in phase_jobs)]
+    times.update((job, self._call(job)) for job in again)
+    times.update((job, min(times[job], self._call(job)))
+                 for job in again if times[job] < LONG_CALL_S)
     contenders = []
-    for phase in dict.fromkeys(job[:2] for job in jobs):
-      fastest = min(self.seconds[job] for job in phases[phase])
-      close = [job for job in phases[phase] if self.seconds[job] <= HOPELESS * fastest]
+    for phase_jobs in phases.values():
+      timed = [job for job in phase_jobs if job in times]
+      fastest = min(times[job] for job in timed)
+      close = [job for job in timed if times[job] <= HOPELESS * fastest]
       contenders += close if len(close) > 1 else []
-    retimed = set()
     for _ in range(self.runs):
       for job in contenders:
-        if self.seconds[job] < LONG_CALL_S and self._calls[job] < 2 + self.runs:
-          self.seconds[job] = min(self.seconds[job], self._call(job))
-          retimed.add(job)
-    return {job: self.seconds[job] for job in set(jobs) | retimed}
+        if times[job] < LONG_CALL_S:
+          times[job] = min(times[job], self._call(job))
+    self.seconds.update(times)
+    return {job: self.seconds[job] for job in set(jobs) | set(times)}
 
 
 def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, float]:

@@ -28,14 +28,14 @@ class FakeTimer:
   """measure() for tune: 'gather' fastest for forward, 'xla_t' for the input gradient, 'xla'
   otherwise; remembers what it was asked to time."""
 
-  SECONDS = {'forward': {'gather': 1.0}, 'input_grad': {'xla_t': 1.0}}
+  SECONDS = {'forward': {'gather': 0.001}, 'input_grad': {'xla_t': 0.001}}
 
   def __init__(self):
     self.jobs = []
 
   def __call__(self, jobs):
     self.jobs.extend(jobs)
-    return {job: self.SECONDS.get(job[1], {}).get(job[2], 2.0 if job[2] == 'xla' else 3.0)
+    return {job: self.SECONDS.get(job[1], {}).get(job[2], 0.002 if job[2] == 'xla' else 0.003)
             for job in jobs}
 
 
@@ -115,8 +115,8 @@ def test_phases_where_the_reference_takes_next_to_nothing_are_not_tuned(tmp_path
   reference = lambda sig, phase: convolution.phase_candidates(sig, phase)[0]
 
   def timer(jobs):
-    return {job: (1000.0 if job[0] == big else 1.0) if job[2] == reference(*job[:2]) else 0.5
-            for job in jobs}
+    return {job: (0.1 if job[0] == big else 0.0001) if job[2] == reference(*job[:2])
+            else 0.00005 for job in jobs}
   timed = []
   plan = conv_tuning.tune(_networks()[:1], jax.local_devices()[:1],
                           measure=lambda jobs: timed.extend(jobs) or timer(jobs),
@@ -141,7 +141,7 @@ class _Clock:
 def _budget_case(monkeypatch):
   """(the costliest conv, measure, the jobs it timed, a phase's reference) for the tiny
   generator: each job takes one fake second of conv_tuning's wall time; a reference call takes
-  1 s, 10 s for the 9x9x4->1 conv's phases, and every other candidate 0.5 s."""
+  1 ms, 10 ms for the 9x9x4->1 conv's phases, and every other candidate 0.5 ms."""
   clock, timed = _Clock(), []
   monkeypatch.setattr(conv_tuning, 'time', clock)
   big = convolution.ConvSignature(2, 10, 10, 4, 1, 9, 1, 'float32')
@@ -150,8 +150,8 @@ def _budget_case(monkeypatch):
   def measure(jobs):
     timed.extend(jobs)
     clock.now += len(jobs)
-    return {job: (10.0 if job[0] == big else 1.0) if job[2] == reference(*job[:2])
-            else 0.5 for job in jobs}
+    return {job: (0.010 if job[0] == big else 0.001) if job[2] == reference(*job[:2])
+            else 0.0005 for job in jobs}
   return big, measure, timed, reference
 
 
@@ -387,22 +387,25 @@ def test_time_phases_drops_a_first_call_that_paid_one_time_costs(monkeypatch):
 
 
 def test_phase_timer_calls_again_only_where_a_call_can_change_the_decision(monkeypatch):
-  calls = _fake_calls(monkeypatch, {'xla': [0.010, 0.011, 0.008], 'matmul': [0.012, 0.0105, 0.009],
-                                    'xla_t': [0.05, 0.04, 0.001]})
+  calls = _fake_calls(monkeypatch, {'xla': [0.010, 0.011, 0.013, 0.012],
+                                    'matmul': [0.0115, 0.011], 'xla_t': [0.05, 0.04, 0.001]})
   sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
   job = lambda impl: (sig, 'input_grad', impl)
   timer = conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=1)
   # Alone in its phase, the reference is not called again: nothing to compare it with yet.
   assert timer([job('xla')]) == {job('xla'): 0.010}
   assert calls == {'xla': 2}
-  # The later candidates are compared with it: matmul comes within HOPELESS of it, so both are
-  # called once more (and the reference's new time returned); xla_t, 4x slower, is not.
+  # The later candidates are compared with the reference called again beside them, in a
+  # slower moment: matmul is faster than those calls (0.011 vs 0.012), though not than the
+  # reference's earlier ones (0.010), which are not used. matmul comes within HOPELESS of it,
+  # so both are called once more; xla_t, 3x slower, is not.
   assert timer([job('matmul'), job('xla_t')]) == {
-      job('xla'): 0.008, job('matmul'): 0.009, job('xla_t'): 0.04}
-  assert calls == {'xla': 3, 'matmul': 3, 'xla_t': 2}
+      job('xla'): 0.012, job('matmul'): 0.011, job('xla_t'): 0.04}
+  assert calls == {'xla': 2 + 2 + 1, 'matmul': 2 + 1, 'xla_t': 2}
   # Nothing is compiled or called twice over.
-  assert timer([job('matmul')]) == {job('matmul'): 0.009}
-  assert calls == {'xla': 3, 'matmul': 3, 'xla_t': 2}
+  calls.clear()
+  assert timer([job('matmul')]) == {job('matmul'): 0.011}
+  assert not calls
 
 
 def test_phase_timer_calls_the_candidates_in_rounds(monkeypatch):
@@ -420,6 +423,20 @@ def test_phase_timer_calls_the_candidates_in_rounds(monkeypatch):
   conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=2)(jobs)
   assert order == (['xla', 'matmul', 'gather', 'xla_t'] * 2  # Every candidate's first two.
                    + ['xla', 'matmul', 'gather'] * 2)  # The contenders', xla_t 5x slower.
+
+
+def test_phase_timer_does_not_time_again_a_reference_that_cannot_win(monkeypatch):
+  """A reference HOPELESS times slower than the later candidates' fastest, even with its
+  earlier calls, is not called again; one that would win is, beside them."""
+  calls = _fake_calls(monkeypatch, {'xla': [0.03], 'matmul': [0.010], 'xla_t': [0.002],
+                                    'gather_t': [0.003]})
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  timer = conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=1)
+  timer([(sig, 'forward', 'xla'), (sig, 'input_grad', 'xla_t')])
+  assert timer([(sig, 'forward', 'matmul'), (sig, 'input_grad', 'gather_t')]) == {
+      (sig, 'forward', 'matmul'): 0.010, (sig, 'input_grad', 'xla_t'): 0.002,
+      (sig, 'input_grad', 'gather_t'): 0.003}
+  assert calls == {'xla': 2, 'matmul': 2, 'xla_t': 2 + 2, 'gather_t': 2}
 
 
 def test_the_default_cache_is_under_the_environment_directory(tmp_path, monkeypatch):
