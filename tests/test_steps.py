@@ -1,6 +1,7 @@
 """steps.gan_step (one call, D's pass over SR shared) computes what the seed's two steps compute."""
 
 import functools
+import re
 
 import jax
 import numpy as np
@@ -82,3 +83,21 @@ def test_gan_step_matches_the_two_steps():
       name = network + jax.tree_util.keystr(path)
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=_tolerance(name, learning_rate),
                                  err_msg=name)
+
+
+def test_after_is_a_dependency_xla_keeps_and_changes_no_value():
+  """steps._after: x's values exactly (an inf or a NaN in what it waits for too), and the
+  compiled program still reads what it waits for (an optimization barrier does not survive
+  XLA:CPU's compilation; this dependency must)."""
+  after = jax.jit(lambda x, earlier: steps._after(x, earlier))  # pylint: disable=protected-access
+  x = np.arange(6, dtype=np.float32).reshape(2, 3)
+  earlier = {'a': np.array([2.0, 1.0], np.float32), 'b': np.array([np.nan], np.float32),
+             'c': np.array([np.inf], np.float32)}
+  np.testing.assert_array_equal(after(x, earlier), x)
+  hlo = after.lower(x, earlier).compile().as_text()
+  entry = hlo[hlo.index('ENTRY'):]
+  for i in (1, 2, 3):  # The leaves of `earlier`.
+    param = re.search(rf'(%\S+) = \S+ parameter\({i}\)', entry)
+    assert param, f'no parameter {i}:\n{entry}'
+    name = param.group(1)
+    assert re.search(rf'\({name}[,)]|, {name}[,)]', entry), f'parameter {i} unused:\n{entry}'
