@@ -285,9 +285,9 @@ class PhaseTimer:
     times = {job: self._call(job) for job in new}
     times.update((job, min(times[job], self._call(job)))
                  for job in new if times[job] < LONG_FIRST_CALL_S)
-    phases = collections.defaultdict(list)
+    phases = {job[:2]: [] for job in new}  # Each with every job compiled for it.
     for job in self._compiled:
-      if job[:2] in {job[:2] for job in new}:
+      if job[:2] in phases:
         phases[job[:2]].append(job)
     # The earlier candidates that could still win are timed again, in two rounds, their times
     # from these calls only; the others are hopeless even with their earlier times.
