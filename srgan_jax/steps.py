@@ -175,8 +175,8 @@ def discriminator_step(d_state, batch, sr, *, config,
 
 
 def _after(x, *earlier):
-  """x, to be computed on only once every leaf of `earlier` is: a data dependency (a zero added
-  that XLA cannot fold). An optimization barrier orders XLA's compilation, but XLA removes it
+  """x, such that what is computed from it waits for every leaf of `earlier`: a data dependency
+  (a zero added that XLA cannot fold). An optimization barrier orders XLA's compilation, but XLA removes it
   before its CPU runtime, which runs a program's operations by their data dependencies alone,
   independent ones in either order: each device then takes its own order, and a device that
   reaches a BatchNorm all-reduce first waits there while the other runs the other branch."""
