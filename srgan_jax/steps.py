@@ -112,19 +112,36 @@ def discriminator_objective(config, real_logits, real_class, fake_logits, batch)
   return loss, metrics
 
 
+def _after(x, *earlier):
+  """x, such that what is computed from it waits for every leaf of `earlier`: a data dependency
+  (a zero added that XLA cannot fold; no gradient flows through it). An optimization barrier
+  orders XLA's compilation, but XLA removes it before its CPU runtime, which runs a program's
+  operations by their data dependencies alone, independent ones in either order: each device
+  then takes its own order, and a device that reaches a BatchNorm all-reduce first waits there
+  while the other runs the other branch."""
+  zero = sum(jnp.where(jnp.isfinite(first), first, 0).astype(jnp.float32)
+             for first in (leaf.ravel()[0] for leaf in jax.tree_util.tree_leaves(earlier))) * 0.0
+  zero = jax.lax.stop_gradient(zero)
+  return jax.tree_util.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), x)
+
+
 def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
   """generator_objective of the generator with `params` on the batch; aux: SR, BN stats, metrics."""
   hr = image_ops.to_model_range(batch['hr'])
   lr = image_ops.to_model_range(batch['lr'])
   sr, g_updates = g_state.apply_fn({'params': params, 'batch_stats': g_state.batch_stats}, lr,
                                    train=True, mutable=['batch_stats'])
+  # Every device runs the passes with BatchNorm all-reduces in one order, and the content
+  # loss's frozen networks (VGG19 on HR reads nothing else) after them (_after).
+  hr = _after(hr, sr)
   fake = real_logits = None
   if adversarial:
     d_vars = {'params': d_state.params, 'batch_stats': d_state.batch_stats}
     fake, _ = d_state.apply_fn(d_vars, sr, train=True, mutable=['batch_stats'])
+    fake, hr = jax.lax.optimization_barrier((fake, _after(hr, fake)))  # See discriminator_step.
     if config.loss.adversarial == 'relativistic':
-      fake, hr = jax.lax.optimization_barrier((fake, hr))  # See discriminator_step.
       (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
+    sr, hr = _after((sr, hr), (fake, real_logits))
   total, metrics = generator_objective(config, frozen, sr, hr, batch, fake, real_logits)
   return total, (sr, g_updates['batch_stats'], metrics)
 
@@ -160,8 +177,9 @@ def discriminator_step(d_state, batch, sr, *, config,
     (real_logits, real_class), upd = d_state.apply_fn(variables, hr, train=True,
                                                       mutable=['batch_stats'])
     # D(fake) after D(real): their BatchNorm all-reduces must not be in flight together (see
-    # pmean_once); the barrier orders the two passes, forward and backward.
-    real_logits, fake_input = jax.lax.optimization_barrier((real_logits, sr))
+    # pmean_once); the barrier orders the two passes' compilation, the dependency (_after) their
+    # run.
+    real_logits, fake_input = jax.lax.optimization_barrier((real_logits, _after(sr, real_logits)))
     variables = {'params': params, 'batch_stats': upd['batch_stats']}
     (fake_logits, _), upd = d_state.apply_fn(variables, fake_input, train=True,
                                              mutable=['batch_stats'])
@@ -172,17 +190,6 @@ def discriminator_step(d_state, batch, sr, *, config,
   grads, metrics = state_lib.pmean_once((grads, metrics), axis_name)
   new_state = d_state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return new_state, metrics
-
-
-def _after(x, *earlier):
-  """x, such that what is computed from it waits for every leaf of `earlier`: a data dependency
-  (a zero added that XLA cannot fold). An optimization barrier orders XLA's compilation, but XLA removes it
-  before its CPU runtime, which runs a program's operations by their data dependencies alone,
-  independent ones in either order: each device then takes its own order, and a device that
-  reaches a BatchNorm all-reduce first waits there while the other runs the other branch."""
-  zero = sum(jnp.where(jnp.isfinite(first), first, 0).astype(jnp.float32)
-             for first in (leaf.ravel()[0] for leaf in jax.tree_util.tree_leaves(earlier))) * 0.0
-  return jax.tree_util.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), x)
 
 
 def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
@@ -228,8 +235,9 @@ def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
 
   # Each loss as a function of SR and of D's outputs; the content loss after D's forward passes.
   relativistic_real = real_logits if config.loss.adversarial == 'relativistic' else None
+  hr_after = _after(hr, fake_logits)  # Its frozen networks too (VGG19 on HR reads HR alone).
   (c_sr, c_fake_logits, c_fake_class), g_metrics = jax.grad(
-      lambda x, fl, fc: generator_objective(config, frozen, x, hr, batch, (fl, fc),
+      lambda x, fl, fc: generator_objective(config, frozen, x, hr_after, batch, (fl, fc),
                                             relativistic_real),
       argnums=(0, 1, 2), has_aux=True)(_after(sr, fake_logits), fake_logits, fake_class)
   (d_real_logits, d_real_class, d_fake_logits), d_metrics = jax.grad(
