@@ -53,7 +53,7 @@ TUNING_S = 10.0
 SUITE_S = 5 * 60
 
 TUNING_LINE = re.compile(r'Conv tuning: (\d+) candidates of (\d+) conv phases timed in '
-                         r'([\d.]+) s\.')
+                         r'([\d.]+) s\b')
 PYTEST_COUNTS = re.compile(r'(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)\b')
 PYTEST_SECONDS = re.compile(r' in ([\d.]+)s\b')
 

@@ -53,6 +53,16 @@ RUNS = 1
 # again. In the main job's tuning on an AVX2 AMD EPYC, the faster of two calls was within 1.25x
 # of a third call for 102 of 106 candidates.
 HOPELESS = 1.25
+# Phases whose candidates came within this factor of the fastest are timed again at the end of
+# a tuning, RETIME_ROUNDS calls each in rounds, and decided on those calls: on the 2-core AMD
+# EPYC (Zen 4) VMs, the first ~2 s of a process's conv calls ran Winograd's candidates at up to
+# 2x their later times and XLA's at ~1.2x, and one fresh tuning in three or four kept XLA's conv
+# for a phase whose Winograd candidate was 1.9x faster once warm (the 3x3x64->64 conv at 7x7,
+# forward and input gradient: the SRResNet step 1.13-1.15x as fast with Winograd's). Per step
+# of each of the main job's networks, its fresh tunings lost a median 6.4 ms (0.3-14.6, 7
+# tunings) against each phase's fastest timed warm, 0.2 ms (0.1-3.3, 8) with this.
+DOUBTFUL = 2.5
+RETIME_ROUNDS = 2
 # The phases that make up this share of their reference's time are tuned; the rest keep the
 # reference (tuning them could save at most the remaining share).
 WORTH_TUNING = 0.95
@@ -64,8 +74,9 @@ LONG_FIRST_CALL_S = 0.5
 # (1: first calls counted; 2: each candidate's first call untimed; 3: the faster of the first
 # two calls, contenders called again only where there are two; 4: the calls in rounds over the
 # candidates timed together, not one candidate's calls back to back; 5: a phase's earlier
-# candidates that could still win called again beside its later ones).
-TIMING_METHOD = 5
+# candidates that could still win called again beside its later ones; 6: close phases timed
+# again at the end of a tuning, DOUBTFUL).
+TIMING_METHOD = 6
 SHORT_NAMES = {'forward': 'fwd', 'input_grad': 'dx', 'kernel_grad': 'dw'}
 # Compiling threads per core: tracing and lowering a candidate hold the GIL, so with one thread
 # a core a core waits while another thread lowers. The main job's tunings on a 2-core AVX2 AMD
@@ -309,6 +320,16 @@ class PhaseTimer:
     self.seconds.update(times)
     return {job: self.seconds[job] for job in set(jobs) | set(times)}
 
+  def retime(self, jobs: Sequence[Job], rounds: int = RETIME_ROUNDS) -> Dict[Job, float]:
+    """Times compiled `jobs` again, `rounds` calls each in rounds; their fastest of these calls
+    (the earlier ones forgotten)."""
+    times = {job: np.inf for job in jobs}
+    for _ in range(rounds):
+      for job in jobs:
+        times[job] = min(times[job], self._call(job))
+    self.seconds.update(times)
+    return times
+
 
 def time_phases(jobs: Sequence[Job], devices, runs: int = RUNS) -> Dict[Job, float]:
   """Seconds per call of each job, as PhaseTimer times them in one call."""
@@ -410,6 +431,32 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure,
   return Measured(len(seconds), elapsed, tuple(deferred), sum(cost[key] for key in deferred))
 
 
+def _retime_close(entries: dict, todo, measure, budget_s: float) -> Measured:
+  """Times again, with measure.retime (when it has one), the candidates of the phases of `todo`
+  that came within DOUBTFUL of their phase's fastest, and decides those phases on these calls
+  (a tuning's first calls can run some candidates far slower than later ones: DOUBTFUL); not
+  when their calls would take the tuning past `budget_s`."""
+  retime = getattr(measure, 'retime', None)
+  jobs = []
+  for sig, phase in sorted(todo):
+    entry = entries.get(signature_key(sig), {}).get(phase)
+    if entry is None or 'deferred' in entry:
+      continue
+    ms = entry['ms']
+    close = [impl for impl, t in ms.items() if t <= DOUBTFUL * ms[entry['choice']]]
+    jobs += [(sig, phase, impl) for impl in close] if len(close) > 1 else []
+  cost_s = RETIME_ROUNDS * sum(entries[signature_key(sig)][phase]['ms'][impl]
+                               for sig, phase, impl in jobs) / 1e3
+  if retime is None or not jobs or cost_s > budget_s:
+    return Measured(0, 0.0)
+  t0 = time.perf_counter()
+  for (sig, phase, impl), t in retime(jobs).items():
+    entry = entries[signature_key(sig)][phase]
+    entry['ms'][impl] = round(1e3 * t, 4)
+    entry['choice'] = min(entry['ms'], key=entry['ms'].get)
+  return Measured(len(jobs), time.perf_counter() - t0)
+
+
 def _decided(entry: Optional[dict]) -> bool:
   """Whether a cache entry of a phase is a decision for this process: measured, or deferred by
   this process (another process's deferral is timed again)."""
@@ -425,14 +472,16 @@ def tune(networks: Sequence[Network], devices=None, *,
 
   Phases already in the cache for this machine are read, not timed; the others are timed by
   `measure(jobs) -> {job: seconds}` (default: a PhaseTimer on `devices`, the local devices by
-  default) and added to the cache. A conv that is not trained here (evaluation at its own batch,
-  or a frozen network's forward pass and input gradient) takes the decisions of the same layer
-  at another batch when they are known, e.g. the guide CNN's from its own training at twice the
-  batch: timing a large evaluation batch would cost more than it can save, and a layer's
-  fastest implementation seldom changes with the batch (the main job's guide at b32 and b64:
-  the same choices in its 4 timed phases on an AVX2 AMD EPYC). Off CPU nothing is timed: XLA's
-  convolution everywhere. Logs a line when it starts timing (seconds, on a first run) and one
-  when it is done, then one per network with what it uses.
+  default) and added to the cache; phases whose candidates came close are timed again at the
+  end (measure.retime, where it has one) and decided on those calls (DOUBTFUL). A conv that is
+  not trained here (evaluation at its own batch, or a frozen network's forward pass and input
+  gradient) takes the decisions of the same layer at another batch when they are known, e.g.
+  the guide CNN's from its own training at twice the batch: timing a large evaluation batch
+  would cost more than it can save, and a layer's fastest implementation seldom changes with
+  the batch (the main job's guide at b32 and b64: the same choices in its 4 timed phases on an
+  AVX2 AMD EPYC). Off CPU nothing is timed: XLA's convolution everywhere. Logs a line when it
+  starts timing (seconds, on a first run) and one when it is done, then one per network with
+  what it uses.
   """
   devices = list(devices or jax.local_devices())
   backend = devices[0].platform
@@ -468,12 +517,14 @@ def tune(networks: Sequence[Network], devices=None, *,
     announce()
   more = _measure_into(entries, untimed, calls, measure, budget_s - timed.seconds)
   todo |= untimed
+  retimed = _retime_close(entries, todo, measure, budget_s - timed.seconds - more.seconds)
   if todo:
     files.write_json(path, cache)
     deferred = timed.deferred + more.deferred
     deferred_ms = 1e3 * (timed.deferred_seconds + more.deferred_seconds)
     log(f'Conv tuning: {timed.candidates + more.candidates} candidates of {len(todo)} conv '
-        f'phases timed in {timed.seconds + more.seconds:.1f} s.' + (
+        f'phases timed in {timed.seconds + more.seconds + retimed.seconds:.1f} s'
+        f' ({retimed.candidates} of the closest timed again at the end).' + (
             f' {len(deferred)} phases worth tuning ({deferred_ms:.1f} ms a step at their '
             f'reference) keep it in this run: the tuning stops at its {budget_s:g} s budget '
             f'(conv_tuning.TIME_BUDGET_S); a later run tunes them.' if deferred else ''))

@@ -33,9 +33,28 @@ class FakeTimer:
   def __init__(self):
     self.jobs = []
 
+  def seconds(self, job):
+    return self.SECONDS.get(job[1], {}).get(job[2], 0.002 if job[2] == 'xla' else 0.003)
+
   def __call__(self, jobs):
     self.jobs.extend(jobs)
-    return {job: self.SECONDS.get(job[1], {}).get(job[2], 0.002 if job[2] == 'xla' else 0.003)
+    return {job: self.seconds(job) for job in jobs}
+
+
+class RetimingTimer(FakeTimer):
+  """FakeTimer with PhaseTimer's retime(), in whose calls XLA's forward conv is the fastest (a
+  candidate slow in a tuning's first calls); times scaled by `scale`."""
+
+  def __init__(self, scale=1.0):
+    super().__init__()
+    self.scale, self.retimed = scale, []
+
+  def seconds(self, job):
+    return self.scale * super().seconds(job)
+
+  def retime(self, jobs):
+    self.retimed.extend(jobs)
+    return {job: self.scale * 0.0005 if job[1:] == ('forward', 'xla') else self.seconds(job)
             for job in jobs}
 
 
@@ -262,6 +281,59 @@ def test_a_second_tuning_reads_the_cache_and_times_nothing(tmp_path):
   assert again == plan
   assert [line.split(':')[0] for line in lines] == ['Convs tuned for the generator (cached)',
                                                     'Convs tuned for the judge (cached)']
+
+
+def test_close_phases_are_timed_again_at_the_end_and_decided_on_those_calls(tmp_path):
+  timer = RetimingTimer()
+  plan, lines = _tune(tmp_path, timer)
+  block = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  # Timed again: the candidates within DOUBTFUL of their phase's fastest, where there are two
+  # or more (the forward conv's XLA at 2x, not the others at 3x, against DOUBTFUL = 2.5).
+  assert conv_tuning.DOUBTFUL == 2.5
+  phases = collections.defaultdict(list)
+  for job in timer.jobs:
+    phases[job[:2]].append(job)
+  close = [[job for job in jobs if timer.seconds(job) <= 2.5 * min(map(timer.seconds, jobs))]
+           for jobs in phases.values()]
+  assert sorted(timer.retimed) == sorted(job for jobs in close if len(jobs) > 1 for job in jobs)
+  assert set(timer.retimed) >= {(block, 'forward', 'gather'), (block, 'forward', 'xla')}
+  assert len(timer.retimed) < len(timer.jobs)
+  # Decided on those calls, and so cached.
+  assert dict(plan)[block] == convolution.ConvChoice('xla', 'xla_t', 'xla')
+  cache = json.loads((tmp_path / conv_tuning.CACHE_FILE).read_text())
+  entry = cache[conv_tuning.machine_key('Test CPU', 'cpu', 1)][
+      conv_tuning.signature_key(block)]['forward']
+  assert entry == {'choice': 'xla', 'ms': {
+      impl: 0.5 if impl == 'xla' else 1e3 * timer.seconds((block, 'forward', impl))
+      for impl in convolution.phase_candidates(block, 'forward')}}
+  assert f'({len(timer.retimed)} of the closest timed again at the end)' in lines[1]
+
+
+def test_close_phases_are_not_timed_again_past_the_budget(tmp_path):
+  timer = RetimingTimer(scale=1e3)  # 2 rounds of the close candidates: far past 8 s.
+  plan, lines = _tune(tmp_path, timer)
+  assert not timer.retimed
+  block = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
+  assert dict(plan)[block] == convolution.ConvChoice('gather', 'xla_t', 'xla')
+  assert '(0 of the closest timed again at the end)' in lines[1]
+
+
+def test_phase_timer_times_again_in_rounds_forgetting_the_earlier_calls(monkeypatch):
+  calls = _fake_calls(monkeypatch, {'xla': [0.010, 0.011, 0.013, 0.012],
+                                    'matmul': [0.02, 0.02, 0.005]})
+  order = []
+  call_seconds = conv_tuning._call_seconds  # pylint: disable=protected-access
+  monkeypatch.setattr(conv_tuning, '_call_seconds',
+                      lambda fn, args: order.append(fn.impl) or call_seconds(fn, args))
+  sig = convolution.ConvSignature(2, 6, 6, 3, 4, 3, 1, 'float32')
+  jobs = [(sig, 'input_grad', 'xla'), (sig, 'input_grad', 'matmul')]
+  timer = conv_tuning.PhaseTimer(jax.local_devices()[:2], runs=1)
+  assert timer(jobs) == {jobs[0]: 0.010, jobs[1]: 0.02}
+  order.clear()
+  assert timer.retime(jobs) == {jobs[0]: 0.012, jobs[1]: 0.005}
+  assert order == ['xla', 'matmul'] * conv_tuning.RETIME_ROUNDS
+  assert calls == {'xla': 4, 'matmul': 4}
+  assert timer.seconds == {jobs[0]: 0.012, jobs[1]: 0.005}
 
 
 def test_the_cache_key_names_the_cpu_and_the_versions(tmp_path, monkeypatch):

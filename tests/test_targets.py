@@ -12,10 +12,13 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from benchmarks import compare
 from benchmarks import targets
+from srgan_jax import conv_tuning
+from srgan_jax import models
 from srgan_jax import native
 from srgan_jax import writers
 
@@ -198,3 +201,21 @@ def test_a_march_for_the_cxx_passes_builds_them_apart_from_the_native_build(monk
                     str(tmp_path / 'adam.so'))
   assert '-march=haswell' in commands[0] and '-march=native' not in commands[0]
   assert os.listdir(tmp_path) == []  # The failed build left nothing behind.
+
+
+def test_tuning_seconds_are_read_from_the_tuners_own_log_lines(tmp_path):
+  """The main job's tuning figure comes from the line conv_tuning.tune logs (with and without
+  phases timed again at the end), summed over the tunings of one log."""
+  lines = []
+  net = conv_tuning.Network('generator', models.Generator(scale=2, num_res_blocks=1, features=4),
+                            (2, 5, 5, 1))
+  conv_tuning.tune([net], jax.local_devices()[:1], cpu='Test CPU', directory=str(tmp_path),
+                   measure=lambda jobs: {job: 0.001 for job in jobs}, log=lines.append)
+  timed = [line for line in lines if ' timed in ' in line]
+  assert len(timed) == 1 and re.search(r' timed in [\d.]+ s \(', timed[0]), lines
+  with_retimes = re.sub(r' timed in [\d.]+ s', ' timed in 1.5 s', timed[0])
+  without_retimes = re.sub(r' s \(.*', ' s.', with_retimes.replace('1.5', '2.25'))
+  log = '\n'.join(['I1205 conv_tuning.py:475] ' + with_retimes, 'other line',
+                   'I1205 conv_tuning.py:475] ' + without_retimes])
+  assert targets.tuning_seconds(log) == pytest.approx(3.75)
+  assert targets.tuning_seconds('no tuning here') is None
