@@ -55,10 +55,11 @@ RUNS = 1
 HOPELESS = 1.25
 # Phases whose candidates came within this factor of the fastest are timed again at the end of
 # a tuning, RETIME_ROUNDS calls each in rounds, and decided on those calls: on the 2-core AMD
-# EPYC (Zen 4) VMs, the first ~2 s of a process's conv calls ran Winograd's candidates at up to
-# 2x their later times and XLA's at ~1.2x, and one fresh tuning in three or four kept XLA's conv
-# for a phase whose Winograd candidate was 1.9x faster once warm (the 3x3x64->64 conv at 7x7,
-# forward and input gradient: the SRResNet step 1.13-1.15x as fast with Winograd's). Per step
+# EPYC (Zen 4) VMs, a candidate's first 4-5 calls ran Winograd's at up to 2x their later times
+# and XLA's at ~1.2x (the tuner makes 2 or 3 before), and one fresh tuning in three or four kept
+# XLA's conv for a phase whose Winograd candidate was 1.9x faster once warm (the 3x3x64->64 conv
+# at 7x7, forward and input gradient: the SRResNet step 1.13-1.15x as fast with Winograd's). The
+# first round of calls is their warm-up (with one round: worse than without). Per step
 # of each of the main job's networks, its fresh tunings lost a median 6.4 ms (0.3-14.6, 7
 # tunings) against each phase's fastest timed warm, 0.2 ms (0.1-3.3, 8) with this.
 DOUBTFUL = 2.5
