@@ -321,11 +321,11 @@ class PhaseTimer:
     self.seconds.update(times)
     return {job: self.seconds[job] for job in set(jobs) | set(times)}
 
-  def retime(self, jobs: Sequence[Job], rounds: int = RETIME_ROUNDS) -> Dict[Job, float]:
-    """Times compiled `jobs` again, `rounds` calls each in rounds; their fastest of these calls
-    (the earlier ones forgotten)."""
+  def retime(self, jobs: Sequence[Job]) -> Dict[Job, float]:
+    """Times compiled `jobs` again, RETIME_ROUNDS calls each in rounds; their fastest of these
+    calls (the earlier ones forgotten)."""
     times = {job: np.inf for job in jobs}
-    for _ in range(rounds):
+    for _ in range(RETIME_ROUNDS):
       for job in jobs:
         times[job] = min(times[job], self._call(job))
     self.seconds.update(times)
@@ -438,6 +438,8 @@ def _retime_close(entries: dict, todo, measure, budget_s: float) -> Measured:
   (a tuning's first calls can run some candidates far slower than later ones: DOUBTFUL); not
   when their calls would take the tuning past `budget_s`."""
   retime = getattr(measure, 'retime', None)
+  if retime is None:
+    return Measured(0, 0.0)
   jobs = []
   for sig, phase in sorted(todo):
     entry = entries.get(signature_key(sig), {}).get(phase)
@@ -448,7 +450,7 @@ def _retime_close(entries: dict, todo, measure, budget_s: float) -> Measured:
     jobs += [(sig, phase, impl) for impl in close] if len(close) > 1 else []
   cost_s = RETIME_ROUNDS * sum(entries[signature_key(sig)][phase]['ms'][impl]
                                for sig, phase, impl in jobs) / 1e3
-  if retime is None or not jobs or cost_s > budget_s:
+  if not jobs or cost_s > budget_s:
     return Measured(0, 0.0)
   t0 = time.perf_counter()
   for (sig, phase, impl), t in retime(jobs).items():

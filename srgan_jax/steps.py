@@ -125,6 +125,12 @@ def _after(x, *earlier):
   return jax.tree_util.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), x)
 
 
+def _in_order(first, then):
+  """(first, then), what is computed from `then` after `first` on every device: the barrier
+  orders XLA's compilation, the dependency (_after) the run."""
+  return jax.lax.optimization_barrier((first, _after(then, first)))
+
+
 def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, adversarial):
   """generator_objective of the generator with `params` on the batch; aux: SR, BN stats, metrics."""
   hr = image_ops.to_model_range(batch['hr'])
@@ -138,7 +144,7 @@ def generator_loss(params, g_state, d_state, batch, frozen: Frozen, *, config, a
   if adversarial:
     d_vars = {'params': d_state.params, 'batch_stats': d_state.batch_stats}
     fake, _ = d_state.apply_fn(d_vars, sr, train=True, mutable=['batch_stats'])
-    fake, hr = jax.lax.optimization_barrier((fake, _after(hr, fake)))  # See discriminator_step.
+    fake, hr = _in_order(fake, hr)  # See discriminator_step.
     if config.loss.adversarial == 'relativistic':
       (real_logits, _), _ = d_state.apply_fn(d_vars, hr, train=True, mutable=['batch_stats'])
     sr, hr = _after((sr, hr), (fake, real_logits))
@@ -177,9 +183,8 @@ def discriminator_step(d_state, batch, sr, *, config,
     (real_logits, real_class), upd = d_state.apply_fn(variables, hr, train=True,
                                                       mutable=['batch_stats'])
     # D(fake) after D(real): their BatchNorm all-reduces must not be in flight together (see
-    # pmean_once); the barrier orders the two passes' compilation, the dependency (_after) their
-    # run.
-    real_logits, fake_input = jax.lax.optimization_barrier((real_logits, _after(sr, real_logits)))
+    # pmean_once).
+    real_logits, fake_input = _in_order(real_logits, sr)
     variables = {'params': params, 'batch_stats': upd['batch_stats']}
     (fake_logits, _), upd = d_state.apply_fn(variables, fake_input, train=True,
                                              mutable=['batch_stats'])
@@ -211,7 +216,6 @@ def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
   barriers, 84.4 with both). Gradients and metrics go in one all-reduce.
   Returns (g_state, d_state, metrics).
   """
-  barrier = jax.lax.optimization_barrier
   hr = image_ops.to_model_range(batch['hr'])
   lr = image_ops.to_model_range(batch['lr'])
 
@@ -226,10 +230,10 @@ def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
     out, upd = d_state.apply_fn({'params': params, 'batch_stats': stats}, images, train=True,
                                 mutable=['batch_stats'])
     return out, upd['batch_stats']
-  sr, hr_in = barrier((sr, _after(hr, sr)))
+  sr, hr_in = _in_order(sr, hr)
   (real_logits, real_class), real_vjp, stats = jax.vjp(
       lambda p: d_forward(p, d_state.batch_stats, hr_in), d_state.params, has_aux=True)
-  real_logits, sr = barrier((real_logits, _after(sr, real_logits)))
+  real_logits, sr = _in_order(real_logits, sr)
   (fake_logits, fake_class), fake_vjp, stats = jax.vjp(
       lambda p, x: d_forward(p, stats, x), d_state.params, sr, has_aux=True)
 
@@ -247,14 +251,13 @@ def gan_step(g_state, d_state, batch, frozen: Frozen, *, config,
   # Backward passes, one after the other, after the content loss's: D(SR) for G, D(SR) and
   # D(HR) for D, then G.
   _, c_sr_through_d = fake_vjp((_after(c_fake_logits, c_sr), c_fake_class))
-  c_sr_through_d, d_fake_logits = barrier((c_sr_through_d,
-                                           _after(d_fake_logits, c_sr_through_d)))
+  c_sr_through_d, d_fake_logits = _in_order(c_sr_through_d, d_fake_logits)
   zero_class = None if fake_class is None else jnp.zeros_like(fake_class)
   d_grads_fake, _ = fake_vjp((d_fake_logits, zero_class))
-  d_grads_fake, d_real_logits = barrier((d_grads_fake, _after(d_real_logits, d_grads_fake)))
+  d_grads_fake, d_real_logits = _in_order(d_grads_fake, d_real_logits)
   (d_grads_real,) = real_vjp((d_real_logits, d_real_class))
   d_grads = jax.tree_util.tree_map(jnp.add, d_grads_real, d_grads_fake)
-  d_grads, c_sr_total = barrier((d_grads, _after(c_sr + c_sr_through_d, d_grads)))
+  d_grads, c_sr_total = _in_order(d_grads, c_sr + c_sr_through_d)
   (g_grads,) = g_vjp(c_sr_total)
 
   g_grads, d_grads, metrics = state_lib.pmean_once(
