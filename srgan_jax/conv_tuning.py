@@ -432,32 +432,41 @@ def _measure_into(entries: dict, todo, calls: Mapping, measure,
   return Measured(len(seconds), elapsed, tuple(deferred), sum(cost[key] for key in deferred))
 
 
-def _retime_close(entries: dict, todo, measure, budget_s: float) -> Measured:
+def _retime_close(entries: dict, todo, calls: Mapping, measure, budget_s: float) -> Measured:
   """Times again, with measure.retime (when it has one), the candidates of the phases of `todo`
   that came within DOUBTFUL of their phase's fastest, and decides those phases on these calls
-  (a tuning's first calls can run some candidates far slower than later ones: DOUBTFUL); not
-  when their calls would take the tuning past `budget_s`."""
+  (a tuning's first calls can run some candidates far slower than later ones: DOUBTFUL). The
+  phases that cost most a step (their choice's time x the `calls` of the signature) first, as
+  far as their calls fit in `budget_s`; those that do not fit keep their first decision and are
+  returned as deferred."""
   retime = getattr(measure, 'retime', None)
   if retime is None:
     return Measured(0, 0.0)
-  jobs = []
+  phases = []
   for sig, phase in sorted(todo):
     entry = entries.get(signature_key(sig), {}).get(phase)
     if entry is None or 'deferred' in entry:
       continue
     ms = entry['ms']
     close = [impl for impl, t in ms.items() if t <= DOUBTFUL * ms[entry['choice']]]
-    jobs += [(sig, phase, impl) for impl in close] if len(close) > 1 else []
-  cost_s = RETIME_ROUNDS * sum(entries[signature_key(sig)][phase]['ms'][impl]
-                               for sig, phase, impl in jobs) / 1e3
-  if not jobs or cost_s > budget_s:
-    return Measured(0, 0.0)
+    if len(close) > 1:
+      phases.append((ms[entry['choice']] * calls[sig], (sig, phase),
+                     RETIME_ROUNDS * sum(ms[impl] for impl in close) / 1e3, close))
+  jobs, cost_s, left_out = [], 0.0, []
+  for _, key, phase_cost_s, close in sorted(phases, key=lambda p: p[0], reverse=True):
+    if cost_s + phase_cost_s > budget_s:
+      left_out.append(key)
+      continue
+    cost_s += phase_cost_s
+    jobs += [key + (impl,) for impl in close]
+  if not jobs:
+    return Measured(0, 0.0, tuple(left_out))
   t0 = time.perf_counter()
   for (sig, phase, impl), t in retime(jobs).items():
     entry = entries[signature_key(sig)][phase]
     entry['ms'][impl] = round(1e3 * t, 4)
     entry['choice'] = min(entry['ms'], key=entry['ms'].get)
-  return Measured(len(jobs), time.perf_counter() - t0)
+  return Measured(len(jobs), time.perf_counter() - t0, tuple(left_out))
 
 
 def _decided(entry: Optional[dict]) -> bool:
@@ -476,13 +485,13 @@ def tune(networks: Sequence[Network], devices=None, *,
   Phases already in the cache for this machine are read, not timed; the others are timed by
   `measure(jobs) -> {job: seconds}` (default: a PhaseTimer on `devices`, the local devices by
   default) and added to the cache; phases whose candidates came close are timed again at the
-  end (measure.retime, where it has one) and decided on those calls (DOUBTFUL). A conv that is
-  not trained here (evaluation at its own batch, or a frozen network's forward pass and input
-  gradient) takes the decisions of the same layer at another batch when they are known, e.g.
-  the guide CNN's from its own training at twice the batch: timing a large evaluation batch
-  would cost more than it can save, and a layer's fastest implementation seldom changes with
-  the batch (the main job's guide at b32 and b64: the same choices in its 4 timed phases on an
-  AVX2 AMD EPYC). Off CPU nothing is timed: XLA's convolution everywhere. Logs a line when it
+  end (measure.retime, where it has one), the costliest first as far as the budget allows, and
+  decided on those calls (DOUBTFUL). A conv that is not trained here (evaluation at its own
+  batch, or a frozen network's forward pass and input gradient) takes the decisions of the same
+  layer at another batch when they are known, e.g. the guide CNN's from its own training at
+  twice the batch: timing a large evaluation batch would cost more than it can save, and a
+  layer's fastest implementation seldom changes with the batch (the main job's guide at b32
+  and b64: the same choices in its 4 timed phases on an AVX2 AMD EPYC). Off CPU nothing is timed: XLA's convolution everywhere. Logs a line when it
   starts timing (seconds, on a first run) and one when it is done, then one per network with
   what it uses.
   """
@@ -520,14 +529,17 @@ def tune(networks: Sequence[Network], devices=None, *,
     announce()
   more = _measure_into(entries, untimed, calls, measure, budget_s - timed.seconds)
   todo |= untimed
-  retimed = _retime_close(entries, todo, measure, budget_s - timed.seconds - more.seconds)
+  retimed = _retime_close(entries, todo, calls, measure,
+                          budget_s - timed.seconds - more.seconds)
   if todo:
     files.write_json(path, cache)
     deferred = timed.deferred + more.deferred
     deferred_ms = 1e3 * (timed.deferred_seconds + more.deferred_seconds)
     log(f'Conv tuning: {timed.candidates + more.candidates} candidates of {len(todo)} conv '
         f'phases timed in {timed.seconds + more.seconds + retimed.seconds:.1f} s'
-        f' ({retimed.candidates} of the closest timed again at the end).' + (
+        f' ({retimed.candidates} of the closest timed again at the end' + (
+            f'; {len(retimed.deferred)} close phases not, past the budget'
+            if retimed.deferred else '') + ').' + (
             f' {len(deferred)} phases worth tuning ({deferred_ms:.1f} ms a step at their '
             f'reference) keep it in this run: the tuning stops at its {budget_s:g} s budget '
             f'(conv_tuning.TIME_BUDGET_S); a later run tunes them.' if deferred else ''))

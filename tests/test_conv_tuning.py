@@ -310,12 +310,39 @@ def test_close_phases_are_timed_again_at_the_end_and_decided_on_those_calls(tmp_
 
 
 def test_close_phases_are_not_timed_again_past_the_budget(tmp_path):
-  timer = RetimingTimer(scale=1e3)  # 2 rounds of the close candidates: far past 8 s.
+  timer = RetimingTimer(scale=3e3)  # 2 rounds of any close phase's candidates: past 8 s.
   plan, lines = _tune(tmp_path, timer)
   assert not timer.retimed
   block = convolution.ConvSignature(2, 5, 5, 4, 4, 3, 1, 'float32')
   assert dict(plan)[block] == convolution.ConvChoice('gather', 'xla_t', 'xla')
-  assert '(0 of the closest timed again at the end)' in lines[1]
+  assert '(0 of the closest timed again at the end; ' in lines[1], lines[1]
+  assert ' close phases not, past the budget).' in lines[1], lines[1]
+
+
+def test_the_close_phases_that_cost_most_are_timed_again_first(tmp_path):
+  """Where the calls of every close phase would pass the budget, those of the phase that costs
+  most a step (its fastest time x its calls) are made, and the others' that still fit."""
+  first = FakeTimer()  # The first calls, as RetimingTimer makes them.
+  _tune(tmp_path / 'first', first)
+  close = collections.defaultdict(list)
+  for job in first.jobs:
+    close[job[:2]].append(job)
+  fastest = {key: min(map(FakeTimer().seconds, jobs)) for key, jobs in close.items()}
+  close = {key: [job for job in jobs if FakeTimer().seconds(job) <= 2.5 * fastest[key]]
+           for key, jobs in close.items()}
+  close = {key: jobs for key, jobs in close.items() if len(jobs) > 1}
+  calls = collections.Counter()
+  for net in _networks():
+    for sig, use in conv_tuning.conv_uses(net).items():
+      calls[sig] += use.calls
+  cost = {key: 2 * sum(map(FakeTimer().seconds, jobs)) for key, jobs in close.items()}
+  costliest = max(close, key=lambda key: fastest[key] * calls[key[0]])
+  margin = min(c for key, c in cost.items() if key != costliest) / 2
+  timer = RetimingTimer()
+  conv_tuning.tune(_networks(), jax.local_devices()[:1], measure=timer, cpu='Test CPU',
+                   directory=str(tmp_path), log=lambda line: None,
+                   budget_s=cost[costliest] + margin)
+  assert sorted(timer.retimed) == sorted(close[costliest]), (timer.retimed, close[costliest])
 
 
 def test_phase_timer_times_again_in_rounds_forgetting_the_earlier_calls(monkeypatch):
