@@ -491,9 +491,9 @@ def tune(networks: Sequence[Network], devices=None, *,
   layer at another batch when they are known, e.g. the guide CNN's from its own training at
   twice the batch: timing a large evaluation batch would cost more than it can save, and a
   layer's fastest implementation seldom changes with the batch (the main job's guide at b32
-  and b64: the same choices in its 4 timed phases on an AVX2 AMD EPYC). Off CPU nothing is timed: XLA's convolution everywhere. Logs a line when it
-  starts timing (seconds, on a first run) and one when it is done, then one per network with
-  what it uses.
+  and b64: the same choices in its 4 timed phases on an AVX2 AMD EPYC). Off CPU nothing is
+  timed: XLA's convolution everywhere. Logs a line when it starts timing (seconds, on a first
+  run) and one when it is done, then one per network with what it uses.
   """
   devices = list(devices or jax.local_devices())
   backend = devices[0].platform
