@@ -327,15 +327,16 @@ def test_the_close_phases_that_cost_most_are_timed_again_first(tmp_path):
   close = collections.defaultdict(list)
   for job in first.jobs:
     close[job[:2]].append(job)
-  fastest = {key: min(map(FakeTimer().seconds, jobs)) for key, jobs in close.items()}
-  close = {key: [job for job in jobs if FakeTimer().seconds(job) <= 2.5 * fastest[key]]
+  seconds = first.seconds
+  fastest = {key: min(map(seconds, jobs)) for key, jobs in close.items()}
+  close = {key: [job for job in jobs if seconds(job) <= conv_tuning.DOUBTFUL * fastest[key]]
            for key, jobs in close.items()}
   close = {key: jobs for key, jobs in close.items() if len(jobs) > 1}
   calls = collections.Counter()
   for net in _networks():
     for sig, use in conv_tuning.conv_uses(net).items():
       calls[sig] += use.calls
-  cost = {key: 2 * sum(map(FakeTimer().seconds, jobs)) for key, jobs in close.items()}
+  cost = {key: conv_tuning.RETIME_ROUNDS * sum(map(seconds, jobs)) for key, jobs in close.items()}
   costliest = max(close, key=lambda key: fastest[key] * calls[key[0]])
   margin = min(c for key, c in cost.items() if key != costliest) / 2
   timer = RetimingTimer()
