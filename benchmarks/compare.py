@@ -457,4 +457,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  platform.freeze_imported_objects()
   app.run(main)

@@ -135,5 +135,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  platform.freeze_imported_objects()
   define_flags()
   app.run(main)

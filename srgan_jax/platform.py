@@ -1,8 +1,9 @@
 """Process-level set-up of a command before JAX starts: XLA:CPU's host devices, their scheduler,
 fusion code generator and convolution library, the allocator's policy for freed memory; and a
-log without Orbax's chatter or JAX's note that there is no TPU."""
+log without Orbax's chatter or JAX's note that there is no TPU; and a quick exit."""
 
 import ctypes
+import gc
 import importlib.metadata
 import os
 import re
@@ -228,3 +229,16 @@ def quiet_logs(min_level: int = logging.WARNING) -> None:
     return record.levelno > info or not str(record.msg).startswith(_JAX_NO_TPU)
 
   logging.get_absl_handler().addFilter(keep)
+
+
+def freeze_imported_objects() -> None:
+  """Takes every object alive now out of Python's garbage collection for the rest of the
+  process: called after a command's imports, that is JAX's, Flax's, Orbax's modules and what
+  they made (about 160,000 objects), which live as long as the process anyway.
+
+  Python's last collections as it exits walk and free them all: about 0.7 s a process on a
+  2-core AMD EPYC (`python -c 'import main'` 2.09 -> 1.40 s), a second on every command, and
+  tens of seconds of the test suite's CPU, whose tests start ~45 such processes. Objects made
+  afterwards (the run's arrays, steps, files) are collected as before.
+  """
+  gc.freeze()

@@ -219,5 +219,6 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
 
 
 if __name__ == '__main__':
+  platform.freeze_imported_objects()
   define_flags()
   app.run(main)

@@ -49,7 +49,9 @@ def worker(args):
   from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from srgan_jax import state  # pylint: disable=g-import-not-at-top
   from srgan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
+  platform.freeze_imported_objects()
 
   joined = distributed.initialize(
       f'127.0.0.1:{args.port}' if args.num_processes > 1 else None,

@@ -57,6 +57,7 @@ from absl import logging
 
 from srgan_jax import errors
 from srgan_jax import input_pipeline
+from srgan_jax import platform
 from srgan_jax import sources
 from srgan_jax import train
 from tests import conftest
@@ -106,6 +107,7 @@ def main():
 
 
 if __name__ == '__main__':
+  platform.freeze_imported_objects()
   main()
 '''
 

@@ -62,5 +62,6 @@ def define_flags():
 
 
 if __name__ == '__main__':
+  platform.freeze_imported_objects()
   define_flags()
   app.run(main)
