@@ -205,19 +205,31 @@ def test_every_command_freezes_its_imports_before_it_runs():
   assert len(commands) >= 7, commands
 
 
-def test_a_run_of_the_suite_leaves_no_temporary_directories(tmp_path):
+def test_a_run_of_the_suite_leaves_no_temporary_directories_and_no_heap_to_walk(tmp_path):
   """The suite's session directories (tests/conftest.py: the XLA cache, the conv plans) go with
   the run that made them, so that runs do not pile up in /tmp: a pytest run that inherits none
-  makes them in its TMPDIR (seen by a plugin while it runs) and leaves nothing there."""
+  makes them in its TMPDIR (seen by a plugin while it runs) and leaves nothing there.
+
+  And what its tests left alive (here 200,000 lists a plugin keeps) is frozen at its end, so
+  that the garbage collections pytest runs after the session walk none of it (in an xdist
+  worker they took over the 5 s xdist waits before it interrupts the worker)."""
   probe = tmp_path / 'probe'
   probe.mkdir()
   seen = probe / 'seen.txt'
+  walked = probe / 'walked.txt'
   (probe / 'session_dirs_probe.py').write_text(
-      'import os\n'
+      'import atexit, gc, os\n'
+      'KEPT = []\n'
       'def pytest_collection_finish(session):\n'
       f'  with open({str(seen)!r}, "w") as f:\n'
       '    for name in ("JAX_COMPILATION_CACHE_DIR", "SRGAN_JAX_CACHE_DIR"):\n'
-      '      f.write(f"{os.environ[name]} {os.path.isdir(os.environ[name])}\\n")\n')
+      '      f.write(f"{os.environ[name]} {os.path.isdir(os.environ[name])}\\n")\n'
+      'def pytest_sessionfinish(session):\n'
+      '  KEPT.extend([i] for i in range(200_000))\n'
+      'def _walked():\n'
+      f'  with open({str(walked)!r}, "w") as f:\n'
+      '    f.write(str(len(gc.get_objects())))\n'
+      'atexit.register(_walked)\n')
   temp = tmp_path / 'temp'
   temp.mkdir()
   # The C++ builds stay this suite's (building them again costs about 11 s of CPU time).
@@ -235,3 +247,4 @@ def test_a_run_of_the_suite_leaves_no_temporary_directories(tmp_path):
   assert len(made) == 2 and all(
       os.path.dirname(path) == str(temp) and there == 'True' for path, there in made), made
   assert not os.listdir(temp), os.listdir(temp)
+  assert int(walked.read_text()) < 100_000, walked.read_text()
