@@ -47,9 +47,9 @@ def worker(args):
   from srgan_jax import distributed  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from srgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   from srgan_jax import state  # pylint: disable=g-import-not-at-top
   from srgan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  from srgan_jax import platform  # pylint: disable=g-import-not-at-top
   from srgan_jax import train  # pylint: disable=g-import-not-at-top
   platform.freeze_imported_objects()
 
