@@ -6,9 +6,9 @@ With one host device per core (main.py's default), an all-reduce (BatchNorm's cr
 sums, the gradients' means) holds every device until the slowest arrives: a core slowed from
 time to time by the machine holds the other at the next one. This profiles a few steps of
 `benchmarks.compare`'s JAX step with `jax.profiler` and sums, for each device's thread, the
-durations of its all-reduce and Rendezvous events (the seed GAN iteration on a 2-core AMD EPYC,
-family 25 model 17: 80 and 66 ms a device of a 1703 ms step in a quick hour, 154 and 132 of
-1828 in a slow one; benchmarks/README.md).
+time its all-reduce events cover, the Rendezvous waits within them included (the seed GAN
+iteration on a 2-core AMD EPYC, family 25 model 17, in a slow hour: 92 and 63 ms a device of a
+2140 ms step; benchmarks/README.md).
 """
 
 import collections
@@ -29,20 +29,29 @@ from benchmarks import timing
 from srgan_jax import platform
 
 # Event names of the collectives in XLA:CPU's trace: the all-reduce thunks (named by their HLO
-# op: `psum.12`, `all-reduce.3`) and the waits inside them.
+# op: `psum.12`, `all-reduce.3`) and the waits inside them (`Rendezvous`, `InvokeRendezvous`:
+# each lies within its all-reduce's event, so the events' time is their union, not their sum).
 WAIT_EVENTS = ('Rendezvous', 'psum', 'all-reduce', 'AllReduce')
 
 
 def waits_per_thread(trace_file: str, steps: int) -> Dict[int, float]:
-  """{thread id: ms a step} in the collectives' events of a perfetto trace (.json.gz)."""
+  """{thread id: ms a step} covered by the collectives' events of a perfetto trace (.json.gz),
+  nested events counted once."""
   with gzip.open(trace_file) as f:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  per_thread = collections.Counter()
+  spans = collections.defaultdict(list)
   for e in events:
     if e.get('ph') == 'X' and any(name in e.get('name', '') for name in WAIT_EVENTS):
-      per_thread[e['tid']] += e['dur'] / 1e3  # Microseconds to ms.
-  return {tid: ms / steps for tid, ms in per_thread.items()}
+      spans[e['tid']].append((e['ts'], e['ts'] + e['dur']))
+  out = {}
+  for tid, intervals in spans.items():
+    covered, end = 0.0, float('-inf')
+    for start, stop in sorted(intervals):
+      covered += max(0.0, stop - max(start, end))
+      end = max(end, stop)
+    out[tid] = covered / 1e3 / steps  # Microseconds to ms, a step.
+  return out
 
 
 def measure(which: str, batch_size: int = 0, warmup: int = 3, steps: int = 3,

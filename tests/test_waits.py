@@ -10,12 +10,15 @@ import conftest
 
 
 def test_waits_per_thread_sums_the_collectives_of_each_thread_a_step(tmp_path):
+  """Per thread, the time its collectives' events cover: a Rendezvous within its all-reduce's
+  event counts once, overlapping events by their union, other ops not at all."""
   events = [
-      {'ph': 'X', 'name': 'Rendezvous', 'tid': 1, 'dur': 3000},
-      {'ph': 'X', 'name': 'psum.12', 'tid': 1, 'dur': 1000},
-      {'ph': 'X', 'name': 'convolution.3', 'tid': 1, 'dur': 50000},  # Not a wait.
-      {'ph': 'X', 'name': 'all-reduce.7', 'tid': 2, 'dur': 2000},
-      {'ph': 'i', 'name': 'Rendezvous', 'tid': 2},  # An instant, no duration.
+      {'ph': 'X', 'name': 'psum.12', 'tid': 1, 'ts': 0, 'dur': 3000},
+      {'ph': 'X', 'name': 'Rendezvous', 'tid': 1, 'ts': 500, 'dur': 2000},  # Within psum.12.
+      {'ph': 'X', 'name': 'psum.13', 'tid': 1, 'ts': 2500, 'dur': 1500},  # Overlaps it by 500.
+      {'ph': 'X', 'name': 'convolution.3', 'tid': 1, 'ts': 5000, 'dur': 50000},  # Not a wait.
+      {'ph': 'X', 'name': 'all-reduce.7', 'tid': 2, 'ts': 0, 'dur': 2000},
+      {'ph': 'i', 'name': 'Rendezvous', 'tid': 2, 'ts': 9000},  # An instant, no duration.
   ]
   path = tmp_path / 'trace.json.gz'
   with gzip.open(path, 'wt') as f:
