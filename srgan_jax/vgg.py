@@ -191,14 +191,24 @@ def load_feature_extractor(vgg_config):
 
 
 def random_vgg19_params(key, layers: Optional[Sequence[str]] = None) -> dict:
-  """He-normal VGG19 params (all layers, or up to the deepest of `layers`). Benchmarks only:
-  the cost of the loss does not depend on the values, its meaning does."""
+  """He-normal VGG19 params (He et al. 2015: zero-mean Gaussian kernels of std
+  sqrt(2 / fan_in), zero biases; all layers, or up to the deepest of `layers`). Benchmarks
+  only: the cost of the loss does not depend on the values, its meaning does.
+
+  Drawn by numpy from the key's bits, the same for the same key: JAX's samplers compile once
+  per kernel shape, 0.6-1.2 s each on a 2-core AMD EPYC (six shapes up to conv3_4), which was
+  most of a random-VGG benchmark's start.
+  """
   names = LAYER_NAMES if layers is None else _layer_prefix(layers)
-  keys = jax.random.split(key, len(names))
-  init = nn.initializers.he_normal()
-  return {name: {'kernel': init(k, LAYER_SHAPES[name][0], jnp.float32),
-                 'bias': jnp.zeros(LAYER_SHAPES[name][1], jnp.float32)}
-          for name, k in zip(names, keys)}
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+  params = {}
+  for name in names:
+    kernel_shape, bias_shape = LAYER_SHAPES[name]
+    std = np.sqrt(2.0 / np.prod(kernel_shape[:-1]))
+    kernel = rng.standard_normal(kernel_shape, dtype=np.float32) * np.float32(std)
+    params[name] = {'kernel': jnp.asarray(kernel),
+                    'bias': jnp.asarray(np.zeros(bias_shape, np.float32))}
+  return params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -379,10 +379,22 @@ def test_only_layers_up_to_the_deepest_exist():
     vgg.make_feature_fn(['relu3_4'])
 
 
-def test_random_params_shapes():
-  params = jax.eval_shape(vgg.random_vgg19_params, jax.random.key(0))
+def test_random_params_shapes_he_scale_and_key():
+  params = vgg.random_vgg19_params(jax.random.key(0))
   assert jax.tree.map(lambda a: a.shape, params) == {
       name: {'kernel': kernel, 'bias': bias} for name, (kernel, bias) in vgg.LAYER_SHAPES.items()}
+  for name, (kernel_shape, _) in vgg.LAYER_SHAPES.items():
+    kernel = np.asarray(params[name]['kernel'])
+    assert kernel.dtype == np.float32 and not np.any(params[name]['bias'])
+    he_std = np.sqrt(2.0 / np.prod(kernel_shape[:-1]))  # He et al. 2015, fan in.
+    assert abs(kernel.std() / he_std - 1) < 0.05, (name, kernel.std(), he_std)
+    assert abs(kernel.mean()) < 0.05 * he_std, name
+  # The same key draws the same weights, another key others.
+  again = vgg.random_vgg19_params(jax.random.key(0), ['conv1_2'])
+  other = vgg.random_vgg19_params(jax.random.PRNGKey(1), ['conv1_2'])
+  assert list(again) == ['conv1_1', 'conv1_2']
+  np.testing.assert_array_equal(again['conv1_2']['kernel'], params['conv1_2']['kernel'])
+  assert not np.allclose(other['conv1_2']['kernel'], params['conv1_2']['kernel'])
 
 
 def test_full_params_tree_and_subset_give_the_same_features(full_files):
