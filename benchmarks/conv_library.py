@@ -19,6 +19,7 @@ from typing import Dict, Sequence, Tuple
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from srgan_jax import conv_tuning
 from srgan_jax import platform
@@ -42,8 +43,10 @@ def measure(layer: Layer, runs: int = 3, calls: int = 5) -> Dict[str, float]:
   import jax  # pylint: disable=g-import-not-at-top  (after the library flag is set)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   b, h, c, o, k = layer
-  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, h, c))
-  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, c, o)) * 0.05
+  # numpy's draws: jax.random.normal would compile a sampler for each shape, in each process.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((b, h, h, c), dtype=np.float32))
+  w = jnp.asarray(rng.standard_normal((k, k, c, o), dtype=np.float32) * np.float32(0.05))
   conv = lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   dy = jnp.ones((b, h, h, o))

@@ -47,16 +47,15 @@ def test_equals_flax_batch_norm_under_pmap(sums, shape, monkeypatch):
   if sums == 'xla':
     monkeypatch.setattr(batch_norm, '_native', lambda x: False)
   devices = jax.local_devices()[:2]
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  x = jax.random.normal(keys[0], (len(devices),) + shape) * 2.0 + 3.0
+  x = conftest.gaussian(0, (len(devices),) + shape) * 2.0 + 3.0
   x = x * jnp.arange(1, len(devices) + 1).reshape((-1,) + (1,) * len(shape))
-  target = jax.random.normal(keys[1], x.shape)
+  target = conftest.gaussian(1, x.shape)
   kwargs = dict(use_running_average=False, momentum=0.9, epsilon=1e-5, axis_name='batch')
   ours, flax_bn = batch_norm.BatchNorm(**kwargs), nn.BatchNorm(**kwargs)
   variables = flax_bn.init(jax.random.PRNGKey(1), x[0])
   assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x[0])) == jax.tree.structure(
       variables)
-  variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(keys[2], v.shape), variables)
+  variables = jax.tree.map(lambda v: v + 0.3 * conftest.gaussian(2, v.shape), variables)
   replicated = jax.tree.map(lambda v: jnp.stack([v] * len(devices)), variables)
   run = lambda m: jax.pmap(lambda v, x, t: _train_step_outputs(m, v, x, t), axis_name='batch',
                            devices=devices)(replicated, x, target)
@@ -78,7 +77,7 @@ def test_equals_flax_batch_norm_under_pmap(sums, shape, monkeypatch):
 def test_gradient_through_the_statistics():
   """normalize returns the batch mean and variance; their cotangents reach x as the
   statistics' own gradients (e.g. for a loss on them)."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (5, 4, 3, 6)) * 1.5 + 2.0
+  x = conftest.gaussian(0, (5, 4, 3, 6)) * 1.5 + 2.0
   scale, bias = jnp.linspace(0.5, 1.5, 6), jnp.linspace(-1.0, 1.0, 6)
 
   def ours(x, scale, bias):
@@ -130,7 +129,7 @@ def test_other_dtypes_keep_xla_sums():
 @needs_native
 def test_vmapped_batch_norm_equals_each_alone():
   """Each slice of the vmapped axis its own batch: its statistics and gradient alone."""
-  xs = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5, 3, 70)) * 2.0 + 1.0
+  xs = conftest.gaussian(4, (2, 6, 5, 3, 70)) * 2.0 + 1.0
   module = batch_norm.BatchNorm(use_running_average=False, momentum=0.9)
   variables = module.init(jax.random.PRNGKey(1), xs[0])
 

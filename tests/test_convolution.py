@@ -11,12 +11,13 @@ from srgan_jax import convolution
 from srgan_jax import onednn
 from srgan_jax import winograd
 from srgan_jax import winograd_native
+from tests import conftest
 
 
 @pytest.mark.parametrize('size,kernel,stride', [(28, 3, 1), (28, 3, 2), (7, 3, 2), (4, 3, 2),
                                                 (7, 9, 1), (9, 5, 1)])
 def test_matmul_conv_equals_xla_conv(size, kernel, stride):
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size + 1, 5))
+  x = conftest.gaussian(1, (2, size, size + 1, 5))
   conv = convolution.Conv(7, kernel, stride, implementation='xla')
   variables = jax.jit(conv.init)(jax.random.PRNGKey(0), x)
   matmul = convolution.Conv(7, kernel, stride, implementation='matmul')
@@ -44,10 +45,10 @@ def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, strid
   and the gradients w.r.t. the input and the kernel of XLA's conv. (Winograd's: 3x3 stride-1
   shapes only, where it must hold.)"""
   sig = convolution.ConvSignature(2, height, width, cin, cout, kernel, stride, 'float32')
-  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+  x, w = (conftest.gaussian(i, s)
           for i, s in enumerate(convolution.conv_phase('forward', 'xla', sig)[1][:2]))
   y, vjp = jax.vjp(lambda x, w: convolution.conv_forward('xla', x, w, stride), x, w)
-  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  dy = conftest.gaussian(2, y.shape)
   expected = dict(zip(convolution.CONV_PHASES, (y,) + vjp(dy)))
   jobs = [(phase, impl) for phase, impls in convolution.PHASE_CANDIDATES.items() for impl in impls
           if convolution.computes(impl, sig)]
@@ -61,7 +62,7 @@ def test_every_conv_candidate_equals_xla(height, width, cin, cout, kernel, strid
 
 
 def test_tuned_conv_mixes_implementations_with_xla_values_and_gradients():
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 8, 3))
+  x = conftest.gaussian(1, (2, 9, 8, 3))
   xla = convolution.Conv(4, 3, 2, implementation='xla')
   variables = xla.init(jax.random.PRNGKey(0), x)
   sig = convolution.conv_signature(x.shape, x.dtype, 3, 4, 2)
@@ -173,7 +174,7 @@ def test_xla_dot_kernel_gradient_turns_x_by_the_identity_product():
 
 
 def test_features_first_is_the_transpose_exactly():
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6))
+  x = conftest.gaussian(0, (3, 5, 4, 6))
   np.testing.assert_array_equal(jax.jit(convolution._features_first)(x),  # pylint: disable=protected-access
                                 jnp.transpose(x, (3, 1, 2, 0)))
 
@@ -215,11 +216,11 @@ def test_winograd_batch_chunks_fit_the_budget_and_compute_the_same(monkeypatch, 
   assert chunk_of(5 * per_image) == 3  # 4 and 5 images would fit, but do not divide 6.
   assert chunk_of(per_image - 1) == 1  # One image at a time when none fits.
   assert winograd.workspace_bytes(6, 9, 7, 5, 4, 4) == per_image
-  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+  x, w = (conftest.gaussian(i, s)
           for i, s in enumerate(convolution.conv_phase('forward', 'xla', sig)[1][:2]))
-  b = jax.random.normal(jax.random.PRNGKey(3), (4,))
+  b = conftest.gaussian(3, (4,))
   choice = convolution.ConvChoice('winograd', 'winograd_t', 'winograd')
-  dy = jax.random.normal(jax.random.PRNGKey(2), (6, 9, 7, 4))
+  dy = conftest.gaussian(2, (6, 9, 7, 4))
 
   def outputs(budget):
     monkeypatch.setattr(winograd, 'CHUNK_BYTES', budget)
@@ -252,10 +253,10 @@ def test_winograd_computes_xla_conv_on_partial_tiles_of_many_features():
   """F(4x4, 3x3) on maps that are not a multiple of its 4x4 tiles, with enough features that
   its float32 rounding would show: the output and both gradients as XLA's conv."""
   sig = convolution.ConvSignature(2, 10, 7, 24, 20, 3, 1, 'float32')
-  x, w = (jax.random.normal(jax.random.PRNGKey(i), s)
+  x, w = (conftest.gaussian(i, s)
           for i, s in enumerate(convolution.conv_phase('forward', 'xla', sig)[1][:2]))
   y, vjp = jax.vjp(lambda x, w: convolution.conv_forward('xla', x, w, 1), x, w)
-  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  dy = conftest.gaussian(2, y.shape)
   dx, dw = vjp(dy)
   choice = convolution.ConvChoice('winograd', 'winograd_t', 'winograd')
   y_w, vjp_w = jax.vjp(lambda x, w: convolution.tuned_conv(x, w, jnp.zeros((20,)), 1, choice), x, w)

@@ -39,13 +39,13 @@ def _xla_conv(x, kernel, padding):
 def test_conv_and_kernel_gradient_equal_xla(n, h, w, c, f, k):
   """Asymmetric and wide padding (the input gradient's), and a cropped side, so each tap's
   edges are read as zeros or skipped."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, c))
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, c, f))
+  x = conftest.gaussian(0, (n, h, w, c))
+  kernel = conftest.gaussian(1, (k, k, c, f))
   for padding in (((k // 2, k - 1 - k // 2), (k // 2 + 1, k - 2 - k // 2)),
                   ((k - 1, k - 1), (0, k - 1)), ((-1, 2), (1, 0))):
     want = _xla_conv(x, kernel, padding)
     _close(direct_conv.conv(x, kernel, padding), want)
-    dy = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+    dy = conftest.gaussian(2, want.shape)
     _, vjp = jax.vjp(lambda kk, padding=padding: _xla_conv(x, kk, padding), kernel)
     _close(direct_conv.kernel_grad(x, dy, k, padding), vjp(dy)[0])
 

@@ -8,6 +8,7 @@ import pytest
 
 from srgan_jax import image_ops
 from srgan_jax import models
+from tests import conftest
 
 
 def _conv(cin, cout, k):  # PyTorch nn.Conv2d(cin, cout, k) with bias.
@@ -64,7 +65,7 @@ def test_seed_parameter_counts_match_pytorch():
 @pytest.mark.parametrize('channels', [1, 3])
 def test_generator_output_shape_and_range(scale, channels):
   g = models.Generator(scale=scale, channels=channels, num_res_blocks=1, features=8)
-  lr = jax.random.normal(jax.random.PRNGKey(1), (2, 28 // scale, 28 // scale, channels))
+  lr = conftest.gaussian(1, (2, 28 // scale, 28 // scale, channels))
   variables = _init(g, lr.shape)
   sr = g.apply(variables, lr, train=False)
   assert sr.shape == (2, 28, 28, channels)
@@ -195,7 +196,7 @@ def test_max_pool_2x2_equals_flax_values_and_gradients(shape):
   x = jax.random.randint(jax.random.PRNGKey(0), shape, 0, 3).astype(jnp.float32)
   flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
   np.testing.assert_array_equal(image_ops.max_pool_2x2(x), flax_pool(x))
-  w = jax.random.normal(jax.random.PRNGKey(1), flax_pool(x).shape)
+  w = conftest.gaussian(1, flax_pool(x).shape)
   grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * w))(x)
            for f in (image_ops.max_pool_2x2, flax_pool)]
   np.testing.assert_array_equal(*grads)

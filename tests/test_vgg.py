@@ -102,7 +102,8 @@ def full_files(tmp_path_factory):
 
 
 def images(seed, shape=(2, 16, 16, 3)):
-  return jax.random.uniform(jax.random.key(seed), shape, minval=-1.0, maxval=1.0)
+  # numpy's: jax.random.uniform would compile a sampler for each shape.
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype(np.float32))
 
 
 def raw_features(params, x, layers=EARLY, before_activation=False):

@@ -37,7 +37,7 @@ _close = conftest.assert_close
     (2, 10, 11, 3, ((-1, 1), (1, -2))),   # Cropped (negative padding).
 ])
 def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
-  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, c)) * 3
+  x = conftest.gaussian(0, (n, h, w, c)) * 3
   oh, ow = winograd._output_size(x.shape, padding)  # pylint: disable=protected-access
   th, tw = -(-oh // 4), -(-ow // 4)
   f = c + 3
@@ -50,7 +50,7 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
       got = winograd_native.input_tiles(x, i, chunk, padding[0][0], padding[1][0], th, tw)
       _close(got, want)
   # The output transform writes its chunk's images and leaves the others as they were.
-  products = jax.random.normal(jax.random.PRNGKey(1), (36, th * tw, f))
+  products = conftest.gaussian(1, (36, th * tw, f))
   y = jnp.full((n, oh, ow, f), 7.0)
   bias = jnp.arange(f, dtype=jnp.float32)
   y = winograd_native.output_tiles(products, bias, n - 1, 1, y.shape, y)
@@ -62,7 +62,7 @@ def test_transforms_equal_xla_transforms_for_every_chunk(n, h, w, c, padding):
   _close(y[n - 1], want)
   np.testing.assert_array_equal(y[:n - 1], 7.0)
   # dy's tiles: the kernel gradient's products with the input tiles give XLA's conv gradient.
-  dy = jax.random.normal(jax.random.PRNGKey(2), (n, oh, ow, f))
+  dy = conftest.gaussian(2, (n, oh, ow, f))
   padded = jax.lax.pad(x, 0.0, ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding) +
                        ((0, 0, 0),))
   _, vjp = jax.vjp(lambda k: jax.lax.conv_general_dilated(
