@@ -34,10 +34,7 @@ def main(argv):
   platform.quiet_logs()
   try:
     # Before the first JAX computation (importing jax starts no backend).
-    platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
-    platform.configure_cpu_convolutions(FLAGS.config.cpu_conv_library)
-    platform.configure_cpu_fusion_emitters()
-    platform.keep_freed_memory()
+    platform.configure_cpu(FLAGS.config.cpu_devices_per_core, FLAGS.config.cpu_conv_library)
     distributed.initialize_from_flags()  # Multi-host: a no-op without a coordinator address.
     task = FLAGS.config.task
     if task not in TASKS:

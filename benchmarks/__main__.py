@@ -45,10 +45,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Before the first JAX computation (importing jax starts no backend).
-  platform.configure_cpu_devices(FLAGS.config.cpu_devices_per_core)
-  platform.configure_cpu_convolutions(FLAGS.config.cpu_conv_library)
-  platform.configure_cpu_fusion_emitters()
-  platform.keep_freed_memory()
+  platform.configure_cpu(FLAGS.config.cpu_devices_per_core, FLAGS.config.cpu_conv_library)
   options = speed.Options(steps=FLAGS.steps, runs=FLAGS.runs, warmup=FLAGS.warmup,
                           peak_matmul_size=FLAGS.peak_matmul_size, peak_runs=FLAGS.peak_runs,
                           eval=FLAGS.eval, eval_runs=FLAGS.eval_runs,

@@ -444,9 +444,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Before the first JAX computation (importing jax starts no backend).
-  platform.configure_cpu_devices(FLAGS.cpu_devices_per_core)
-  platform.configure_cpu_convolutions(FLAGS.cpu_conv_library)
-  platform.configure_cpu_fusion_emitters()
+  platform.configure_cpu(FLAGS.cpu_devices_per_core, FLAGS.cpu_conv_library)
   run(Options(which=tuple(FLAGS.which), steps=FLAGS.steps, runs=FLAGS.runs,
               warmup=FLAGS.warmup, settle=FLAGS.settle,
               batches={name: getattr(FLAGS, f'{name}_batch') for name in STEPS},

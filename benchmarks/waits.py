@@ -88,7 +88,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  """The command's flags (compare's module defines --which and --steps of its own)."""
+  """The command's flags; compare's module defines --cpu_devices_per_core, --cpu_conv_library
+  and --conv_implementation, which this command uses as compare does (and --which and --steps
+  of its own, which it does not)."""
   flags.DEFINE_enum('step', 'gan', list(compare.JAX_STEPS), 'The compare step to profile.')
   flags.DEFINE_integer('batch', 0, "Its batch; 0: compare's.")
   flags.DEFINE_integer('untimed', 3, 'Untimed steps first.')
@@ -98,12 +100,10 @@ def define_flags():
 
 def main(argv):
   del argv
-  # As main.py: one host device per core, its conv library and fusion emitters (before JAX).
-  platform.configure_cpu_devices(True)
-  platform.configure_cpu_convolutions('eigen')
-  platform.configure_cpu_fusion_emitters()
-  platform.keep_freed_memory()
-  measure(FLAGS.step, FLAGS.batch, FLAGS.untimed, FLAGS.profiled, FLAGS.trace_dir)
+  # As compare (and main.py) set XLA:CPU up, before JAX starts.
+  platform.configure_cpu(FLAGS.cpu_devices_per_core, FLAGS.cpu_conv_library)
+  measure(FLAGS.step, FLAGS.batch, FLAGS.untimed, FLAGS.profiled, FLAGS.trace_dir,
+          conv_implementation=FLAGS.conv_implementation)
 
 
 if __name__ == '__main__':

@@ -231,6 +231,18 @@ def quiet_logs(min_level: int = logging.WARNING) -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
+def configure_cpu(devices_per_core: bool = True, conv_library: str = 'eigen') -> bool:
+  """main.py's set-up of XLA:CPU for training, before the first JAX computation: one host
+  device per core (config.cpu_devices_per_core), the convolution library
+  (config.cpu_conv_library), the fusion code generator, and freed memory kept by malloc.
+  Returns whether keep_freed_memory made its setting. The commands that time or profile
+  main.py's steps call it too, so that they measure what the main job runs."""
+  configure_cpu_devices(devices_per_core)
+  configure_cpu_convolutions(conv_library)
+  configure_cpu_fusion_emitters()
+  return keep_freed_memory()
+
+
 def freeze_imported_objects() -> None:
   """Takes every object alive now out of Python's garbage collection for the rest of the
   process: called after a command's imports, that is JAX's, Flax's, Orbax's modules and what

@@ -101,6 +101,24 @@ def test_configure_cpu_fusion_emitters_sets_the_older_once_and_respects_the_user
   assert os.environ['XLA_FLAGS'] == '--xla_cpu_use_fusion_emitters=true'
 
 
+def test_configure_cpu_is_main_pys_whole_set_up(monkeypatch):
+  """The one call main.py and the benchmarks make: host devices, conv library, fusion emitters,
+  and malloc's policy (here the environment sets one of malloc's own: left alone, False)."""
+  cores = len(os.sched_getaffinity(0))
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '1')
+  assert platform.configure_cpu(True, 'ynnpack') is False
+  flags = os.environ['XLA_FLAGS'].split()
+  assert '--xla_cpu_enable_concurrency_optimized_scheduler=false' in flags, flags
+  assert (f'--xla_force_host_platform_device_count={cores}' in flags) == (cores > 1), flags
+  assert platform.cpu_conv_library() == 'ynnpack'
+  assert platform.cpu_fusion_emitters() == 'older'
+  monkeypatch.setenv('XLA_FLAGS', '')
+  platform.configure_cpu(False)
+  assert platform.cpu_conv_library() == 'eigen' and platform.cpu_fusion_emitters() == 'older'
+  assert 'host_platform_device_count' not in os.environ['XLA_FLAGS']
+
+
 def test_flags_unknown_to_this_jaxlib_are_left_unset(monkeypatch):
   """jax 0.11's XLA aborts on the fusion-emitter flag: no command may set it there."""
   monkeypatch.setenv('XLA_FLAGS', '')

@@ -6,7 +6,7 @@ import json
 
 from benchmarks import timing
 from benchmarks import waits
-import conftest
+from tests import conftest
 
 
 def test_waits_per_thread_sums_the_collectives_of_each_thread_a_step(tmp_path):
